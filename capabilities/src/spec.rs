@@ -278,10 +278,14 @@ impl Attenuation {
                     // One alternative per tool rather than a set literal: a set's
                     // printed order depends on symbol interning, and verification
                     // compares printed Datalog.
-                    let alternatives = (0..tools.len())
+                    let mut alternatives = (0..tools.len())
                         .map(|i| format!("operation({{t{i}}})"))
                         .collect::<Vec<_>>()
                         .join(" or ");
+                    if alternatives.is_empty() {
+                        // Delegating no tools at all: nothing may run.
+                        alternatives.push_str("false");
+                    }
                     let params = tools
                         .iter()
                         .enumerate()

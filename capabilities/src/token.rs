@@ -84,6 +84,9 @@ pub struct Link {
 /// What `inspect` shows: the chain of agents and the effective limits.
 #[derive(Clone, Debug, Serialize)]
 pub struct Inspection {
+    /// Whether the token was verified against a root key. An unverified inspection
+    /// shows what the token claims, which means nothing until it is verified.
+    pub verified: bool,
     /// The tenant.
     pub tenant: String,
     /// Agents and holders, root first.
@@ -291,13 +294,7 @@ impl Token {
 
     /// Agents and holders, root first.
     pub fn chain(&self) -> Vec<Link> {
-        std::iter::once((&self.root.agent, &self.root.holder))
-            .chain(self.delegations.iter().map(|d| (&d.agent, &d.holder)))
-            .map(|(agent, holder)| Link {
-                agent: agent.clone(),
-                holder: holder.to_hex(),
-            })
-            .collect()
+        self.inspect().chain
     }
 
     /// The effective limits.
@@ -340,18 +337,80 @@ impl Token {
 
     /// The chain and the effective limits, for people and scripts.
     pub fn inspect(&self) -> Inspection {
-        Inspection {
-            tenant: self.root.tenant.clone(),
-            chain: self.chain(),
-            effective: EffectiveView {
-                tools: self.effective.tools.clone(),
-                budget: self.effective.budget,
-                expires_at: rfc3339(self.effective.expires_at),
-                remaining_depth: self.effective.remaining_depth,
-            },
-            revocation_ids: self.revocation_ids.iter().map(hex::encode).collect(),
-            size_bytes: self.size,
+        Inspection::new(
+            true,
+            &self.root,
+            &self.delegations,
+            &self.revocation_ids,
+            self.size,
+        )
+    }
+
+    /// What a token claims, read without any key: its chain, its limits as its blocks
+    /// declare them, and its revocation ids. Nothing here is verified; use
+    /// [`Token::from_bytes`] before trusting any of it.
+    pub fn inspect_unverified(bytes: &[u8]) -> Result<Inspection, TokenError> {
+        use biscuit_auth::format::schema;
+        use prost::Message;
+
+        if bytes.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_TOKEN_BYTES,
+            });
         }
+        let malformed =
+            |e: prost::DecodeError| TokenError::Invalid(format!("malformed token ({e})"));
+        let container = schema::Biscuit::decode(bytes).map_err(malformed)?;
+        let signed: Vec<&schema::SignedBlock> = std::iter::once(&container.authority)
+            .chain(container.blocks.iter())
+            .collect();
+        let mut root = None;
+        let mut delegations = Vec::new();
+        for (i, block) in signed.iter().enumerate() {
+            let decoded = schema::Block::decode(block.block.as_slice()).map_err(malformed)?;
+            let context = decoded.context.ok_or_else(|| TokenError::NotCanonical {
+                block: i,
+                reason: "it carries no Bulwark spec".into(),
+            })?;
+            let spec = serde_json::from_str(&context).map_err(|e| TokenError::NotCanonical {
+                block: i,
+                reason: format!("bad spec: {e}"),
+            })?;
+            match (i, spec) {
+                (0, BlockSpec::RootV1(r)) => root = Some(r),
+                (_, BlockSpec::DelegationV1(d)) if i > 0 => delegations.push(d),
+                _ => {
+                    return Err(TokenError::NotCanonical {
+                        block: i,
+                        reason: "a root block out of place".into(),
+                    });
+                }
+            }
+        }
+        let root = root.ok_or_else(|| TokenError::Invalid("no root block".into()))?;
+        let ids: Vec<Vec<u8>> = signed.iter().map(|b| b.signature.clone()).collect();
+        Ok(Inspection::new(
+            false,
+            &root,
+            &delegations,
+            &ids,
+            bytes.len(),
+        ))
+    }
+
+    /// Decodes base64url token text without verifying it (for [`Token::inspect_unverified`]).
+    pub fn decode_base64_unverified(text: &str) -> Result<Vec<u8>, TokenError> {
+        let text = text.trim();
+        if text.len() > MAX_TOKEN_BYTES.div_ceil(3) * 4 {
+            return Err(TokenError::TooLarge {
+                size: text.len() / 4 * 3,
+                limit: MAX_TOKEN_BYTES,
+            });
+        }
+        biscuit_auth::UnverifiedBiscuit::from_base64(text)
+            .and_then(|u| u.to_vec())
+            .map_err(parse_error)
     }
 }
 
@@ -365,8 +424,46 @@ impl fmt::Debug for Token {
     }
 }
 
+impl Inspection {
+    fn new(
+        verified: bool,
+        root: &RootGrant,
+        delegations: &[Attenuation],
+        ids: &[Vec<u8>],
+        size_bytes: usize,
+    ) -> Self {
+        let eff = Effective::of(root, delegations);
+        let chain = std::iter::once((&root.agent, &root.holder))
+            .chain(delegations.iter().map(|d| (&d.agent, &d.holder)))
+            .map(|(agent, holder)| Link {
+                agent: agent.clone(),
+                holder: holder.to_hex(),
+            })
+            .collect();
+        Inspection {
+            verified,
+            tenant: root.tenant.clone(),
+            chain,
+            effective: EffectiveView {
+                tools: eff.tools,
+                budget: eff.budget,
+                expires_at: rfc3339(eff.expires_at),
+                remaining_depth: eff.remaining_depth,
+            },
+            revocation_ids: ids.iter().map(hex::encode).collect(),
+            size_bytes,
+        }
+    }
+}
+
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.verified {
+            writeln!(
+                f,
+                "UNVERIFIED: what the token claims; pass the root key to verify it"
+            )?;
+        }
         writeln!(f, "tenant: {}", self.tenant)?;
         writeln!(f, "chain (root first):")?;
         for (i, link) in self.chain.iter().enumerate() {

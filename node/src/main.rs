@@ -1,1 +1,68 @@
-fn main() {}
+//! `bulwark`: the command-line interface and (in later releases) the cluster node.
+//!
+//! This crate owns the binary: argument parsing, reading files and standard input,
+//! exit codes and human-facing output. It never makes a security decision itself;
+//! every decision is delegated to `bulwark-capabilities`.
+
+mod keys;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for unusable input or usage errors.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a denied check.
+pub const EXIT_DENIED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "bulwark",
+    version,
+    about = "A runtime for AI agents that stays safe when the model is compromised"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an ed25519 private key (file mode 0600); prints the public key in hex.
+    Keygen(keys::KeygenArgs),
+    /// Work with existing keys.
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
+    /// Mint, attenuate, inspect and check capability tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// What a command concluded; errors are reported by `main`.
+pub enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit [`EXIT_DENIED`] with this reason on stderr.
+    Denied(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => keys::keygen(args),
+        Command::Key(cmd) => keys::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Denied(reason)) => {
+            eprintln!("denied: {reason}");
+            ExitCode::from(EXIT_DENIED)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

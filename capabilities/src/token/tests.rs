@@ -102,3 +102,163 @@ fn minted_and_attenuated_tokens_round_trip_through_bytes() {
         }
     }
 }
+
+/// Appends `block` to `token` as a delegation signed by `signer`, bypassing every
+/// check `attenuate` makes: what an attacker holding a key could build by hand.
+fn append_raw(token: &Token, signer: &KeyPair, block: biscuit_auth::BlockBuilder) -> Vec<u8> {
+    let req = token.biscuit.third_party_request().unwrap();
+    let signed = req
+        .create_block(&signer.to_biscuit().private(), block)
+        .unwrap();
+    token
+        .biscuit
+        .append_third_party(signer.public().to_biscuit(), signed)
+        .unwrap()
+        .to_vec()
+        .unwrap()
+}
+
+fn spec_block(att: &Attenuation) -> biscuit_auth::BlockBuilder {
+    let ctx = serde_json::to_string(&BlockSpec::DelegationV1(att.clone())).unwrap();
+    att.to_block().unwrap().context(ctx)
+}
+
+#[test]
+fn attack_block_adding_grant_facts_is_rejected_and_grants_nothing() {
+    let root = KeyPair::generate();
+    let parent = KeyPair::generate();
+    let child = KeyPair::generate();
+    let token = root_token(&root, &parent);
+    let att = Attenuation::new("mailer", child.public()).only_tools(["read_inbox"]);
+
+    // The attacker's block declares a harmless spec but also carries grant facts.
+    let evil = spec_block(&att)
+        .code(r#"tool("wire_money", 0); tool("send_email", 0); budget(999999999999);"#)
+        .unwrap();
+    let bytes = append_raw(&token, &parent, evil);
+    let err = Token::from_bytes(&bytes, &root.public()).unwrap_err();
+    assert!(
+        matches!(err, TokenError::NotCanonical { block: 1, .. }),
+        "{err}"
+    );
+
+    // Even to biscuit's own authorizer, with Bulwark's policy, those facts grant
+    // nothing: only the authority block is trusted for `tool`.
+    let raw = biscuit_auth::Biscuit::from(&bytes, root.public().to_biscuit()).unwrap();
+    for tool in ["wire_money", "send_email"] {
+        let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
+            .code(format!(
+                r#"time({}); operation("{tool}");
+                   allow if operation($op), tool($op, $tier); deny if true;"#,
+                humantime::format_rfc3339_seconds(now())
+            ))
+            .unwrap()
+            .build(&raw)
+            .unwrap();
+        assert!(authorizer.authorize().is_err(), "{tool} must stay denied");
+    }
+
+    // The allowed path: the same delegation, built by the API, works.
+    let good = token.attenuate(&parent, att).unwrap();
+    let ok = Token::from_bytes(&good.to_bytes().unwrap(), &root.public()).unwrap();
+    assert!(
+        ok.authorize(&request("mailer", "read_inbox", &[]), &Revocations::new())
+            .is_ok()
+    );
+    assert!(matches!(
+        ok.authorize(&request("mailer", "wire_money", &[]), &Revocations::new()),
+        Err(Denial::NotGranted { .. })
+    ));
+}
+
+#[test]
+fn attack_thief_appending_own_delegation_breaks_the_holder_chain() {
+    let root = KeyPair::generate();
+    let victim = KeyPair::generate();
+    let thief = KeyPair::generate();
+    let token = root_token(&root, &victim);
+    // A canonical block naming the thief, but signed by the thief, not the holder.
+    let att = Attenuation::new("thief", thief.public());
+    let bytes = append_raw(&token, &thief, spec_block(&att));
+    let err = Token::from_bytes(&bytes, &root.public()).unwrap_err();
+    assert!(
+        matches!(err, TokenError::BrokenHolderChain { block: 1, prev: 0 }),
+        "{err}"
+    );
+    // A first-party (unsigned) block is refused the same way.
+    let first_party = token
+        .biscuit
+        .append(spec_block(&att))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let err = Token::from_bytes(&first_party, &root.public()).unwrap_err();
+    assert!(matches!(err, TokenError::BrokenHolderChain { .. }), "{err}");
+    // And `attenuate` itself refuses a key that is not the holder's.
+    let err = token.attenuate(&thief, att.clone()).unwrap_err();
+    assert!(matches!(err, AttenuateError::NotHolder { .. }), "{err}");
+    // The holder delegating is the allowed path.
+    let ok = append_raw(&token, &victim, spec_block(&att));
+    assert!(Token::from_bytes(&ok, &root.public()).is_ok());
+}
+
+#[test]
+fn attack_hand_built_laxer_tier_or_bigger_budget_changes_nothing() {
+    let root = KeyPair::generate();
+    let parent = KeyPair::generate();
+    let child = KeyPair::generate();
+    let token = root_token(&root, &parent);
+    // `attenuate` refuses both outright.
+    let laxer = Attenuation::new("c", child.public()).tier("pay", Tier::Auto);
+    let err = token.attenuate(&parent, laxer.clone()).unwrap_err();
+    assert!(matches!(err, AttenuateError::LaxerTier { .. }), "{err}");
+    let bigger = Attenuation::new("c", child.public()).budget(MicroUsd::from_usd(1_000).unwrap());
+    let err = token.attenuate(&parent, bigger.clone()).unwrap_err();
+    assert!(matches!(err, AttenuateError::BiggerBudget { .. }), "{err}");
+
+    // Built by hand and signed by the real holder, they are canonical blocks, but a
+    // tier floor only raises and a budget only lowers: the parent's limits stand.
+    for att in [laxer, bigger] {
+        let bytes = append_raw(&token, &parent, spec_block(&att));
+        let child_token = Token::from_bytes(&bytes, &root.public()).unwrap();
+        for check in [Token::authorize, Token::authorize_datalog] {
+            let got = check(&child_token, &request("c", "pay", &[]), &Revocations::new()).unwrap();
+            assert_eq!(got.tier, Tier::Propose);
+            assert_eq!(got.budget, MicroUsd::from_usd(100).unwrap());
+        }
+    }
+}
+
+#[test]
+fn attack_hand_built_delegation_beyond_max_depth_is_rejected() {
+    let root = KeyPair::generate();
+    let keys: Vec<KeyPair> = (0..5).map(|_| KeyPair::generate()).collect();
+    let mut token = root_token(&root, &keys[0]); // max depth 3
+    for i in 1..=3 {
+        token = token
+            .attenuate(
+                &keys[i - 1],
+                Attenuation::new(format!("a{i}"), keys[i].public()),
+            )
+            .unwrap();
+    }
+    let err = token
+        .attenuate(&keys[3], Attenuation::new("a4", keys[4].public()))
+        .unwrap_err();
+    assert!(
+        matches!(err, AttenuateError::DepthExhausted { max: 3 }),
+        "{err}"
+    );
+    let bytes = append_raw(
+        &token,
+        &keys[3],
+        spec_block(&Attenuation::new("a4", keys[4].public())),
+    );
+    let err = Token::from_bytes(&bytes, &root.public()).unwrap_err();
+    assert!(
+        matches!(err, TokenError::DepthExceeded { depth: 4, max: 3 }),
+        "{err}"
+    );
+    // Depth 3 itself is fine.
+    assert!(Token::from_bytes(&token.to_bytes().unwrap(), &root.public()).is_ok());
+}

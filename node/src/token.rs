@@ -1,0 +1,297 @@
+//! `bulwark token`: mint, attenuate, inspect, check and list revocation ids.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use bulwark_capabilities::{
+    ArgValue, Args as ToolArgs, Attenuation, Constraint, KeyPair, MicroUsd, PublicKey, Request,
+    Revocations, RootGrant, Tier, Token, TokenError,
+};
+use clap::{Args, Subcommand};
+
+use crate::Outcome;
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Mint a root token signed by the cluster root key; prints it on stdout.
+    Mint(MintArgs),
+    /// Derive a narrower child token; prints it on stdout.
+    Attenuate(AttenuateArgs),
+    /// Show a token's chain of agents and its effective limits.
+    Inspect(InspectArgs),
+    /// Decide one request: exit 0 and `allow TIER`, or exit 3 and the reason.
+    Check(CheckArgs),
+    /// Print each block's revocation id (hex), root first.
+    RevocationIds {
+        /// Token file, or - for standard input.
+        token: String,
+    },
+}
+
+#[derive(Args)]
+pub struct MintArgs {
+    /// The cluster root private key.
+    #[arg(long)]
+    root_key: PathBuf,
+    /// The tenant the agent works for.
+    #[arg(long)]
+    tenant: String,
+    /// The root agent's id.
+    #[arg(long)]
+    agent: String,
+    /// The root agent's holder public key (hex).
+    #[arg(long)]
+    holder: String,
+    /// A tool and its tier: NAME=auto|auto+|propose|confirm|block. Repeat per tool.
+    #[arg(long = "tool", value_name = "NAME=TIER")]
+    tools: Vec<String>,
+    /// Budget cap in dollars, e.g. 25 or 12.50.
+    #[arg(long)]
+    budget: String,
+    /// Lifetime: 90s, 10m, 1h, 7d.
+    #[arg(long)]
+    ttl: String,
+    /// How many times the token may be delegated down a chain.
+    #[arg(long, default_value_t = 3)]
+    max_depth: u32,
+}
+
+#[derive(Args)]
+pub struct AttenuateArgs {
+    /// Parent token file, or - for standard input.
+    #[arg(long)]
+    token: String,
+    /// The cluster root public key (hex): the parent is verified before deriving.
+    #[arg(long)]
+    root_pub: String,
+    /// The parent holder's private key: it signs the delegation.
+    #[arg(long)]
+    key: PathBuf,
+    /// The child agent's id.
+    #[arg(long)]
+    agent: String,
+    /// The child's holder public key (hex).
+    #[arg(long)]
+    holder: String,
+    /// Keep only these tools (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only_tools: Option<Vec<String>>,
+    /// A stricter tier for a tool: NAME=TIER. Repeatable.
+    #[arg(long = "tier", value_name = "NAME=TIER")]
+    tiers: Vec<String>,
+    /// A smaller budget cap in dollars.
+    #[arg(long)]
+    budget: Option<String>,
+    /// A shorter lifetime from now: 90s, 10m, 1h, 7d.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// A constraint on an argument: 'TOOL.ARG OP VALUE' with OP one of eq, ne,
+    /// starts_with, ends_with, in (a,b,c), le, lt, ge, gt. Repeatable.
+    #[arg(long = "require", value_name = "'TOOL.ARG OP VALUE'")]
+    requires: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Print JSON: {verified, tenant, chain, effective, revocation_ids, size_bytes}.
+    #[arg(long)]
+    json: bool,
+    /// Verify against this root public key (hex); without it the output is what the
+    /// token claims, marked unverified.
+    #[arg(long)]
+    root_pub: Option<String>,
+    /// Token file, or - for standard input.
+    token: String,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The cluster root public key (hex).
+    #[arg(long)]
+    root_pub: String,
+    /// Token file, or - for standard input.
+    #[arg(long)]
+    token: String,
+    /// The tool to call.
+    #[arg(long)]
+    tool: String,
+    /// An argument: K=V. Integers are integers; quote ("42") to force a string.
+    #[arg(long = "arg", value_name = "K=V")]
+    args: Vec<String>,
+    /// Decide as of this time (RFC 3339) instead of now.
+    #[arg(long)]
+    at: Option<String>,
+    /// A file of revoked ids (hex), one per line.
+    #[arg(long)]
+    revoked: Option<PathBuf>,
+}
+
+pub fn run(cmd: TokenCommand) -> anyhow::Result<Outcome> {
+    match cmd {
+        TokenCommand::Mint(a) => mint(a),
+        TokenCommand::Attenuate(a) => attenuate(a),
+        TokenCommand::Inspect(a) => inspect(a),
+        TokenCommand::Check(a) => check(a),
+        TokenCommand::RevocationIds { token } => {
+            let bytes = Token::decode_base64_unverified(&read_input(&token)?)?;
+            for id in Token::inspect_unverified(&bytes)?.revocation_ids {
+                println!("{id}");
+            }
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+fn mint(a: MintArgs) -> anyhow::Result<Outcome> {
+    let root = KeyPair::load(&a.root_key)?;
+    let mut grant = RootGrant::new(
+        a.tenant,
+        a.agent,
+        public_key(&a.holder, "--holder")?,
+        money(&a.budget)?,
+        SystemTime::now() + ttl(&a.ttl)?,
+        a.max_depth,
+    );
+    if a.tools.is_empty() {
+        bail!("a token needs at least one --tool NAME=TIER");
+    }
+    for spec in &a.tools {
+        let (name, tier) = tool_tier(spec)?;
+        grant = grant.tool(name, tier);
+    }
+    let token = Token::mint(&root, grant)?;
+    println!("{}", token.to_base64()?);
+    Ok(Outcome::Success)
+}
+
+fn attenuate(a: AttenuateArgs) -> anyhow::Result<Outcome> {
+    let root = public_key(&a.root_pub, "--root-pub")?;
+    let parent = Token::from_base64(&read_input(&a.token)?, &root)
+        .context("the parent token does not verify")?;
+    let key = KeyPair::load(&a.key)?;
+    let mut att = Attenuation::new(a.agent, public_key(&a.holder, "--holder")?);
+    if let Some(only) = a.only_tools {
+        att = att.only_tools(only.into_iter().collect::<BTreeSet<_>>());
+    }
+    for spec in &a.tiers {
+        let (name, tier) = tool_tier(spec)?;
+        att = att.tier(name, tier);
+    }
+    if let Some(b) = &a.budget {
+        att = att.budget(money(b)?);
+    }
+    if let Some(t) = &a.ttl {
+        // A shorter lifetime than the parent's; `attenuate` refuses a longer one.
+        att = att.expires_at(SystemTime::now() + ttl(t)?);
+    }
+    for r in &a.requires {
+        att = att.require(r.parse::<Constraint>()?);
+    }
+    let child = parent.attenuate(&key, att)?;
+    println!("{}", child.to_base64()?);
+    Ok(Outcome::Success)
+}
+
+fn inspect(a: InspectArgs) -> anyhow::Result<Outcome> {
+    let text = read_input(&a.token)?;
+    let inspection = match &a.root_pub {
+        Some(hex) => Token::from_base64(&text, &public_key(hex, "--root-pub")?)
+            .context("the token does not verify")?
+            .inspect(),
+        None => Token::inspect_unverified(&Token::decode_base64_unverified(&text)?)?,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&inspection)?);
+    } else {
+        println!("{inspection}");
+    }
+    Ok(Outcome::Success)
+}
+
+fn check(a: CheckArgs) -> anyhow::Result<Outcome> {
+    let root = public_key(&a.root_pub, "--root-pub")?;
+    let text = read_input(&a.token)?;
+    let revoked = match &a.revoked {
+        Some(path) => Revocations::parse(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?,
+        None => Revocations::new(),
+    };
+    let time = match &a.at {
+        Some(at) => humantime::parse_rfc3339_weak(at)
+            .with_context(|| format!("--at {at}: expected RFC 3339, e.g. 2026-11-22T10:00:00Z"))?,
+        None => SystemTime::now(),
+    };
+    let mut args = ToolArgs::new();
+    for kv in &a.args {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--arg {kv}: expected K=V"))?;
+        args.insert(k.to_string(), ArgValue::parse_cli(v));
+    }
+    let token = match Token::from_base64(&text, &root) {
+        Ok(t) => t,
+        // Text that is not a token at all is unusable input; a token that does not
+        // verify is a denial.
+        Err(e @ (TokenError::Encoding(_) | TokenError::TooLarge { .. })) => return Err(e.into()),
+        Err(e) => return Ok(Outcome::Denied(e.to_string())),
+    };
+    let request = Request {
+        agent: token.agent().to_string(),
+        tool: a.tool,
+        args,
+        time,
+    };
+    match token.authorize_datalog(&request, &revoked) {
+        Ok(ok) => {
+            println!("allow {}", ok.tier);
+            println!("budget {}", ok.budget);
+            Ok(Outcome::Success)
+        }
+        Err(denial) => Ok(Outcome::Denied(denial.to_string())),
+    }
+}
+
+/// Reads a token from a file, or from standard input for `-`.
+fn read_input(source: &str) -> anyhow::Result<String> {
+    const LIMIT: u64 = 64 * 1024;
+    let mut text = String::new();
+    if source == "-" {
+        std::io::stdin()
+            .take(LIMIT + 1)
+            .read_to_string(&mut text)
+            .context("reading the token from standard input")?;
+    } else {
+        std::fs::File::open(source)
+            .and_then(|f| f.take(LIMIT + 1).read_to_string(&mut text))
+            .with_context(|| format!("reading {source}"))?;
+    }
+    if text.len() as u64 > LIMIT {
+        bail!("{source}: more than {LIMIT} bytes; that is not a token");
+    }
+    Ok(text)
+}
+
+fn public_key(hex: &str, flag: &str) -> anyhow::Result<PublicKey> {
+    PublicKey::from_hex(hex).with_context(|| format!("{flag} {hex}"))
+}
+
+fn money(text: &str) -> anyhow::Result<MicroUsd> {
+    Ok(text.parse::<MicroUsd>()?)
+}
+
+fn ttl(text: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(text)
+        .with_context(|| format!("`{text}` is not a duration; use forms like 90s, 10m, 1h, 7d"))
+}
+
+fn tool_tier(spec: &str) -> anyhow::Result<(String, Tier)> {
+    let (name, tier) = spec
+        .split_once('=')
+        .with_context(|| format!("`{spec}`: expected NAME=TIER, e.g. send_email=confirm"))?;
+    Ok((name.to_string(), tier.parse()?))
+}
