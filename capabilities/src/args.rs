@@ -406,9 +406,11 @@ mod tests {
             .collect()
     }
 
+    type Case<'a> = (&'a str, &'a [(&'a str, ArgValue)], bool);
+
     #[test]
     fn constraint_table() {
-        let cases: &[(&str, &[(&str, ArgValue)], bool)] = &[
+        let cases: &[Case] = &[
             (
                 "mail.to ends_with @acme.example",
                 &[("to", "a@acme.example".into())],

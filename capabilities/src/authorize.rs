@@ -90,8 +90,8 @@ pub enum Denial {
     /// An argument constraint is not met.
     #[error("{} (set when delegating to `{agent}`); got {actual}", constraint.describe())]
     Constraint {
-        /// The constraint.
-        constraint: Constraint,
+        /// The constraint (boxed: denials stay small on the allowed path).
+        constraint: Box<Constraint>,
         /// The agent whose delegation set it.
         agent: String,
         /// What the request had, or `nothing`.
@@ -353,7 +353,7 @@ impl Token {
             },
             BlockCheck::Expires(at) => self.expired(block, at, request),
             BlockCheck::Constraint(c) => Denial::Constraint {
-                constraint: c.clone(),
+                constraint: Box::new(c.clone()),
                 agent: self.agent_of_block(block).to_string(),
                 actual: request
                     .args

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
 use crate::error::KeyError;
@@ -44,7 +44,7 @@ impl KeyPair {
 
     /// The public half.
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.signing.verifying_key())
+        PublicKey(self.signing.verifying_key().to_bytes())
     }
 
     /// Signs `message`.
@@ -139,8 +139,13 @@ impl fmt::Debug for KeyPair {
 }
 
 /// An ed25519 public key, written as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(VerifyingKey);
+///
+/// Keys parsed from text or bytes supplied by a caller are checked to be valid points.
+/// Keys read out of an already signature-verified token are kept as bytes and only
+/// decompressed when a signature is checked against them; an invalid one then simply
+/// never verifies.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; 32]);
 
 impl PublicKey {
     /// Parses 64 hex digits.
@@ -155,37 +160,47 @@ impl PublicKey {
     /// Parses the 32 raw bytes of a public key.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
         VerifyingKey::from_bytes(bytes)
-            .map(PublicKey)
+            .map(|_| PublicKey(*bytes))
             .map_err(|_| KeyError::BadPublicKey {
                 reason: "not a valid ed25519 point".into(),
             })
     }
 
+    /// Keeps `bytes` without decompressing them (see the type's documentation).
+    pub(crate) fn from_bytes_unchecked(bytes: [u8; 32]) -> Self {
+        PublicKey(bytes)
+    }
+
     /// The 32 raw bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.0
     }
 
     /// The key as 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0.as_bytes())
+        hex::encode(self.0)
     }
 
     /// Verifies an ed25519 signature by this key (strict verification: no malleable
-    /// signatures, no small-order keys).
+    /// signatures, no small-order keys). An invalid key verifies nothing.
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
-        let sig = Signature::from_bytes(signature);
-        self.0.verify_strict(message, &sig).is_ok() && self.0.verify(message, &sig).is_ok()
+        let Ok(key) = VerifyingKey::from_bytes(&self.0) else {
+            return false;
+        };
+        key.verify_strict(message, &Signature::from_bytes(signature))
+            .is_ok()
     }
 
-    pub(crate) fn to_biscuit(self) -> biscuit_auth::PublicKey {
-        biscuit_auth::PublicKey::from_bytes(self.0.as_bytes(), biscuit_auth::Algorithm::Ed25519)
-            .expect("a valid ed25519 verifying key is always a valid biscuit public key")
+    pub(crate) fn to_biscuit(self) -> Result<biscuit_auth::PublicKey, KeyError> {
+        biscuit_auth::PublicKey::from_bytes(&self.0, biscuit_auth::Algorithm::Ed25519).map_err(
+            |_| KeyError::BadPublicKey {
+                reason: "not a valid ed25519 point".into(),
+            },
+        )
     }
 
     pub(crate) fn from_biscuit(key: &biscuit_auth::PublicKey) -> Option<Self> {
-        let bytes: [u8; 32] = key.to_bytes().try_into().ok()?;
-        Self::from_bytes(&bytes).ok()
+        key.to_bytes().try_into().ok().map(PublicKey)
     }
 }
 
@@ -214,5 +229,23 @@ impl<'de> serde::Deserialize<'de> for PublicKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         PublicKey::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde for holder keys inside token specs: hex, kept as bytes without decompression
+/// (the spec is covered by the token's signatures; see [`PublicKey`]).
+pub(crate) mod unchecked_hex {
+    use super::PublicKey;
+
+    pub fn serialize<S: serde::Serializer>(key: &PublicKey, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&key.to_hex())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PublicKey, D::Error> {
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.as_bytes(), &mut bytes)
+            .map_err(|_| serde::de::Error::custom("a holder key is 64 hex digits"))?;
+        Ok(PublicKey::from_bytes_unchecked(bytes))
     }
 }

@@ -7,10 +7,11 @@
 //! `inspect` read is exactly what the Datalog enforces.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use biscuit_auth::BlockBuilder;
-use biscuit_auth::builder::{self, Term};
+use biscuit_auth::builder::{self, Check, CheckKind, Rule, Term};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{ArgValue, Constraint, ConstraintValue, Op, validate_name};
@@ -46,6 +47,7 @@ pub struct RootGrant {
     /// The root agent's id.
     pub agent: String,
     /// The root agent's holder key: requests must be signed by it.
+    #[serde(with = "crate::keys::unchecked_hex")]
     pub holder: PublicKey,
     /// The tools granted, each with its tier.
     pub tools: BTreeMap<String, Tier>,
@@ -96,6 +98,12 @@ impl RootGrant {
         self.tools
             .keys()
             .try_for_each(|t| validate_name("tool", t))?;
+        if self.expires_at > MAX_EXPIRY_SECS {
+            return Err(ParseError::Name {
+                kind: "expiry (after year 9999)",
+                name: self.expires_at.to_string(),
+            });
+        }
         if self.max_depth > MAX_DEPTH_LIMIT {
             return Err(ParseError::Name {
                 kind: "max depth (at most 16)",
@@ -137,7 +145,7 @@ impl RootGrant {
                 ))
             })
             .map_err(internal)?;
-        expiry_check(b, self.expires_at)
+        b.check(expiry_check(self.expires_at)?).map_err(internal)
     }
 }
 
@@ -148,6 +156,7 @@ pub struct Attenuation {
     /// The child agent's id.
     pub agent: String,
     /// The child's holder key.
+    #[serde(with = "crate::keys::unchecked_hex")]
     pub holder: PublicKey,
     /// When set, the child may use only these tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,30 +282,189 @@ impl Attenuation {
                 .map_err(internal)?;
         }
         for check in self.checks() {
-            b = match check {
+            let check = match check {
+                // One alternative per tool rather than a set literal: a set's printed
+                // order depends on symbol interning, and verification compares printed
+                // Datalog. An empty list delegates no tool at all.
+                BlockCheck::OnlyTools(tools) if tools.is_empty() => templates().nothing.clone(),
                 BlockCheck::OnlyTools(tools) => {
-                    // One alternative per tool rather than a set literal: a set's
-                    // printed order depends on symbol interning, and verification
-                    // compares printed Datalog.
-                    let mut alternatives = (0..tools.len())
-                        .map(|i| format!("operation({{t{i}}})"))
-                        .collect::<Vec<_>>()
-                        .join(" or ");
-                    if alternatives.is_empty() {
-                        // Delegating no tools at all: nothing may run.
-                        alternatives.push_str("false");
-                    }
-                    let params = tools
+                    let queries = tools
                         .iter()
-                        .enumerate()
-                        .map(|(i, t)| (format!("t{i}"), builder::string(t)));
-                    code(b, &format!("check if {alternatives}"), params)?
+                        .map(|t| with(&templates().operation_is, &[("tool", builder::string(t))]))
+                        .collect::<Result<_, _>>()?;
+                    one_of(queries)
                 }
-                BlockCheck::Expires(at) => expiry_check(b, at)?,
-                BlockCheck::Constraint(c) => constraint_check(b, c)?,
+                BlockCheck::Expires(at) => expiry_check(at)?,
+                BlockCheck::Constraint(c) => constraint_check(c)?,
             };
+            b = b.check(check).map_err(internal)?;
         }
         Ok(b)
+    }
+}
+
+/// Latest expiry a token may carry: the last second of year 9999, the last one
+/// RFC 3339 can write.
+pub const MAX_EXPIRY_SECS: u64 = 253_402_300_799;
+
+/// Biscuit's printed form of the Datalog that `to_block` writes, produced directly from
+/// the spec. Verification compares it with the token's printed block: the same text
+/// for the same contents, without rebuilding and re-printing a block per verification.
+/// (Biscuit prints strings unescaped; a hand-made block that prints the same text with
+/// other contents can still not exceed its signer's rights, which the earlier blocks
+/// enforce.)
+pub(crate) struct Source(String);
+
+impl Source {
+    fn new() -> Self {
+        Source(String::with_capacity(512))
+    }
+
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.0.push('"');
+        self.0.push_str(s);
+        self.0.push('"');
+        self
+    }
+
+    fn raw(&mut self, s: &str) -> &mut Self {
+        self.0.push_str(s);
+        self
+    }
+
+    fn int(&mut self, i: i64) -> &mut Self {
+        self.0.push_str(&i.to_string());
+        self
+    }
+
+    fn date(&mut self, secs: u64) -> &mut Self {
+        self.0.push_str(&rfc3339(secs));
+        self
+    }
+
+    fn value(&mut self, v: &ArgValue) -> &mut Self {
+        match v {
+            ArgValue::Int(i) => self.int(*i),
+            ArgValue::Str(s) => self.str(s),
+        }
+    }
+
+    fn expiry_check(&mut self, at: u64) -> &mut Self {
+        self.raw("check if time($time), $time <= ")
+            .date(at)
+            .raw(";\n")
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl RootGrant {
+    pub(crate) fn source(&self) -> Source {
+        let mut s = Source::new();
+        s.raw("tenant(").str(&self.tenant).raw(");\n");
+        s.raw("agent(").str(&self.agent).raw(");\n");
+        s.raw("holder(hex:").raw(&self.holder.to_hex()).raw(");\n");
+        for (tool, tier) in &self.tools {
+            s.raw("tool(")
+                .str(tool)
+                .raw(", ")
+                .int(tier.level())
+                .raw(");\n");
+        }
+        s.raw("budget(").int(self.budget.as_datalog()).raw(");\n");
+        s.raw("expires(").date(self.expires_at).raw(");\n");
+        s.raw("max_depth(")
+            .int(i64::from(self.max_depth))
+            .raw(");\n");
+        s.expiry_check(self.expires_at);
+        s
+    }
+}
+
+impl Attenuation {
+    pub(crate) fn source(&self) -> Source {
+        let mut s = Source::new();
+        s.raw("delegate(")
+            .str(&self.agent)
+            .raw(", hex:")
+            .raw(&self.holder.to_hex())
+            .raw(");\n");
+        for (tool, tier) in &self.tiers {
+            s.raw("tier_floor(")
+                .str(tool)
+                .raw(", ")
+                .int(tier.level())
+                .raw(");\n");
+        }
+        if let Some(b) = self.budget {
+            s.raw("budget(").int(b.as_datalog()).raw(");\n");
+        }
+        if let Some(at) = self.expires_at {
+            s.raw("expires(").date(at).raw(");\n");
+        }
+        for check in self.checks() {
+            match check {
+                BlockCheck::OnlyTools(tools) if tools.is_empty() => {
+                    s.raw("check if false;\n");
+                }
+                BlockCheck::OnlyTools(tools) => {
+                    s.raw("check if ");
+                    for (i, tool) in tools.iter().enumerate() {
+                        if i > 0 {
+                            s.raw(" or ");
+                        }
+                        s.raw("operation(").str(tool).raw(")");
+                    }
+                    s.raw(";\n");
+                }
+                BlockCheck::Expires(at) => {
+                    s.expiry_check(at);
+                }
+                BlockCheck::Constraint(c) => {
+                    s.raw("check if operation($op), $op != ").str(&c.tool);
+                    match &c.value {
+                        ConstraintValue::Many(values) => {
+                            for v in values {
+                                s.raw(" or ")
+                                    .raw(arg_predicate(v))
+                                    .raw("(")
+                                    .str(&c.arg)
+                                    .raw(", ")
+                                    .value(v)
+                                    .raw(")");
+                            }
+                        }
+                        ConstraintValue::One(v) => {
+                            s.raw(" or ")
+                                .raw(arg_predicate(v))
+                                .raw("(")
+                                .str(&c.arg)
+                                .raw(", $value), ");
+                            let (before, after) = match c.op {
+                                Op::Eq => ("$value == ", ""),
+                                Op::Ne => ("$value != ", ""),
+                                Op::StartsWith => ("$value.starts_with(", ")"),
+                                Op::EndsWith => ("$value.ends_with(", ")"),
+                                Op::Le => ("$value <= ", ""),
+                                Op::Lt => ("$value < ", ""),
+                                Op::Ge => ("$value >= ", ""),
+                                Op::Gt => ("$value > ", ""),
+                                Op::In => ("false", ""),
+                            };
+                            s.raw(before);
+                            if c.op != Op::In {
+                                s.value(v);
+                            }
+                            s.raw(after);
+                        }
+                    }
+                    s.raw(";\n");
+                }
+            }
+        }
+        s
     }
 }
 
@@ -307,56 +475,116 @@ pub(crate) enum BlockCheck<'a> {
     Constraint(&'a Constraint),
 }
 
-fn expiry_check(b: BlockBuilder, at: u64) -> Result<BlockBuilder, TokenError> {
-    code(
-        b,
-        "check if time($time), $time <= {expiry}",
-        [("expiry", Term::Date(at))],
-    )
+/// Parsed rule templates. Parsing Datalog text is the slowest step of building a
+/// block, and verification rebuilds every block, so each shape is parsed once and then
+/// cloned with its parameters set.
+struct Templates {
+    expiry: Rule,
+    nothing: Check,
+    operation_is: Rule,
+    operation_is_not: Rule,
+    /// `arg_{str,int}(arg, $value), TEST`, indexed by [`Op`] order and predicate.
+    arg_tests: HashMap<(&'static str, Op), Rule>,
+    /// `arg_{str,int}(arg, value)`: one alternative of an `in` list.
+    arg_is: HashMap<&'static str, Rule>,
 }
 
-fn constraint_check(b: BlockBuilder, c: &Constraint) -> Result<BlockBuilder, TokenError> {
+fn templates() -> &'static Templates {
+    static TEMPLATES: OnceLock<Templates> = OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        // The sources are constants covered by every test that builds a token.
+        let rule = |source: &str| -> Rule {
+            let check = Check::try_from(format!("check if {source}").as_str())
+                .expect("a constant Datalog template parses");
+            check.queries[0].clone()
+        };
+        let mut arg_tests = HashMap::new();
+        for pred in ["arg_str", "arg_int"] {
+            for op in Op::ALL {
+                let test = match op {
+                    Op::Eq => "$value == {want}",
+                    Op::Ne => "$value != {want}",
+                    Op::StartsWith => "$value.starts_with({want})",
+                    Op::EndsWith => "$value.ends_with({want})",
+                    Op::Le => "$value <= {want}",
+                    Op::Lt => "$value < {want}",
+                    Op::Ge => "$value >= {want}",
+                    Op::Gt => "$value > {want}",
+                    Op::In => continue,
+                };
+                arg_tests.insert(
+                    (pred, op),
+                    rule(&format!("{pred}({{arg}}, $value), {test}")),
+                );
+            }
+        }
+        Templates {
+            expiry: rule("time($time), $time <= {expiry}"),
+            nothing: Check::try_from("check if false").expect("a constant Datalog template parses"),
+            operation_is: rule("operation({tool})"),
+            operation_is_not: rule("operation($op), $op != {tool}"),
+            arg_tests,
+            arg_is: ["arg_str", "arg_int"]
+                .into_iter()
+                .map(|p| (p, rule(&format!("{p}({{arg}}, {{value}})"))))
+                .collect(),
+        }
+    })
+}
+
+/// A copy of `template` with its parameters set.
+fn with(template: &Rule, params: &[(&str, Term)]) -> Result<Rule, TokenError> {
+    let mut rule = template.clone();
+    for (name, value) in params {
+        rule.set(name, value.clone()).map_err(internal)?;
+    }
+    Ok(rule)
+}
+
+fn one_of(queries: Vec<Rule>) -> Check {
+    Check {
+        queries,
+        kind: CheckKind::One,
+    }
+}
+
+fn expiry_check(at: u64) -> Result<Check, TokenError> {
+    Ok(one_of(vec![with(
+        &templates().expiry,
+        &[("expiry", Term::Date(at))],
+    )?]))
+}
+
+fn constraint_check(c: &Constraint) -> Result<Check, TokenError> {
+    let t = templates();
     let term = |v: &ArgValue| match v {
         ArgValue::Int(i) => builder::int(*i),
         ArgValue::Str(s) => builder::string(s),
     };
-    let mut params = vec![
-        ("tool".to_string(), builder::string(&c.tool)),
-        ("arg".to_string(), builder::string(&c.arg)),
-    ];
-    let satisfied = match &c.value {
+    let arg = builder::string(&c.arg);
+    // Either the call is to another tool, or the argument satisfies the constraint.
+    let mut queries = vec![with(
+        &t.operation_is_not,
+        &[("tool", builder::string(&c.tool))],
+    )?];
+    match &c.value {
         // `in` is one alternative per value, for the same reason as the tool list.
-        ConstraintValue::Many(values) => values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                params.push((format!("v{i}"), term(v)));
-                format!("{}({{arg}}, {{v{i}}})", arg_predicate(v))
-            })
-            .collect::<Vec<_>>()
-            .join(" or "),
-        ConstraintValue::One(v) => {
-            params.push(("want".to_string(), term(v)));
-            let test = match c.op {
-                Op::Eq => "$value == {want}",
-                Op::Ne => "$value != {want}",
-                Op::StartsWith => "$value.starts_with({want})",
-                Op::EndsWith => "$value.ends_with({want})",
-                Op::Le => "$value <= {want}",
-                Op::Lt => "$value < {want}",
-                Op::Ge => "$value >= {want}",
-                Op::Gt => "$value > {want}",
-                // `In` always carries a list; validation refuses anything else.
-                Op::In => "false",
-            };
-            format!("{}({{arg}}, $value), {test}", arg_predicate(v))
+        ConstraintValue::Many(values) => {
+            for v in values {
+                queries.push(with(
+                    &t.arg_is[arg_predicate(v)],
+                    &[("arg", arg.clone()), ("value", term(v))],
+                )?);
+            }
         }
-    };
-    code(
-        b,
-        &format!("check if operation($op), $op != {{tool}} or {satisfied}"),
-        params,
-    )
+        ConstraintValue::One(v) => {
+            let template = t.arg_tests.get(&(arg_predicate(v), c.op)).ok_or_else(|| {
+                TokenError::Internal(format!("no template for {} on {v}", c.op.as_str()))
+            })?;
+            queries.push(with(template, &[("arg", arg), ("want", term(v))])?);
+        }
+    }
+    Ok(one_of(queries))
 }
 
 /// The Datalog predicate that carries arguments of `v`'s type.
@@ -365,16 +593,6 @@ pub(crate) fn arg_predicate(v: &ArgValue) -> &'static str {
         ArgValue::Int(_) => "arg_int",
         ArgValue::Str(_) => "arg_str",
     }
-}
-
-fn code<K: Into<String>>(
-    b: BlockBuilder,
-    source: &str,
-    params: impl IntoIterator<Item = (K, Term)>,
-) -> Result<BlockBuilder, TokenError> {
-    let params: HashMap<String, Term> = params.into_iter().map(|(k, v)| (k.into(), v)).collect();
-    b.code_with_params(source, params, HashMap::new())
-        .map_err(internal)
 }
 
 pub(crate) fn internal(e: biscuit_auth::error::Token) -> TokenError {

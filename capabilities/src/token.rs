@@ -121,7 +121,7 @@ impl Token {
             .merge(grant.to_block()?.context(context))
             .build(&root_key.to_biscuit())
             .map_err(internal)?;
-        Ok(Token::assemble(biscuit, grant, Vec::new())?)
+        Ok(Token::assemble(biscuit, grant, Vec::new(), None)?)
     }
 
     /// Parses and fully verifies a serialized token against the root public key.
@@ -132,13 +132,13 @@ impl Token {
                 limit: MAX_TOKEN_BYTES,
             });
         }
-        let biscuit = Biscuit::from(bytes, root.to_biscuit()).map_err(parse_error)?;
-        Token::verified(biscuit)
+        let biscuit = Biscuit::from(bytes, root_key(root)?).map_err(parse_error)?;
+        Token::verified(biscuit, Some(bytes.len()))
     }
 
-    fn verified(biscuit: Biscuit) -> Result<Token, TokenError> {
+    fn verified(biscuit: Biscuit, size: Option<usize>) -> Result<Token, TokenError> {
         let (grant, delegations) = check_structure(&biscuit)?;
-        Token::assemble(biscuit, grant, delegations)
+        Token::assemble(biscuit, grant, delegations, size)
     }
 
     /// Parses base64url text (surrounding whitespace ignored) and verifies it.
@@ -152,8 +152,8 @@ impl Token {
                 limit: MAX_TOKEN_BYTES,
             });
         }
-        let biscuit = Biscuit::from_base64(text, root.to_biscuit()).map_err(parse_error)?;
-        Token::verified(biscuit)
+        let biscuit = Biscuit::from_base64(text, root_key(root)?).map_err(parse_error)?;
+        Token::verified(biscuit, None)
     }
 
     /// The token as bytes.
@@ -190,11 +190,21 @@ impl Token {
             .map_err(internal)?;
         let biscuit = self
             .biscuit
-            .append_third_party(holder.to_biscuit(), signed)
+            .append_third_party(
+                holder
+                    .to_biscuit()
+                    .map_err(|e| TokenError::Internal(e.to_string()))?,
+                signed,
+            )
             .map_err(internal)?;
         let mut delegations = self.delegations.clone();
         delegations.push(attenuation);
-        Ok(Token::assemble(biscuit, self.root.clone(), delegations)?)
+        Ok(Token::assemble(
+            biscuit,
+            self.root.clone(),
+            delegations,
+            None,
+        )?)
     }
 
     fn check_narrowing(&self, a: &Attenuation) -> Result<(), AttenuateError> {
@@ -250,12 +260,17 @@ impl Token {
         Ok(())
     }
 
+    /// Builds the token value; `size` is the serialized size when the caller knows it.
     fn assemble(
         biscuit: Biscuit,
         root: RootGrant,
         delegations: Vec<Attenuation>,
+        size: Option<usize>,
     ) -> Result<Token, TokenError> {
-        let size = biscuit.serialized_size().map_err(internal)?;
+        let size = match size {
+            Some(size) => size,
+            None => biscuit.serialized_size().map_err(internal)?,
+        };
         if size > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge {
                 size,
@@ -489,6 +504,11 @@ fn spec_json(spec: &BlockSpec) -> Result<String, TokenError> {
     serde_json::to_string(spec).map_err(|e| TokenError::Internal(e.to_string()))
 }
 
+fn root_key(root: &PublicKey) -> Result<biscuit_auth::PublicKey, TokenError> {
+    root.to_biscuit()
+        .map_err(|e| TokenError::Invalid(format!("root key: {e}")))
+}
+
 fn parse_error(e: biscuit_auth::error::Token) -> TokenError {
     match e {
         biscuit_auth::error::Token::Base64(_) => TokenError::Encoding("not base64url text".into()),
@@ -512,9 +532,9 @@ fn check_structure(biscuit: &Biscuit) -> Result<(RootGrant, Vec<Attenuation>), T
             .ok_or_else(|| not_canonical(block, "it carries no Bulwark spec"))?;
         serde_json::from_str(ctx).map_err(|e| not_canonical(block, &format!("bad spec: {e}")))
     };
-    let matches_source = |block: usize, builder: biscuit_auth::BlockBuilder| {
+    let matches_source = |block: usize, expected: crate::spec::Source| {
         let actual = biscuit.print_block_source(block).map_err(internal)?;
-        if actual.trim_end() == builder.to_string().trim_end() {
+        if actual.trim_end() == expected.as_str().trim_end() {
             Ok(())
         } else {
             Err(not_canonical(
@@ -530,7 +550,7 @@ fn check_structure(biscuit: &Biscuit) -> Result<(RootGrant, Vec<Attenuation>), T
     };
     root.validate()
         .map_err(|e| not_canonical(0, &e.to_string()))?;
-    matches_source(0, root.to_block()?)?;
+    matches_source(0, root.source())?;
 
     let depth = count - 1;
     if depth > root.max_depth as usize || depth > MAX_DEPTH_LIMIT as usize {
@@ -561,7 +581,7 @@ fn check_structure(biscuit: &Biscuit) -> Result<(RootGrant, Vec<Attenuation>), T
                 prev: block - 1,
             });
         }
-        matches_source(block, spec.to_block()?)?;
+        matches_source(block, spec.source())?;
         holder = spec.holder;
         delegations.push(spec);
     }

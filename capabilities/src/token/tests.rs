@@ -112,7 +112,7 @@ fn append_raw(token: &Token, signer: &KeyPair, block: biscuit_auth::BlockBuilder
         .unwrap();
     token
         .biscuit
-        .append_third_party(signer.public().to_biscuit(), signed)
+        .append_third_party(signer.public().to_biscuit().unwrap(), signed)
         .unwrap()
         .to_vec()
         .unwrap()
@@ -144,7 +144,7 @@ fn attack_block_adding_grant_facts_is_rejected_and_grants_nothing() {
 
     // Even to biscuit's own authorizer, with Bulwark's policy, those facts grant
     // nothing: only the authority block is trusted for `tool`.
-    let raw = biscuit_auth::Biscuit::from(&bytes, root.public().to_biscuit()).unwrap();
+    let raw = biscuit_auth::Biscuit::from(&bytes, root.public().to_biscuit().unwrap()).unwrap();
     for tool in ["wire_money", "send_email"] {
         let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
             .code(format!(
@@ -261,4 +261,42 @@ fn attack_hand_built_delegation_beyond_max_depth_is_rejected() {
     );
     // Depth 3 itself is fine.
     assert!(Token::from_bytes(&token.to_bytes().unwrap(), &root.public()).is_ok());
+}
+
+#[test]
+fn the_direct_source_equals_biscuits_printing_of_the_built_block() {
+    let holder = KeyPair::generate().public();
+    let att = Attenuation::new("c", holder)
+        .only_tools(["send_email", "pay", "read_inbox"])
+        .tier("send_email", Tier::Confirm)
+        .tier("pay", Tier::Block)
+        .budget(MicroUsd::from_usd(5).unwrap())
+        .expires_at(now())
+        .require(
+            "send_email.to ends_with @acme.example"
+                .parse::<Constraint>()
+                .unwrap(),
+        )
+        .require("send_email.to starts_with ops".parse().unwrap())
+        .require("send_email.subject eq hello".parse().unwrap())
+        .require("send_email.subject ne bye".parse().unwrap())
+        .require("pay.amount le 100".parse().unwrap())
+        .require("pay.amount lt -100".parse().unwrap())
+        .require("pay.amount ge 0".parse().unwrap())
+        .require("pay.amount gt 1".parse().unwrap())
+        .require("pay.amount eq 7".parse().unwrap())
+        .require("pay.amount ne 8".parse().unwrap())
+        .require("pay.currency in EUR,USD".parse().unwrap())
+        .require("pay.code in 3,1,2".parse().unwrap());
+    assert_eq!(att.to_block().unwrap().to_string(), att.source().as_str());
+    let empty = Attenuation::new("c", holder).only_tools(Vec::<String>::new());
+    assert_eq!(
+        empty.to_block().unwrap().to_string(),
+        empty.source().as_str()
+    );
+    let root = root_token(&KeyPair::generate(), &KeyPair::generate());
+    assert_eq!(
+        root.root.to_block().unwrap().to_string(),
+        root.root.source().as_str()
+    );
 }

@@ -1,6 +1,8 @@
 //! Integration tests of the capability tokens through the public API: attacks (each
 //! paired with the allowed path), property tests of attenuation, and byte mutation.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod attacks;
 mod mutation;
 mod properties;

@@ -1,0 +1,596 @@
+//! The `bulwark` command-line contract, run against the real binary: output formats
+//! and exit codes (0 success, 2 unusable input or usage, 3 denied).
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn bulwark(dir: &Path, args: &[&str]) -> Output {
+    bulwark_stdin(dir, args, None)
+}
+
+fn bulwark_stdin(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the bulwark binary runs");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("bulwark finishes")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    root_pub: String,
+    planner_pub: String,
+    mailer_pub: String,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let root_pub = ok(&bulwark(d, &["keygen", "--out", "root.key"]))
+        .trim()
+        .to_string();
+    let planner_pub = ok(&bulwark(d, &["keygen", "--out", "planner.key"]))
+        .trim()
+        .to_string();
+    let mailer_pub = ok(&bulwark(d, &["keygen", "--out", "mailer.key"]))
+        .trim()
+        .to_string();
+    let token = ok(&bulwark(
+        d,
+        &[
+            "token",
+            "mint",
+            "--root-key",
+            "root.key",
+            "--tenant",
+            "acme",
+            "--agent",
+            "planner",
+            "--holder",
+            &planner_pub,
+            "--tool",
+            "send_email=auto+",
+            "--tool",
+            "read_inbox=auto",
+            "--tool",
+            "pay=propose",
+            "--budget",
+            "25.50",
+            "--ttl",
+            "1h",
+            "--max-depth",
+            "2",
+        ],
+    ));
+    std::fs::write(d.join("planner.tok"), token).expect("write token");
+    Setup {
+        dir,
+        root_pub,
+        planner_pub,
+        mailer_pub,
+    }
+}
+
+impl Setup {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn mailer(&self) -> String {
+        let out = bulwark(
+            self.path(),
+            &[
+                "token",
+                "attenuate",
+                "--token",
+                "planner.tok",
+                "--root-pub",
+                &self.root_pub,
+                "--key",
+                "planner.key",
+                "--agent",
+                "mailer",
+                "--holder",
+                &self.mailer_pub,
+                "--only-tools",
+                "send_email,pay",
+                "--tier",
+                "send_email=confirm",
+                "--budget",
+                "5",
+                "--ttl",
+                "10m",
+                "--require",
+                "send_email.to ends_with @acme.example",
+                "--require",
+                "pay.amount le 100",
+            ],
+        );
+        let token = ok(&out);
+        std::fs::write(self.path().join("mailer.tok"), &token).expect("write token");
+        token
+    }
+}
+
+#[test]
+fn keygen_writes_a_private_0600_key_and_refuses_to_overwrite() {
+    let s = setup();
+    let mode = std::fs::metadata(s.path().join("root.key"))
+        .expect("key exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(s.root_pub.len(), 64);
+    let again = bulwark(s.path(), &["keygen", "--out", "root.key"]);
+    assert_eq!(code(&again), 2);
+    assert!(
+        stderr(&again).contains("refusing to overwrite"),
+        "{}",
+        stderr(&again)
+    );
+    let public = ok(&bulwark(s.path(), &["key", "public", "root.key"]));
+    assert_eq!(public.trim(), s.root_pub);
+    // A key others can read is refused.
+    std::fs::set_permissions(
+        s.path().join("root.key"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .expect("chmod");
+    let out = bulwark(s.path(), &["key", "public", "root.key"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
+
+#[test]
+fn inspect_json_has_the_documented_shape() {
+    let s = setup();
+    s.mailer();
+    let out = ok(&bulwark(
+        s.path(),
+        &[
+            "token",
+            "inspect",
+            "--json",
+            "--root-pub",
+            &s.root_pub,
+            "mailer.tok",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["chain"][0]["agent"], "planner");
+    assert_eq!(v["chain"][0]["holder"], s.planner_pub.as_str());
+    assert_eq!(v["chain"][1]["agent"], "mailer");
+    assert_eq!(v["chain"][1]["holder"], s.mailer_pub.as_str());
+    assert_eq!(v["effective"]["tools"]["send_email"], "confirm");
+    assert_eq!(v["effective"]["tools"]["pay"], "propose");
+    assert!(v["effective"]["tools"].get("read_inbox").is_none());
+    assert_eq!(v["effective"]["budget"], "5");
+    assert_eq!(v["effective"]["remaining_depth"], 1);
+    let expires = v["effective"]["expires_at"].as_str().expect("string");
+    assert!(humantime::parse_rfc3339(expires).is_ok(), "{expires}");
+    // Without the root key: the same claims, marked unverified, also from stdin.
+    let text = std::fs::read_to_string(s.path().join("mailer.tok")).expect("read");
+    let out = ok(&bulwark_stdin(
+        s.path(),
+        &["token", "inspect", "--json", "-"],
+        Some(&text),
+    ));
+    let u: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(u["verified"], false);
+    assert_eq!(u["effective"], v["effective"]);
+    let human = ok(&bulwark(s.path(), &["token", "inspect", "mailer.tok"]));
+    assert!(human.starts_with("UNVERIFIED"), "{human}");
+}
+
+#[test]
+fn check_allows_with_tier_and_denies_with_exit_3_and_a_reason() {
+    let s = setup();
+    s.mailer();
+    let root = s.root_pub.as_str();
+    let allow = ok(&bulwark(
+        s.path(),
+        &[
+            "token",
+            "check",
+            "--root-pub",
+            root,
+            "--token",
+            "mailer.tok",
+            "--tool",
+            "send_email",
+            "--arg",
+            "to=bob@acme.example",
+        ],
+    ));
+    assert_eq!(allow.lines().next(), Some("allow confirm"));
+    let pay = ok(&bulwark(
+        s.path(),
+        &[
+            "token",
+            "check",
+            "--root-pub",
+            root,
+            "--token",
+            "mailer.tok",
+            "--tool",
+            "pay",
+            "--arg",
+            "amount=100",
+        ],
+    ));
+    assert_eq!(pay.lines().next(), Some("allow propose"));
+
+    let denied_cases: &[(&[&str], &str)] = &[
+        (
+            &["--tool", "send_email", "--arg", "to=eve@evil.example"],
+            "must end with",
+        ),
+        (
+            &["--tool", "pay", "--arg", "amount=101"],
+            "must be at most 100",
+        ),
+        (&["--tool", "read_inbox"], "withheld"),
+        (&["--tool", "wire_money"], "not granted"),
+        (
+            &[
+                "--tool",
+                "pay",
+                "--arg",
+                "amount=1",
+                "--at",
+                "2099-01-01T00:00:00Z",
+            ],
+            "expired",
+        ),
+    ];
+    for (extra, reason) in denied_cases {
+        let mut args = vec![
+            "token",
+            "check",
+            "--root-pub",
+            root,
+            "--token",
+            "mailer.tok",
+        ];
+        args.extend_from_slice(extra);
+        let out = bulwark(s.path(), &args);
+        assert_eq!(code(&out), 3, "{extra:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+        assert!(stderr(&out).contains(reason), "{extra:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn check_denies_a_token_from_another_root_and_a_revoked_one() {
+    let s = setup();
+    s.mailer();
+    let other = ok(&bulwark(s.path(), &["keygen", "--out", "other.key"]));
+    let out = bulwark(
+        s.path(),
+        &[
+            "token",
+            "check",
+            "--root-pub",
+            other.trim(),
+            "--token",
+            "mailer.tok",
+            "--tool",
+            "pay",
+            "--arg",
+            "amount=1",
+        ],
+    );
+    assert_eq!(code(&out), 3);
+    assert!(stderr(&out).contains("signature"), "{}", stderr(&out));
+
+    let ids = ok(&bulwark(
+        s.path(),
+        &["token", "revocation-ids", "mailer.tok"],
+    ));
+    let ids: Vec<&str> = ids.lines().collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|id| id.len() == 128));
+    // Revoke the planner's block: the mailer, derived from it, is cut off.
+    std::fs::write(
+        s.path().join("revoked"),
+        format!("# revoked planner\n{}\n", ids[0]),
+    )
+    .expect("write");
+    let out = bulwark(
+        s.path(),
+        &[
+            "token",
+            "check",
+            "--root-pub",
+            &s.root_pub,
+            "--token",
+            "mailer.tok",
+            "--tool",
+            "pay",
+            "--arg",
+            "amount=1",
+            "--revoked",
+            "revoked",
+        ],
+    );
+    assert_eq!(code(&out), 3);
+    assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
+}
+
+#[test]
+fn attenuate_refuses_to_widen_and_needs_the_holder_key() {
+    let s = setup();
+    let mailer = s.mailer();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--key", "mailer.key", "--budget", "6"],
+            "cannot raise the budget",
+        ),
+        (
+            &["--key", "mailer.key", "--tier", "send_email=auto"],
+            "cannot lower",
+        ),
+        (
+            &["--key", "mailer.key", "--only-tools", "read_inbox"],
+            "does not grant it",
+        ),
+        (
+            &["--key", "mailer.key", "--ttl", "2h"],
+            "cannot extend expiry",
+        ),
+        (&["--key", "planner.key"], "is not the holder"),
+    ];
+    for (extra, reason) in cases {
+        let mut args = vec![
+            "token",
+            "attenuate",
+            "--token",
+            "-",
+            "--root-pub",
+            &s.root_pub,
+            "--agent",
+            "x",
+            "--holder",
+            &s.planner_pub,
+        ];
+        args.extend_from_slice(extra);
+        let out = bulwark_stdin(s.path(), &args, Some(&mailer));
+        assert_eq!(code(&out), 2, "{extra:?}");
+        assert!(stderr(&out).contains(reason), "{extra:?}: {}", stderr(&out));
+    }
+    // Depth: the root allowed 2; a second delegation works, a third is refused.
+    let ok2 = bulwark_stdin(
+        s.path(),
+        &[
+            "token",
+            "attenuate",
+            "--token",
+            "-",
+            "--root-pub",
+            &s.root_pub,
+            "--key",
+            "mailer.key",
+            "--agent",
+            "x",
+            "--holder",
+            &s.planner_pub,
+        ],
+        Some(&mailer),
+    );
+    let x = ok(&ok2);
+    let out = bulwark_stdin(
+        s.path(),
+        &[
+            "token",
+            "attenuate",
+            "--token",
+            "-",
+            "--root-pub",
+            &s.root_pub,
+            "--key",
+            "planner.key",
+            "--agent",
+            "y",
+            "--holder",
+            &s.mailer_pub,
+        ],
+        Some(&x),
+    );
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("no further delegation"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unusable_input_exits_2_with_a_clear_message() {
+    let s = setup();
+    let root = s.root_pub.as_str();
+    let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
+        (
+            vec![
+                "token",
+                "check",
+                "--root-pub",
+                root,
+                "--token",
+                "-",
+                "--tool",
+                "x",
+            ],
+            Some("garbage!!"),
+            "base64",
+        ),
+        (
+            vec![
+                "token",
+                "check",
+                "--root-pub",
+                "abc",
+                "--token",
+                "planner.tok",
+                "--tool",
+                "x",
+            ],
+            None,
+            "--root-pub",
+        ),
+        (
+            vec![
+                "token",
+                "check",
+                "--root-pub",
+                root,
+                "--token",
+                "missing.tok",
+                "--tool",
+                "x",
+            ],
+            None,
+            "missing.tok",
+        ),
+        (
+            vec![
+                "token",
+                "check",
+                "--root-pub",
+                root,
+                "--token",
+                "planner.tok",
+                "--tool",
+                "x",
+                "--at",
+                "tomorrow",
+            ],
+            None,
+            "RFC 3339",
+        ),
+        (vec!["token", "inspect", "-"], Some(""), "token"),
+        (
+            vec![
+                "token",
+                "mint",
+                "--root-key",
+                "root.key",
+                "--tenant",
+                "acme",
+                "--agent",
+                "a",
+                "--holder",
+                root,
+                "--tool",
+                "x=sometimes",
+                "--budget",
+                "1",
+                "--ttl",
+                "1h",
+            ],
+            None,
+            "unknown tier",
+        ),
+        (
+            vec![
+                "token",
+                "mint",
+                "--root-key",
+                "root.key",
+                "--tenant",
+                "acme",
+                "--agent",
+                "a",
+                "--holder",
+                root,
+                "--tool",
+                "x=auto",
+                "--budget",
+                "1,000",
+                "--ttl",
+                "1h",
+            ],
+            None,
+            "dollars",
+        ),
+        (
+            vec![
+                "token",
+                "mint",
+                "--root-key",
+                "root.key",
+                "--tenant",
+                "acme",
+                "--agent",
+                "a",
+                "--holder",
+                root,
+                "--tool",
+                "x=auto",
+                "--budget",
+                "1",
+                "--ttl",
+                "soon",
+            ],
+            None,
+            "duration",
+        ),
+        (
+            vec![
+                "token",
+                "mint",
+                "--root-key",
+                "root.key",
+                "--tenant",
+                "a b",
+                "--agent",
+                "a",
+                "--holder",
+                root,
+                "--tool",
+                "x=auto",
+                "--budget",
+                "1",
+                "--ttl",
+                "1h",
+            ],
+            None,
+            "tenant name",
+        ),
+        (vec!["token", "frobnicate"], None, "unrecognized subcommand"),
+    ];
+    for (args, stdin, needle) in cases {
+        let out = bulwark_stdin(s.path(), &args, stdin);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
