@@ -38,3 +38,8 @@ pub use bulwark_capabilities::{
     Denial, KeyError, KeyPair, MicroUsd, PublicKey, ReplayGuard, Request, Revocations, RootGrant,
     SignedRequest, Tier, Token, TokenError,
 };
+
+/// The README's examples, compiled and run as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

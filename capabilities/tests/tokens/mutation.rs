@@ -79,7 +79,7 @@ fn every_single_bit_flip_is_rejected_or_changes_nothing() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_tokens_never_panic_and_never_gain_rights(

@@ -142,7 +142,7 @@ fn to_request(p: &Probe, agent: &str) -> Request {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn children_never_exceed_parents_and_both_paths_agree(
