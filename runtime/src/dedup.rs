@@ -1,0 +1,211 @@
+//! Deduplication: tasks, channels, proposals and discovered work.
+//!
+//! - task: the same title for the same agent within 24 h is refused;
+//! - channel: the same content to the same channel within a tool's window is refused;
+//! - proposal: the same agent and action while one is pending returns the pending one;
+//! - discovery: a new task that already exists in the backlog or in progress is not
+//!   created again.
+//!
+//! State lives in the journal's key-value table, so a restart keeps it. Each layer
+//! checks and records under one lock, so two racing callers cannot both pass.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use crate::clock::{Clock, unix_ms};
+use crate::error::StoreError;
+use crate::journal::{Batch, Journal};
+
+/// How long a task title blocks the same task for the same agent.
+pub const TASK_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Where a task stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting.
+    Backlog,
+    /// Being worked on.
+    InProgress,
+    /// Finished.
+    Done,
+}
+
+/// A task on the board.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoardTask {
+    /// Its id.
+    pub id: String,
+    /// Its title as submitted.
+    pub title: String,
+    /// Its state.
+    pub state: TaskState,
+}
+
+/// The result of submitting a discovered task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submission {
+    /// A new task was created.
+    Created(BoardTask),
+    /// The same task is already in the backlog or in progress.
+    Exists(BoardTask),
+}
+
+/// Titles compare case-insensitively with whitespace collapsed.
+pub(crate) fn normalize(title: &str) -> String {
+    title
+        .split_whitespace()
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn digest(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The deduplication layers.
+#[derive(Clone)]
+pub struct Dedup {
+    journal: Journal,
+    clock: Arc<dyn Clock>,
+    lock: Arc<Mutex<()>>,
+}
+
+impl Dedup {
+    pub(crate) fn new(journal: Journal, clock: Arc<dyn Clock>) -> Self {
+        Dedup {
+            journal,
+            clock,
+            lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    fn live_until(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let now = unix_ms(self.clock.now());
+        Ok(self
+            .journal
+            .kv_get(key)?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .filter(|until| *until > now))
+    }
+
+    /// Records `key` for `window` unless it is already live. Returns false if it was.
+    async fn claim(&self, key: String, window: Duration) -> Result<bool, StoreError> {
+        let _guard = self.lock.lock().await;
+        if self.live_until(&key)?.is_some() {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        let until = unix_ms(now + window).to_be_bytes().to_vec();
+        let batch = Batch {
+            kv: vec![(key, Some(until))],
+            ..Batch::default()
+        };
+        self.journal.write(batch, false, now).await?;
+        Ok(true)
+    }
+
+    /// Task layer: true if `agent` may start `title` now (and records it).
+    pub async fn claim_task(&self, agent: &str, title: &str) -> Result<bool, StoreError> {
+        let key = format!("dedup/task/{}", digest(&[agent, &normalize(title)]));
+        self.claim(key, TASK_WINDOW).await
+    }
+
+    /// Channel layer: true if `content` may go to `channel` now (and records it).
+    pub async fn claim_channel(
+        &self,
+        channel: &str,
+        content: &str,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = format!("dedup/chan/{}", digest(&[channel, content]));
+        self.claim(key, window).await
+    }
+
+    /// Proposal layer: the pending proposal of `agent` for `action`, or records
+    /// `new_id` as pending and returns `None`.
+    pub async fn pending_proposal(
+        &self,
+        agent: &str,
+        action: &str,
+        new_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let _guard = self.lock.lock().await;
+        let key = format!("dedup/prop/{}", digest(&[agent, action]));
+        if let Some(existing) = self.journal.kv_get(&key)? {
+            return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
+        }
+        let batch = Batch {
+            kv: vec![(key, Some(new_id.as_bytes().to_vec()))],
+            ..Batch::default()
+        };
+        self.journal.write(batch, false, self.clock.now()).await?;
+        Ok(None)
+    }
+
+    /// Proposal layer: the proposal for `agent` and `action` is no longer pending.
+    pub async fn resolve_proposal(&self, agent: &str, action: &str) -> Result<(), StoreError> {
+        let _guard = self.lock.lock().await;
+        let key = format!("dedup/prop/{}", digest(&[agent, action]));
+        let batch = Batch {
+            kv: vec![(key, None)],
+            ..Batch::default()
+        };
+        self.journal.write(batch, false, self.clock.now()).await
+    }
+
+    /// Discovery layer: creates a task unless the same one is in the backlog or in
+    /// progress.
+    pub async fn submit_task(&self, title: &str) -> Result<Submission, StoreError> {
+        let _guard = self.lock.lock().await;
+        let key = format!("board/{}", digest(&[&normalize(title)]));
+        if let Some(raw) = self.journal.kv_get(&key)?
+            && let Ok(task) = serde_json::from_slice::<BoardTask>(&raw)
+            && task.state != TaskState::Done
+        {
+            return Ok(Submission::Exists(task));
+        }
+        let task = BoardTask {
+            id: format!(
+                "task-{}",
+                &digest(&[title, &unix_ms(SystemTime::now()).to_string()])[..12]
+            ),
+            title: title.to_string(),
+            state: TaskState::Backlog,
+        };
+        self.put_task(&key, &task).await?;
+        Ok(Submission::Created(task))
+    }
+
+    /// Discovery layer: moves a task to `state`.
+    pub async fn set_task_state(&self, title: &str, state: TaskState) -> Result<bool, StoreError> {
+        let _guard = self.lock.lock().await;
+        let key = format!("board/{}", digest(&[&normalize(title)]));
+        let Some(raw) = self.journal.kv_get(&key)? else {
+            return Ok(false);
+        };
+        let mut task: BoardTask = serde_json::from_slice(&raw).map_err(StoreError::from_display)?;
+        task.state = state;
+        self.put_task(&key, &task).await?;
+        Ok(true)
+    }
+
+    async fn put_task(&self, key: &str, task: &BoardTask) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(task).map_err(StoreError::from_display)?;
+        let batch = Batch {
+            kv: vec![(key.to_string(), Some(bytes))],
+            ..Batch::default()
+        };
+        self.journal.write(batch, true, self.clock.now()).await
+    }
+}

@@ -1,0 +1,224 @@
+//! Errors of the runtime, by operation. Denials are values that say which check failed.
+
+use std::path::PathBuf;
+
+use bulwark_capabilities::{AttenuateError, Denial, Tier};
+
+/// Storage failed: the runtime stops rather than run without a durable record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The data directory holds no Bulwark database.
+    #[error("no Bulwark data at {0}")]
+    Missing(PathBuf),
+    /// redb or the file system failed.
+    #[error("storage: {0}")]
+    Db(String),
+    /// The journal writer has stopped.
+    #[error("the journal writer has stopped; the runtime cannot record anything")]
+    WriterGone,
+}
+
+impl StoreError {
+    pub(crate) fn from_display(e: impl std::fmt::Display) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+/// Why the budget refused a reservation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum BudgetDenial {
+    /// The account (or an ancestor) cannot pay for the reservation.
+    #[error(
+        "budget exhausted for {account}: ${used} used of ${cap} today, this call needs ${needed}"
+    )]
+    Exhausted {
+        /// The account that cannot pay.
+        account: String,
+        /// Used today (spent plus reserved), dollars.
+        used: String,
+        /// The daily cap, dollars.
+        cap: String,
+        /// What the call needed, dollars.
+        needed: String,
+    },
+    /// Above 80 % of the daily budget only the cheap model may be used.
+    #[error(
+        "{account} has used 80 % of its daily budget: premium model calls are refused, use the cheap model"
+    )]
+    PremiumRefused {
+        /// The account.
+        account: String,
+    },
+    /// No such account.
+    #[error("no budget account `{0}`")]
+    UnknownAccount(String),
+    /// A child's cap larger than its parent's.
+    #[error("a child's daily cap (${child}) cannot exceed its parent's (${parent})")]
+    CapTooLarge {
+        /// The child's requested cap.
+        child: String,
+        /// The parent's cap.
+        parent: String,
+    },
+}
+
+/// Why the gate refused or failed a tool call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GateError {
+    /// No tool of that name is registered.
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+    /// The arguments do not match the tool's schema.
+    #[error("invalid arguments for `{tool}`: {reason}")]
+    InvalidArguments {
+        /// The tool.
+        tool: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The token or the holder signature does not allow the call.
+    #[error("denied: {0}")]
+    Denied(#[from] Denial),
+    /// The tool needs a secret the token does not grant.
+    #[error("denied: the token does not grant the secret `{secret}` that `{tool}` needs")]
+    SecretNotGranted {
+        /// The tool.
+        tool: String,
+        /// The secret.
+        secret: String,
+    },
+    /// The tool is at tier block.
+    #[error("denied: `{0}` is at tier block and never runs")]
+    Blocked(String),
+    /// PROPOSE or CONFIRM with no watchdog or approval path configured.
+    #[error(
+        "`{tool}` is at tier {tier}: it needs approval, and no approval path is configured (fail closed)"
+    )]
+    ApprovalPathNotConfigured {
+        /// The tool.
+        tool: String,
+        /// The tier.
+        tier: Tier,
+    },
+    /// The same content was already sent to the same channel within the window.
+    #[error(
+        "duplicate: the same content was already sent to `{channel}` in the last {window_secs}s"
+    )]
+    DuplicateOnChannel {
+        /// The channel.
+        channel: String,
+        /// The window.
+        window_secs: u64,
+    },
+    /// The budget cannot pay for the call.
+    #[error("denied: {0}")]
+    Budget(#[from] BudgetDenial),
+    /// The tool ran and failed.
+    #[error("tool `{tool}` failed: {reason}")]
+    ToolFailed {
+        /// The tool.
+        tool: String,
+        /// Its error.
+        reason: String,
+    },
+    /// The tool panicked; the agent survives.
+    #[error("tool `{0}` panicked")]
+    ToolPanicked(String),
+    /// The tool did not finish in time.
+    #[error("tool `{tool}` did not finish within {timeout_ms} ms")]
+    ToolTimedOut {
+        /// The tool.
+        tool: String,
+        /// The limit.
+        timeout_ms: u64,
+    },
+    /// The durable record could not be written, so nothing runs.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl GateError {
+    /// Whether the error is a failure of the tool itself (it counts toward a breaker),
+    /// as opposed to a refusal.
+    pub fn is_tool_failure(&self) -> bool {
+        matches!(
+            self,
+            GateError::ToolFailed { .. }
+                | GateError::ToolPanicked(_)
+                | GateError::ToolTimedOut { .. }
+        )
+    }
+}
+
+/// Why an agent could not be spawned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The token is not for this agent.
+    #[error("the token was delegated to `{token_agent}`, not `{agent}`")]
+    WrongAgent {
+        /// The token's agent.
+        token_agent: String,
+        /// The agent being spawned.
+        agent: String,
+    },
+    /// The holder key does not match the token.
+    #[error("the agent's key is not the token's holder key")]
+    WrongKey,
+    /// An agent with this id already runs.
+    #[error("an agent `{0}` is already running")]
+    Duplicate(String),
+    /// The child's token would not be a narrowing of the parent's.
+    #[error("cannot spawn child: {0}")]
+    Attenuate(#[from] AttenuateError),
+    /// Budget account setup failed.
+    #[error("cannot spawn: {0}")]
+    Budget(#[from] BudgetDenial),
+    /// No brain of that name is registered.
+    #[error("no brain named `{0}` is registered")]
+    UnknownBrain(String),
+    /// The actor system refused.
+    #[error("actor spawn failed: {0}")]
+    Actor(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why running a task failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The circuit breaker for this agent and task is open.
+    #[error("circuit breaker open for `{agent}` on task `{task}` until {until} (trip {trips})")]
+    BreakerOpen {
+        /// The agent.
+        agent: String,
+        /// The task.
+        task: String,
+        /// When it half-opens, RFC 3339.
+        until: String,
+        /// How many times it has opened since the last success.
+        trips: u32,
+    },
+    /// The same task was given to the same agent within 24 hours.
+    #[error("duplicate task: `{agent}` already ran `{title}` within 24 h")]
+    DuplicateTask {
+        /// The agent.
+        agent: String,
+        /// The task title.
+        title: String,
+    },
+    /// The agent is gone.
+    #[error("agent `{0}` is not running")]
+    NoSuchAgent(String),
+    /// The actor did not answer.
+    #[error("agent `{0}` did not respond")]
+    Unresponsive(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,369 @@
+//! The gate: every tool call, no exceptions.
+//!
+//! 1. the tool exists and the arguments match its schema;
+//! 2. the request is signed by the agent's holder key and the token authorizes it
+//!    (chain, expiry, revocation, holder signature, replay, argument constraints), and
+//!    every secret the tool needs is granted;
+//! 3. the tier — the stricter of the manifest's and the token's — is applied: AUTO
+//!    runs, AUTO+ runs and notifies, PROPOSE and CONFIRM need the approval path (fail
+//!    closed when there is none), BLOCK never runs;
+//! 4. channel deduplication;
+//! 5. the budget is reserved and the intent is written to the audit trail durably —
+//!    before the tool runs, so no effect can happen unrecorded;
+//! 6. the tool runs (in its own task, with its timeout: a panic or a hang is an error,
+//!    never the agent's death), the actual cost is committed and the result audited.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_capabilities::{Args, KeyPair, Request, SignedRequest, Tier, Token};
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use crate::audit::AuditRecord;
+use crate::error::GateError;
+use crate::journal::Batch;
+use crate::ledger::{LedgerCommand, LedgerOutcome};
+use crate::runtime::Inner;
+use crate::tools::{ToolInput, to_capability_args};
+
+/// Who is calling: an agent with its verified token and its holder key.
+pub(crate) struct Identity {
+    pub agent: String,
+    pub token: Token,
+    pub key: KeyPair,
+    pub account: String,
+    pub chain: Vec<String>,
+}
+
+impl Identity {
+    pub fn record(&self, kind: &str, detail: Value) -> AuditRecord {
+        AuditRecord {
+            kind: kind.to_string(),
+            agent: self.agent.clone(),
+            token_id: self.token.id(),
+            chain: self.chain.clone(),
+            detail,
+        }
+    }
+}
+
+/// An event an operator may want to see.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Notification {
+    /// The agent.
+    pub agent: String,
+    /// The tool.
+    pub tool: String,
+    /// The tier that caused the notification.
+    pub tier: Tier,
+    /// The arguments.
+    pub args: Value,
+}
+
+/// A tool call's result as the agent receives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallResult {
+    /// The tool's output (untrusted data).
+    pub value: Value,
+    /// The effective tier it ran at.
+    pub tier: Tier,
+    /// What it was charged, micro-dollars.
+    pub charged: u64,
+}
+
+impl Inner {
+    /// Runs one tool call through the gate.
+    pub(crate) async fn call_tool(
+        self: &Arc<Self>,
+        who: &Identity,
+        tool: &str,
+        args: Value,
+    ) -> Result<CallResult, GateError> {
+        let span = tracing::info_span!("tool_call", agent = %who.agent, token_id = %who.token.id(), tool, tier = tracing::field::Empty, decision = tracing::field::Empty);
+        let result = self.gate(who, tool, &args).instrument(span.clone()).await;
+        span.record(
+            "decision",
+            if result.is_ok() { "allowed" } else { "denied" },
+        );
+        if let Err(e) = &result
+            && !e.is_tool_failure()
+            && !matches!(e, GateError::Store(_))
+        {
+            let record = who.record(
+                "tool.denied",
+                json!({"tool": tool, "reason": e.to_string()}),
+            );
+            self.journal
+                .write(Batch::audit(record), false, self.clock.now())
+                .await?;
+        }
+        result
+    }
+
+    async fn gate(
+        self: &Arc<Self>,
+        who: &Identity,
+        tool: &str,
+        args: &Value,
+    ) -> Result<CallResult, GateError> {
+        let now = self.clock.now();
+        let registered = self
+            .tools
+            .get(tool)
+            .ok_or_else(|| GateError::UnknownTool(tool.to_string()))?;
+        let manifest = &registered.tool.manifest;
+        let errors: Vec<String> = registered
+            .validator
+            .iter_errors(args)
+            .take(3)
+            .map(|e| format!("{} at `{}`", e, e.instance_path))
+            .collect();
+        if !errors.is_empty() {
+            return Err(GateError::InvalidArguments {
+                tool: tool.to_string(),
+                reason: errors.join("; "),
+            });
+        }
+
+        let cap_args = to_capability_args(args);
+        let request = Request {
+            agent: who.agent.clone(),
+            tool: tool.to_string(),
+            args: cap_args.clone(),
+            time: now,
+        };
+        // The agent signs with its holder key; the gate verifies possession, replay and
+        // the token, as a remote node will.
+        let signed = SignedRequest::sign(&who.token, &who.key, request);
+        let authorized = {
+            let revoked = self.revocations.read().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+            who.token
+                .authorize_signed(&signed, now, &mut guard, &revoked)?
+        };
+        let mut secrets = BTreeMap::new();
+        for secret in &manifest.secrets {
+            let grant = Request {
+                agent: who.agent.clone(),
+                tool: format!("secret:{secret}"),
+                args: Args::new(),
+                time: now,
+            };
+            let revoked = self.revocations.read().unwrap_or_else(|p| p.into_inner());
+            if who.token.authorize(&grant, &revoked).is_err() {
+                return Err(GateError::SecretNotGranted {
+                    tool: tool.to_string(),
+                    secret: secret.clone(),
+                });
+            }
+            let value = self
+                .secrets
+                .get(secret)
+                .map_err(|e| GateError::ToolFailed {
+                    tool: tool.to_string(),
+                    reason: e.to_string(),
+                })?;
+            secrets.insert(secret.clone(), value.to_string());
+        }
+
+        let tier = authorized.tier.max(manifest.tier);
+        tracing::Span::current().record("tier", tier.as_str());
+        match tier {
+            Tier::Block => return Err(GateError::Blocked(tool.to_string())),
+            Tier::Propose | Tier::Confirm => {
+                return Err(GateError::ApprovalPathNotConfigured {
+                    tool: tool.to_string(),
+                    tier,
+                });
+            }
+            Tier::Auto | Tier::AutoPlus => {}
+        }
+
+        if let Some(d) = &manifest.channel_dedup {
+            let channel = args
+                .get(&d.channel_arg)
+                .map(Value::to_string)
+                .unwrap_or_default();
+            let content: Vec<String> = d
+                .content_args
+                .iter()
+                .map(|a| args.get(a).map(Value::to_string).unwrap_or_default())
+                .collect();
+            let fresh = self
+                .dedup
+                .claim_channel(
+                    &format!("{tool}:{channel}"),
+                    &content.join("\u{0}"),
+                    Duration::from_secs(d.window_secs),
+                )
+                .await?;
+            if !fresh {
+                return Err(GateError::DuplicateOnChannel {
+                    channel,
+                    window_secs: d.window_secs,
+                });
+            }
+        }
+
+        // Reserve and write the intent durably before anything runs.
+        let reserved = manifest.max_cost.micros();
+        let intent = who.record(
+            "tool.call",
+            json!({"tool": tool, "args": args, "tier": tier, "reserved_micro_usd": reserved}),
+        );
+        let reservation = self.reserve(who, reserved, false, intent, now)?;
+        reservation
+            .durable
+            .await
+            .unwrap_or(Err(crate::error::StoreError::WriterGone))?;
+
+        let input = ToolInput {
+            agent: who.agent.clone(),
+            args: args.clone(),
+            secrets,
+        };
+        let handler = registered.tool.handler.clone();
+        let timeout = Duration::from_millis(manifest.timeout_ms);
+        let run = tokio::spawn(async move { handler(input).await });
+        let abort = run.abort_handle();
+        let outcome = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(Ok(output))) => Ok(output),
+            Ok(Ok(Err(e))) => Err(GateError::ToolFailed {
+                tool: tool.to_string(),
+                reason: e.to_string(),
+            }),
+            Ok(Err(join)) if join.is_panic() => Err(GateError::ToolPanicked(tool.to_string())),
+            Ok(Err(join)) => Err(GateError::ToolFailed {
+                tool: tool.to_string(),
+                reason: join.to_string(),
+            }),
+            Err(_) => {
+                abort.abort();
+                Err(GateError::ToolTimedOut {
+                    tool: tool.to_string(),
+                    timeout_ms: manifest.timeout_ms,
+                })
+            }
+        };
+
+        // A failed call is charged in full: whatever it did before failing may have cost.
+        let actual = match &outcome {
+            Ok(out) => out.cost.micros(),
+            Err(_) => reserved,
+        };
+        let done = match &outcome {
+            Ok(out) => who.record("tool.result", json!({"tool": tool, "result": out.value})),
+            Err(e) => who.record("tool.failed", json!({"tool": tool, "error": e.to_string()})),
+        };
+        let charged = self
+            .settle(reservation.id, actual, done, self.clock.now())
+            .await?;
+        let output = outcome?;
+        if tier == Tier::AutoPlus {
+            let _ = self.notifications.send(Notification {
+                agent: who.agent.clone(),
+                tool: tool.to_string(),
+                tier,
+                args: args.clone(),
+            });
+        }
+        Ok(CallResult {
+            value: output.value,
+            tier,
+            charged,
+        })
+    }
+}
+
+/// A reservation made and its intent queued for a durable write.
+pub(crate) struct Reservation {
+    pub id: u64,
+    pub durable: tokio::sync::oneshot::Receiver<Result<(), crate::error::StoreError>>,
+}
+
+impl Inner {
+    /// Reserves `amount` for `who` and queues `intent` with it, durably. The ledger lock
+    /// is held while queuing, so the log's order is the order of application.
+    pub(crate) fn reserve(
+        &self,
+        who: &Identity,
+        amount: u64,
+        premium: bool,
+        intent: AuditRecord,
+        now: std::time::SystemTime,
+    ) -> Result<Reservation, crate::error::BudgetDenial> {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.next_id += 1;
+        let id = ledger.next_id;
+        let cmd = LedgerCommand::Reserve {
+            id,
+            account: who.account.clone(),
+            amount,
+            premium,
+            day: day_of(now),
+        };
+        match ledger.state.apply(&cmd) {
+            LedgerOutcome::Reserved { .. } => {}
+            LedgerOutcome::Denied(denial) => {
+                drop(ledger);
+                let record = who.record("budget.denied", json!({"reason": denial.to_string()}));
+                // Best effort: the denial itself has no effect to protect.
+                let _ = self.journal.submit(Batch::audit(record), false, now);
+                return Err(denial);
+            }
+            other => {
+                return Err(crate::error::BudgetDenial::UnknownAccount(format!(
+                    "{} (unexpected ledger outcome {other:?})",
+                    who.account
+                )));
+            }
+        }
+        let durable = self.journal.submit(
+            Batch {
+                audit: vec![intent],
+                ledger: vec![cmd],
+                kv: Vec::new(),
+            },
+            true,
+            now,
+        );
+        Ok(Reservation { id, durable })
+    }
+
+    /// Commits the actual cost of a reservation and records `done`.
+    pub(crate) async fn settle(
+        &self,
+        id: u64,
+        actual: u64,
+        done: AuditRecord,
+        now: std::time::SystemTime,
+    ) -> Result<u64, crate::error::StoreError> {
+        let (charged, rx) = {
+            let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let cmd = LedgerCommand::Commit { id, actual };
+            let charged = match ledger.state.apply(&cmd) {
+                LedgerOutcome::Committed { charged } => charged,
+                _ => 0,
+            };
+            let rx = self.journal.submit(
+                Batch {
+                    audit: vec![done],
+                    ledger: vec![cmd],
+                    kv: Vec::new(),
+                },
+                false,
+                now,
+            );
+            (charged, rx)
+        };
+        rx.await
+            .unwrap_or(Err(crate::error::StoreError::WriterGone))?;
+        Ok(charged)
+    }
+}
+
+pub(crate) fn day_of(t: std::time::SystemTime) -> u64 {
+    crate::clock::unix_ms(t) / 86_400_000
+}

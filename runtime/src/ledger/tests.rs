@@ -1,0 +1,184 @@
+use super::*;
+
+fn open(s: &mut LedgerState, account: &str, parent: Option<&str>, cap: u64) -> LedgerOutcome {
+    s.apply(&LedgerCommand::Open {
+        account: account.into(),
+        parent: parent.map(str::to_string),
+        cap,
+    })
+}
+
+fn reserve(
+    s: &mut LedgerState,
+    id: u64,
+    account: &str,
+    amount: u64,
+    premium: bool,
+    day: u64,
+) -> LedgerOutcome {
+    s.apply(&LedgerCommand::Reserve {
+        id,
+        account: account.into(),
+        amount,
+        premium,
+        day,
+    })
+}
+
+fn commit(s: &mut LedgerState, id: u64, actual: u64) -> LedgerOutcome {
+    s.apply(&LedgerCommand::Commit { id, actual })
+}
+
+#[test]
+fn reserve_commit_release_and_exhaustion() {
+    let mut s = LedgerState::default();
+    assert_eq!(
+        open(&mut s, "tenant:acme", None, 1000),
+        LedgerOutcome::Opened
+    );
+    assert_eq!(
+        reserve(&mut s, 1, "tenant:acme", 600, false, 1),
+        LedgerOutcome::Reserved { economy: false }
+    );
+    // 600 reserved: 500 more does not fit.
+    assert!(matches!(
+        reserve(&mut s, 2, "tenant:acme", 500, false, 1),
+        LedgerOutcome::Denied(BudgetDenial::Exhausted { .. })
+    ));
+    // Commit less than reserved: the rest is released.
+    assert_eq!(
+        commit(&mut s, 1, 100),
+        LedgerOutcome::Committed { charged: 100 }
+    );
+    assert_eq!(
+        reserve(&mut s, 3, "tenant:acme", 900, false, 1),
+        LedgerOutcome::Reserved { economy: true }
+    );
+    // Never beyond the reservation.
+    assert_eq!(
+        commit(&mut s, 3, 5000),
+        LedgerOutcome::Committed { charged: 900 }
+    );
+    assert_eq!(s.account("tenant:acme").unwrap().spent_today.micros(), 1000);
+    // A second commit of the same reservation does nothing.
+    assert_eq!(commit(&mut s, 3, 900), LedgerOutcome::UnknownReservation);
+    assert!(matches!(
+        reserve(&mut s, 4, "tenant:acme", 1, false, 1),
+        LedgerOutcome::Denied(_)
+    ));
+    // A new day opens a new window; the all-time total keeps counting.
+    assert!(matches!(
+        reserve(&mut s, 5, "tenant:acme", 1000, false, 2),
+        LedgerOutcome::Reserved { .. }
+    ));
+    commit(&mut s, 5, 1000);
+    assert_eq!(s.account("tenant:acme").unwrap().total_spent.micros(), 2000);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn premium_refused_at_eighty_percent_cheap_still_allowed() {
+    let mut s = LedgerState::default();
+    open(&mut s, "t", None, 100);
+    assert!(matches!(
+        reserve(&mut s, 1, "t", 79, true, 0),
+        LedgerOutcome::Reserved { economy: false }
+    ));
+    commit(&mut s, 1, 79);
+    assert!(matches!(
+        reserve(&mut s, 2, "t", 1, true, 0),
+        LedgerOutcome::Reserved { economy: true }
+    ));
+    commit(&mut s, 2, 1);
+    assert!(matches!(
+        reserve(&mut s, 3, "t", 1, true, 0),
+        LedgerOutcome::Denied(BudgetDenial::PremiumRefused { .. })
+    ));
+    assert!(matches!(
+        reserve(&mut s, 4, "t", 20, false, 0),
+        LedgerOutcome::Reserved { .. }
+    ));
+    assert!(matches!(
+        reserve(&mut s, 5, "t", 1, false, 0),
+        LedgerOutcome::Denied(BudgetDenial::Exhausted { .. })
+    ));
+}
+
+#[test]
+fn a_child_is_carved_out_of_its_parent_and_cannot_outgrow_it() {
+    let mut s = LedgerState::default();
+    open(&mut s, "tenant:acme", None, 1000);
+    open(&mut s, "agent:planner", Some("tenant:acme"), 800);
+    assert!(matches!(
+        open(&mut s, "agent:greedy", Some("agent:planner"), 900),
+        LedgerOutcome::Denied(BudgetDenial::CapTooLarge { .. })
+    ));
+    open(&mut s, "agent:a", Some("agent:planner"), 500);
+    open(&mut s, "agent:b", Some("agent:planner"), 500);
+    assert!(matches!(
+        reserve(&mut s, 1, "agent:a", 500, false, 0),
+        LedgerOutcome::Reserved { .. }
+    ));
+    // b's own cap would allow 500, but the planner's 800 is shared: only 300 remain.
+    let denied = reserve(&mut s, 2, "agent:b", 400, false, 0);
+    assert!(
+        matches!(&denied, LedgerOutcome::Denied(BudgetDenial::Exhausted { account, .. }) if account == "agent:planner"),
+        "{denied:?}"
+    );
+    assert!(matches!(
+        reserve(&mut s, 3, "agent:b", 300, false, 0),
+        LedgerOutcome::Reserved { .. }
+    ));
+    s.check_invariants().unwrap();
+    // Re-opening never raises a cap.
+    open(&mut s, "agent:a", Some("agent:planner"), 800);
+    assert_eq!(s.account("agent:a").unwrap().cap.micros(), 500);
+}
+
+#[test]
+fn replaying_the_same_commands_gives_the_same_state() {
+    let cmds = vec![
+        LedgerCommand::Open {
+            account: "t".into(),
+            parent: None,
+            cap: 100,
+        },
+        LedgerCommand::Open {
+            account: "a".into(),
+            parent: Some("t".into()),
+            cap: 60,
+        },
+        LedgerCommand::Reserve {
+            id: 1,
+            account: "a".into(),
+            amount: 50,
+            premium: false,
+            day: 3,
+        },
+        LedgerCommand::Reserve {
+            id: 2,
+            account: "a".into(),
+            amount: 50,
+            premium: false,
+            day: 3,
+        },
+        LedgerCommand::Commit { id: 1, actual: 20 },
+        LedgerCommand::Reserve {
+            id: 3,
+            account: "t".into(),
+            amount: 70,
+            premium: true,
+            day: 3,
+        },
+    ];
+    let run = || {
+        let mut s = LedgerState::default();
+        let outcomes: Vec<_> = cmds.iter().map(|c| s.apply(c)).collect();
+        (s, outcomes)
+    };
+    let (a, oa) = run();
+    let (b, ob) = run();
+    assert_eq!(a, b);
+    assert_eq!(oa, ob);
+    a.check_invariants().unwrap();
+}

@@ -1,0 +1,48 @@
+//! Bulwark's embedded agent runtime: everything needed to run capability-secured
+//! agents in one process, with no server.
+//!
+//! This crate owns the agent actors and their bounded reason/act loop, the gate every
+//! tool call passes, supervisors and circuit breakers, the budget ledger, the
+//! deduplication layers, encrypted credentials and the hash-chained audit trail. It
+//! makes every security decision through `bulwark-capabilities` and never trusts
+//! what a brain (a model) says.
+//!
+//! **Invariant: every tool call passes the gate.** There is no other path from an
+//! agent to a tool.
+
+mod agent;
+mod audit;
+mod brain;
+mod breaker;
+mod clock;
+mod dedup;
+mod error;
+mod gate;
+mod journal;
+mod ledger;
+mod runtime;
+mod secrets;
+mod tools;
+
+pub use agent::{ActionRecord, Outcome, Status};
+pub use audit::{AuditEntry, AuditReader, AuditRecord, Verification};
+pub use brain::{
+    Brain, BrainAction, BrainError, BrainReply, BrainView, ContextItem, OpenAiBrain, OpenAiConfig,
+    ScriptedBrain, SpawnRequest, parse_completion,
+};
+pub use breaker::{BreakerPolicy, BreakerState};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use dedup::{BoardTask, Dedup, Submission, TaskState};
+pub use error::{BudgetDenial, GateError, RunError, SpawnError, StoreError};
+pub use gate::{CallResult, Notification};
+pub use journal::DB_FILE;
+pub use ledger::{
+    AccountView, ECONOMY_THRESHOLD_PERCENT, LedgerCommand, LedgerOutcome, LedgerState,
+};
+pub use runtime::{
+    AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, Runtime, RuntimeBuilder, dollars,
+};
+pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore};
+pub use tools::{
+    ChannelDedup, RegisterError, Tool, ToolError, ToolInput, ToolManifest, ToolOutput, ToolRegistry,
+};

@@ -1,0 +1,739 @@
+//! The runtime: builder, agent registry, spawning, addressing by id, revocation.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use bulwark_capabilities::{
+    Attenuation, Constraint, KeyPair, MicroUsd, PublicKey, ReplayGuard, Revocations, Token,
+};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::agent::{AgentActor, AgentArgs, AgentMsg, Outcome};
+use crate::audit::{AuditEntry, AuditRecord, Verification};
+use crate::brain::{Brain, ContextItem, SpawnRequest};
+use crate::breaker::{BreakerPolicy, BreakerState, Breakers};
+use crate::clock::{Clock, SystemClock};
+use crate::dedup::Dedup;
+use crate::error::{BudgetDenial, RunError, SpawnError, StoreError};
+use crate::gate::{Identity, Notification};
+use crate::journal::{Batch, Journal};
+use crate::ledger::{AccountView, LedgerCommand, LedgerOutcome, LedgerState};
+use crate::secrets::{SecretError, SecretStore};
+use crate::tools::ToolRegistry;
+
+/// How an agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    /// Its id, unique in the runtime (and later the cluster).
+    pub id: String,
+    /// Its holder key: it signs every request made under its token.
+    pub key: KeyPair,
+    /// Most steps of one run.
+    pub max_steps: usize,
+    /// Longest one brain step may take.
+    pub step_timeout: Duration,
+}
+
+impl AgentSpec {
+    /// An agent with a fresh holder key, 16 steps, 30 s per step.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self::with_key(id, KeyPair::generate())
+    }
+
+    /// An agent with the given holder key.
+    pub fn with_key(id: impl Into<String>, key: KeyPair) -> Self {
+        AgentSpec {
+            id: id.into(),
+            key,
+            max_steps: 16,
+            step_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the step limit.
+    pub fn max_steps(mut self, n: usize) -> Self {
+        self.max_steps = n;
+        self
+    }
+
+    /// Sets the per-step timeout.
+    pub fn step_timeout(mut self, t: Duration) -> Self {
+        self.step_timeout = t;
+        self
+    }
+}
+
+/// A message between agents. Agents address each other by id; the envelope is
+/// serializable so a cluster can carry it between machines unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Format version.
+    pub v: u16,
+    /// Sender agent id.
+    pub from: String,
+    /// Recipient agent id.
+    pub to: String,
+    /// The text.
+    pub content: String,
+    /// When it was sent, ms since the epoch.
+    pub sent_at_ms: u64,
+}
+
+/// Makes brains for agents spawned by other agents (a model names a brain, it cannot
+/// hand over code).
+pub type BrainFactory = Arc<dyn Fn() -> Arc<dyn Brain> + Send + Sync>;
+
+pub(crate) struct LedgerCore {
+    pub state: LedgerState,
+    pub next_id: u64,
+}
+
+pub(crate) struct AgentEntry {
+    pub actor: ActorRef<AgentMsg>,
+    pub inbox: Arc<Mutex<Vec<Envelope>>>,
+    pub args: AgentArgs,
+}
+
+pub(crate) struct Inner {
+    pub journal: Journal,
+    pub ledger: Mutex<LedgerCore>,
+    pub tools: ToolRegistry,
+    pub revocations: RwLock<Revocations>,
+    pub replay: Mutex<ReplayGuard>,
+    pub dedup: Dedup,
+    pub secrets: SecretStore,
+    pub breakers: Breakers,
+    pub clock: Arc<dyn Clock>,
+    pub root: PublicKey,
+    pub agents: RwLock<HashMap<String, AgentEntry>>,
+    pub brains: RwLock<HashMap<String, BrainFactory>>,
+    pub notifications: broadcast::Sender<Notification>,
+    pub supervisor: Mutex<Option<ActorRef<()>>>,
+}
+
+/// Builds a [`Runtime`].
+pub struct RuntimeBuilder {
+    data_dir: Option<PathBuf>,
+    root: Option<PublicKey>,
+    clock: Arc<dyn Clock>,
+    breaker: BreakerPolicy,
+}
+
+/// Why a runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A required setting is missing.
+    #[error("runtime builder: {0} is required")]
+    Missing(&'static str),
+    /// Storage could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The secrets key could not be loaded.
+    #[error(transparent)]
+    Secrets(#[from] SecretError),
+    /// The actor system refused.
+    #[error("actor system: {0}")]
+    Actor(String),
+}
+
+impl RuntimeBuilder {
+    /// Where the database and the secrets key live.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The cluster root public key tokens are verified against.
+    pub fn root_public_key(mut self, key: PublicKey) -> Self {
+        self.root = Some(key);
+        self
+    }
+
+    /// The clock (tests use a manual one).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The circuit-breaker policy.
+    pub fn breaker_policy(mut self, policy: BreakerPolicy) -> Self {
+        self.breaker = policy;
+        self
+    }
+
+    /// Opens storage, recovers, and starts the supervisor.
+    pub async fn build(self) -> Result<Runtime, BuildError> {
+        let dir = self.data_dir.ok_or(BuildError::Missing("data_dir"))?;
+        let root = self.root.ok_or(BuildError::Missing("root_public_key"))?;
+        let (journal, recovered) = Journal::open(&dir)?;
+        let secrets = SecretStore::open(&dir, journal.clone())?;
+        let mut state = recovered.ledger;
+        // A crash between reserve and commit leaves reservations open; their calls may
+        // have run. Charge them in full, once: no spend lost, none counted twice.
+        let open = state.open_reservations();
+        let next_id = state.max_reservation_id().max(recovered.next_ledger_seq);
+        if !open.is_empty() {
+            let mut batch = Batch::default();
+            for (id, amount) in open {
+                let cmd = LedgerCommand::Commit { id, actual: amount };
+                state.apply(&cmd);
+                batch.ledger.push(cmd);
+                batch.audit.push(AuditRecord::new(
+                    "budget.recovered",
+                    "runtime",
+                    json!({"reservation": id, "charged_micro_usd": amount,
+                           "why": "open at restart; the call may have run"}),
+                ));
+            }
+            journal.write(batch, true, self.clock.now()).await?;
+        }
+        let (notifications, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            dedup: Dedup::new(journal.clone(), self.clock.clone()),
+            breakers: Breakers::new(journal.clone(), self.clock.clone(), self.breaker),
+            ledger: Mutex::new(LedgerCore { state, next_id }),
+            journal,
+            tools: ToolRegistry::default(),
+            revocations: RwLock::new(Revocations::new()),
+            replay: Mutex::new(ReplayGuard::new()),
+            secrets,
+            clock: self.clock,
+            root,
+            agents: RwLock::new(HashMap::new()),
+            brains: RwLock::new(HashMap::new()),
+            notifications,
+            supervisor: Mutex::new(None),
+        });
+        let (sup, _) = Actor::spawn(None, Supervisor, Arc::downgrade(&inner))
+            .await
+            .map_err(|e| BuildError::Actor(e.to_string()))?;
+        *inner.supervisor.lock().unwrap_or_else(|p| p.into_inner()) = Some(sup);
+        Ok(Runtime { inner })
+    }
+}
+
+/// An embedded Bulwark runtime: one process, no servers.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Runtime {
+    /// Starts building a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder {
+            data_dir: None,
+            root: None,
+            clock: Arc::new(SystemClock),
+            breaker: BreakerPolicy::default(),
+        }
+    }
+
+    /// The tool registry.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.inner.tools
+    }
+
+    /// The secrets store.
+    pub fn secrets(&self) -> &SecretStore {
+        &self.inner.secrets
+    }
+
+    /// The deduplication layers (task board, proposals).
+    pub fn dedup(&self) -> &Dedup {
+        &self.inner.dedup
+    }
+
+    /// Registers a brain that agents may name when they spawn children.
+    pub fn register_brain(&self, name: &str, factory: BrainFactory) {
+        self.inner
+            .brains
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), factory);
+    }
+
+    /// Operator notifications (AUTO+ calls).
+    pub fn notifications(&self) -> broadcast::Receiver<Notification> {
+        self.inner.notifications.subscribe()
+    }
+
+    /// Spawns a root agent with a token minted for it.
+    pub async fn spawn_agent(
+        &self,
+        spec: AgentSpec,
+        token: Token,
+        brain: Arc<dyn Brain>,
+    ) -> Result<AgentHandle, SpawnError> {
+        // Re-verify: a token handed in from outside is checked against the root key.
+        let token = Token::from_bytes(
+            &token
+                .to_bytes()
+                .map_err(|e| SpawnError::Actor(e.to_string()))?,
+            &self.inner.root,
+        )
+        .map_err(|e| SpawnError::Attenuate(e.into()))?;
+        let tenant = format!("tenant:{}", token.tenant());
+        let cap = token.effective().budget.micros();
+        self.inner.open_account(&tenant, None, cap).await?;
+        self.inner
+            .spawn(spec, token, brain, Some(tenant), None)
+            .await
+    }
+
+    /// A handle to a running agent by id.
+    pub fn agent(&self, id: &str) -> Option<AgentHandle> {
+        self.inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+            .then(|| AgentHandle {
+                id: id.to_string(),
+                inner: self.inner.clone(),
+            })
+    }
+
+    /// Revokes a block id: every token containing it is denied from now on.
+    pub async fn revoke(&self, id: Vec<u8>) -> Result<(), StoreError> {
+        let record = AuditRecord::new(
+            "token.revoked",
+            "operator",
+            json!({"revocation_id": hex::encode(&id)}),
+        );
+        self.inner
+            .revocations
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        self.inner
+            .journal
+            .write(Batch::audit(record), true, self.inner.clock.now())
+            .await
+    }
+
+    /// Delivers a message to an agent by id; it sees it at its next step, as untrusted.
+    pub fn deliver(&self, envelope: Envelope) -> Result<(), RunError> {
+        self.inner.deliver(envelope)
+    }
+
+    /// A budget account's figures: `tenant:NAME` or `agent:ID`.
+    pub fn account(&self, id: &str) -> Option<AccountView> {
+        self.inner
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state
+            .account(id)
+    }
+
+    /// The breaker state of an agent and task.
+    pub fn breaker(&self, agent: &str, task: &str) -> Result<BreakerState, StoreError> {
+        self.inner.breakers.state(agent, task)
+    }
+
+    /// Verifies the whole audit trail.
+    pub fn verify_audit(&self) -> Result<Verification, StoreError> {
+        self.inner.journal.verify_audit()
+    }
+
+    /// The latest audit entries, oldest first.
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.journal.tail_audit(n)
+    }
+
+    /// Stops every agent and makes everything written so far durable.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let agents: Vec<_> = self
+            .inner
+            .agents
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, e)| e.actor)
+            .collect();
+        for a in agents {
+            a.stop(None);
+        }
+        if let Some(sup) = self
+            .inner
+            .supervisor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            sup.stop(None);
+        }
+        self.inner
+            .journal
+            .write(Batch::default(), true, self.inner.clock.now())
+            .await
+    }
+}
+
+/// A running agent, addressed by id.
+#[derive(Clone)]
+pub struct AgentHandle {
+    id: String,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AgentHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHandle").field("id", &self.id).finish()
+    }
+}
+
+impl AgentHandle {
+    /// The agent's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The agent's token.
+    pub fn token(&self) -> Option<Token> {
+        self.inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.id)
+            .map(|e| e.args.identity.token.clone())
+    }
+
+    /// Runs a task through the agent's bounded reason/act loop.
+    pub async fn run(&self, task: &str) -> Result<Outcome, RunError> {
+        self.inner.run(&self.id, task, Vec::new()).await
+    }
+
+    /// Spawns a child: its token is derived from this agent's by attenuation (refused
+    /// unless it narrows), its budget is carved out of this agent's, and it starts
+    /// with a fresh context.
+    pub async fn spawn_child(
+        &self,
+        spec: AgentSpec,
+        attenuation: Attenuation,
+        brain: Arc<dyn Brain>,
+    ) -> Result<AgentHandle, SpawnError> {
+        let parent = self
+            .identity()
+            .ok_or_else(|| SpawnError::Actor(format!("agent `{}` is not running", self.id)))?;
+        self.inner
+            .spawn_child(&parent, spec, attenuation, brain)
+            .await
+    }
+
+    fn identity(&self) -> Option<Arc<Identity>> {
+        self.inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.id)
+            .map(|e| e.args.identity.clone())
+    }
+}
+
+impl Inner {
+    pub(crate) async fn open_account(
+        &self,
+        account: &str,
+        parent: Option<&str>,
+        cap: u64,
+    ) -> Result<(), SpawnError> {
+        let rx = {
+            let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let cmd = LedgerCommand::Open {
+                account: account.to_string(),
+                parent: parent.map(str::to_string),
+                cap,
+            };
+            match ledger.state.apply(&cmd) {
+                LedgerOutcome::Opened => {}
+                LedgerOutcome::Denied(d) => return Err(SpawnError::Budget(d)),
+                other => {
+                    return Err(SpawnError::Budget(BudgetDenial::UnknownAccount(format!(
+                        "{account}: {other:?}"
+                    ))));
+                }
+            }
+            self.journal.submit(
+                Batch {
+                    ledger: vec![cmd],
+                    ..Batch::default()
+                },
+                true,
+                self.clock.now(),
+            )
+        };
+        rx.await.unwrap_or(Err(StoreError::WriterGone))?;
+        Ok(())
+    }
+
+    pub(crate) async fn spawn(
+        self: &Arc<Self>,
+        spec: AgentSpec,
+        token: Token,
+        brain: Arc<dyn Brain>,
+        parent_account: Option<String>,
+        parent_chain: Option<&[String]>,
+    ) -> Result<AgentHandle, SpawnError> {
+        if token.agent() != spec.id {
+            return Err(SpawnError::WrongAgent {
+                token_agent: token.agent().to_string(),
+                agent: spec.id.clone(),
+            });
+        }
+        if token.holder() != spec.key.public() {
+            return Err(SpawnError::WrongKey);
+        }
+        if self
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&spec.id)
+        {
+            return Err(SpawnError::Duplicate(spec.id.clone()));
+        }
+        let account = format!("agent:{}", spec.id);
+        self.open_account(
+            &account,
+            parent_account.as_deref(),
+            token.effective().budget.micros(),
+        )
+        .await?;
+        let chain: Vec<String> = match parent_chain {
+            Some(c) => c
+                .iter()
+                .cloned()
+                .chain(std::iter::once(spec.id.clone()))
+                .collect(),
+            None => token.chain().into_iter().map(|l| l.agent).collect(),
+        };
+        let identity = Arc::new(Identity {
+            agent: spec.id.clone(),
+            account,
+            chain: chain.clone(),
+            key: spec.key.clone(),
+            token,
+        });
+        let args = AgentArgs {
+            spec,
+            identity,
+            brain,
+            inner: Arc::downgrade(self),
+            inbox: Arc::new(Mutex::new(Vec::new())),
+        };
+        self.start_actor(args.clone()).await?;
+        let record = args.identity.record("agent.spawn", json!({"chain": chain}));
+        self.journal
+            .write(Batch::audit(record), true, self.clock.now())
+            .await?;
+        Ok(AgentHandle {
+            id: args.spec.id.clone(),
+            inner: self.clone(),
+        })
+    }
+
+    /// Starts (or restarts) an agent's actor under the supervisor.
+    pub(crate) async fn start_actor(&self, args: AgentArgs) -> Result<(), SpawnError> {
+        let sup = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| SpawnError::Actor("the runtime is shut down".into()))?;
+        let (actor, _) = Actor::spawn_linked(None, AgentActor, args.clone(), sup.get_cell())
+            .await
+            .map_err(|e| SpawnError::Actor(e.to_string()))?;
+        self.agents
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                args.spec.id.clone(),
+                AgentEntry {
+                    actor,
+                    inbox: args.inbox.clone(),
+                    args,
+                },
+            );
+        Ok(())
+    }
+
+    pub(crate) async fn spawn_child(
+        self: &Arc<Self>,
+        parent: &Identity,
+        spec: AgentSpec,
+        attenuation: Attenuation,
+        brain: Arc<dyn Brain>,
+    ) -> Result<AgentHandle, SpawnError> {
+        let child_token = parent.token.attenuate(&parent.key, attenuation)?;
+        self.spawn(
+            spec,
+            child_token,
+            brain,
+            Some(parent.account.clone()),
+            Some(&parent.chain),
+        )
+        .await
+    }
+
+    /// A child requested by a brain: everything in the request is checked like any
+    /// other input from a model.
+    pub(crate) async fn spawn_requested(
+        self: &Arc<Self>,
+        parent: &Identity,
+        req: &SpawnRequest,
+    ) -> Result<AgentHandle, SpawnError> {
+        let factory = self
+            .brains
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&req.brain)
+            .cloned()
+            .ok_or_else(|| SpawnError::UnknownBrain(req.brain.clone()))?;
+        let spec = AgentSpec::new(req.agent.clone());
+        let mut att = Attenuation::new(req.agent.clone(), spec.key.public());
+        if let Some(tools) = &req.tools {
+            att = att.only_tools(tools.clone());
+        }
+        for (tool, tier) in &req.tiers {
+            att = att.tier(tool.clone(), *tier);
+        }
+        if let Some(b) = req.budget {
+            att = att.budget(b);
+        }
+        for c in &req.constraints {
+            let c: Constraint = c.parse().map_err(|e| {
+                SpawnError::Attenuate(bulwark_capabilities::AttenuateError::Invalid(e))
+            })?;
+            att = att.require(c);
+        }
+        self.spawn_child(parent, spec, att, factory()).await
+    }
+
+    pub(crate) fn deliver(&self, envelope: Envelope) -> Result<(), RunError> {
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        let entry = agents
+            .get(&envelope.to)
+            .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
+        let mut inbox = entry.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        // A bounded inbox: a flood from one agent cannot exhaust memory.
+        if inbox.len() >= 256 {
+            inbox.remove(0);
+        }
+        inbox.push(envelope);
+        Ok(())
+    }
+
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        agent: &str,
+        task: &str,
+        passed: Vec<String>,
+    ) -> Result<Outcome, RunError> {
+        if let Err(state) = self.breakers.check(agent, task)? {
+            return Err(RunError::BreakerOpen {
+                agent: agent.to_string(),
+                task: task.to_string(),
+                until: humantime::format_rfc3339_seconds(
+                    SystemTime::UNIX_EPOCH
+                        + Duration::from_millis(state.open_until_ms.unwrap_or(0)),
+                )
+                .to_string(),
+                trips: state.trips,
+            });
+        }
+        if !self.dedup.claim_task(agent, task).await? {
+            return Err(RunError::DuplicateTask {
+                agent: agent.to_string(),
+                title: task.to_string(),
+            });
+        }
+        let actor = self
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .map(|e| e.actor.clone())
+            .ok_or_else(|| RunError::NoSuchAgent(agent.to_string()))?;
+        let mut context = vec![ContextItem::Task {
+            text: task.to_string(),
+        }];
+        context.extend(passed.into_iter().map(|text| ContextItem::Passed { text }));
+        let result = actor
+            .call(|reply| AgentMsg::Run { context, reply }, None)
+            .await;
+        let outcome = match result {
+            Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
+            _ => Outcome::failed(agent, "the agent failed during the run and was restarted"),
+        };
+        self.breakers
+            .record(agent, task, outcome.succeeded())
+            .await?;
+        Ok(outcome)
+    }
+}
+
+/// Restarts failed agents one-for-one from their specs.
+struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = ();
+    type State = Weak<Inner>;
+    type Arguments = Weak<Inner>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<()>,
+        inner: Weak<Inner>,
+    ) -> Result<Weak<Inner>, ActorProcessingErr> {
+        Ok(inner)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _me: ActorRef<()>,
+        event: SupervisionEvent,
+        inner: &mut Weak<Inner>,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ActorFailed(cell, err) = event else {
+            return Ok(());
+        };
+        let Some(inner) = inner.upgrade() else {
+            return Ok(());
+        };
+        let failed = find_agent(&inner, &cell);
+        if let Some(args) = failed {
+            let record = args
+                .identity
+                .record("agent.restarted", json!({"error": err.to_string()}));
+            let _ = inner
+                .journal
+                .submit(Batch::audit(record), false, inner.clock.now());
+            if let Err(e) = inner.start_actor(args).await {
+                tracing::error!(error = %e, "could not restart an agent");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn find_agent(inner: &Inner, cell: &ActorCell) -> Option<AgentArgs> {
+    inner
+        .agents
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .find(|e| e.actor.get_id() == cell.get_id())
+        .map(|e| e.args.clone())
+}
+
+/// Decimal dollars for display.
+pub fn dollars(micros: u64) -> String {
+    MicroUsd::new(micros).map_or_else(|| micros.to_string(), |m| m.to_string())
+}

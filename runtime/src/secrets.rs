@@ -1,0 +1,165 @@
+//! Credentials: secrets encrypted at rest (ChaCha20-Poly1305, key in a 0600 file).
+//!
+//! A tool receives a secret only when the calling token grants `secret:NAME` (checked
+//! by the gate, like a tool); the store itself never decides who may read.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use zeroize::Zeroizing;
+
+use crate::error::StoreError;
+use crate::journal::{Batch, Journal};
+
+/// The key file inside a data directory.
+pub const SECRETS_KEY_FILE: &str = "secrets.key";
+
+/// Why a secret operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// The key file is readable by others.
+    #[error(
+        "{path} has mode {mode:o}: the secrets key must be readable by its owner only (chmod 600 {path})"
+    )]
+    InsecureKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// The key file is not 64 hex digits.
+    #[error("{0} is not a secrets key (64 hex digits)")]
+    BadKeyFile(PathBuf),
+    /// No secret of that name.
+    #[error("no secret named `{0}`")]
+    Missing(String),
+    /// The stored ciphertext does not decrypt: tampered, or another key.
+    #[error("secret `{0}` does not decrypt with this key (tampered or wrong key)")]
+    Corrupt(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The file system failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Encrypted secrets in the runtime's database.
+pub struct SecretStore {
+    cipher: ChaCha20Poly1305,
+    journal: Journal,
+}
+
+fn load_or_create_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretError> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    if path.exists() {
+        let meta = std::fs::metadata(path).map_err(|e| SecretError::Io(e.to_string()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(SecretError::InsecureKeyFile {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| SecretError::Io(e.to_string()))?,
+        );
+        hex::decode_to_slice(text.trim(), key.as_mut_slice())
+            .map_err(|_| SecretError::BadKeyFile(path.to_path_buf()))?;
+    } else {
+        rand::Rng::fill(&mut rand::rngs::OsRng, key.as_mut_slice());
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| SecretError::Io(format!("{}: {e}", path.display())))?;
+        let text = Zeroizing::new(hex::encode(key.as_slice()));
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| SecretError::Io(e.to_string()))?;
+    }
+    Ok(key)
+}
+
+impl SecretStore {
+    pub(crate) fn open(data_dir: &Path, journal: Journal) -> Result<Self, SecretError> {
+        let key = load_or_create_key(&data_dir.join(SECRETS_KEY_FILE))?;
+        Ok(SecretStore {
+            cipher: ChaCha20Poly1305::new(&Key::from(*key)),
+            journal,
+        })
+    }
+
+    fn key(name: &str) -> String {
+        format!("secret/{name}")
+    }
+
+    /// Stores (or replaces) a secret, durably.
+    pub async fn put(&self, name: &str, value: &str) -> Result<(), SecretError> {
+        let nonce_bytes: [u8; 12] = rand::random();
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce_bytes),
+                Payload {
+                    msg: value.as_bytes(),
+                    aad: name.as_bytes(),
+                },
+            )
+            .map_err(|_| SecretError::Corrupt(name.to_string()))?;
+        let mut stored = nonce_bytes.to_vec();
+        stored.extend_from_slice(&ciphertext);
+        let batch = Batch {
+            kv: vec![(Self::key(name), Some(stored))],
+            ..Batch::default()
+        };
+        self.journal.write(batch, true, SystemTime::now()).await?;
+        Ok(())
+    }
+
+    /// Decrypts a secret. Only the gate calls this, after authorizing the caller.
+    pub(crate) fn get(&self, name: &str) -> Result<Zeroizing<String>, SecretError> {
+        let stored = self
+            .journal
+            .kv_get(&Self::key(name))?
+            .ok_or_else(|| SecretError::Missing(name.to_string()))?;
+        if stored.len() < 12 {
+            return Err(SecretError::Corrupt(name.to_string()));
+        }
+        let (nonce, ciphertext) = stored.split_at(12);
+        let nonce: [u8; 12] = nonce
+            .try_into()
+            .map_err(|_| SecretError::Corrupt(name.to_string()))?;
+        let plain = self
+            .cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: name.as_bytes(),
+                },
+            )
+            .map_err(|_| SecretError::Corrupt(name.to_string()))?;
+        String::from_utf8(plain)
+            .map(Zeroizing::new)
+            .map_err(|_| SecretError::Corrupt(name.to_string()))
+    }
+
+    /// Whether the stored bytes of a secret contain `needle` (for tests proving the
+    /// value is not stored in clear).
+    #[doc(hidden)]
+    pub fn raw_contains(&self, name: &str, needle: &[u8]) -> bool {
+        self.journal
+            .kv_get(&Self::key(name))
+            .ok()
+            .flatten()
+            .is_some_and(|raw| raw.windows(needle.len()).any(|w| w == needle))
+    }
+}

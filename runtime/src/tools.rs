@@ -1,0 +1,296 @@
+//! Tools: manifests, the registry, and native tools written as async Rust functions.
+//!
+//! A manifest fixes what the gate needs before anything runs: the JSON schema the
+//! arguments must match, the tier, the most a call may cost, the secrets it needs,
+//! an optional compensation, and how calls are deduplicated on a channel.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bulwark_capabilities::{ArgValue, Args, MicroUsd, Tier, validate_name};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Channel deduplication: the same content to the same channel within a window is
+/// refused (e.g. the same email body to the same recipient twice in ten minutes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelDedup {
+    /// The argument naming the channel (a recipient, a chat channel).
+    pub channel_arg: String,
+    /// The arguments whose values make up the content.
+    pub content_args: Vec<String>,
+    /// The window, seconds.
+    pub window_secs: u64,
+}
+
+/// What a tool is and how the gate treats it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolManifest {
+    /// Unique name.
+    pub name: String,
+    /// What it does, for people and models.
+    pub description: String,
+    /// JSON schema of the arguments (an object schema).
+    pub args_schema: Value,
+    /// The tool's own tier; the effective tier is the stricter of this and the token's.
+    pub tier: Tier,
+    /// The most one call may cost; reserved before the call.
+    pub max_cost: MicroUsd,
+    /// Secrets the tool receives; the caller's token must grant `secret:NAME` for each.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// The tool that undoes this one, if any.
+    #[serde(default)]
+    pub compensation: Option<String>,
+    /// Channel deduplication, if any.
+    #[serde(default)]
+    pub channel_dedup: Option<ChannelDedup>,
+    /// Longest a call may run, milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl ToolManifest {
+    /// A manifest with an object schema accepting anything, tier auto, free, 10 s.
+    pub fn new(name: impl Into<String>, description: impl Into<String>) -> Self {
+        ToolManifest {
+            name: name.into(),
+            description: description.into(),
+            args_schema: serde_json::json!({"type": "object"}),
+            tier: Tier::Auto,
+            max_cost: MicroUsd::ZERO,
+            secrets: Vec::new(),
+            compensation: None,
+            channel_dedup: None,
+            timeout_ms: 10_000,
+        }
+    }
+
+    /// Sets the argument schema.
+    pub fn schema(mut self, schema: Value) -> Self {
+        self.args_schema = schema;
+        self
+    }
+
+    /// Sets the tier.
+    pub fn tier(mut self, tier: Tier) -> Self {
+        self.tier = tier;
+        self
+    }
+
+    /// Sets the most a call may cost.
+    pub fn max_cost(mut self, cost: MicroUsd) -> Self {
+        self.max_cost = cost;
+        self
+    }
+
+    /// Adds a secret the tool needs.
+    pub fn secret(mut self, name: impl Into<String>) -> Self {
+        self.secrets.push(name.into());
+        self
+    }
+
+    /// Sets the compensating tool.
+    pub fn compensation(mut self, tool: impl Into<String>) -> Self {
+        self.compensation = Some(tool.into());
+        self
+    }
+
+    /// Deduplicates calls on a channel.
+    pub fn channel_dedup(mut self, dedup: ChannelDedup) -> Self {
+        self.channel_dedup = Some(dedup);
+        self
+    }
+
+    /// Sets the timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = timeout.as_millis() as u64;
+        self
+    }
+}
+
+/// What a tool receives.
+#[derive(Clone, Debug)]
+pub struct ToolInput {
+    /// The calling agent.
+    pub agent: String,
+    /// The validated arguments.
+    pub args: Value,
+    /// The secrets the manifest names, granted by the caller's token.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// What a tool returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolOutput {
+    /// The result, which re-enters the agent's context marked untrusted.
+    pub value: Value,
+    /// What the call actually cost (charged up to the manifest's `max_cost`).
+    pub cost: MicroUsd,
+}
+
+impl ToolOutput {
+    /// A free result.
+    pub fn new(value: Value) -> Self {
+        ToolOutput {
+            value,
+            cost: MicroUsd::ZERO,
+        }
+    }
+
+    /// A result with its cost.
+    pub fn with_cost(value: Value, cost: MicroUsd) -> Self {
+        ToolOutput { value, cost }
+    }
+}
+
+/// A tool's own failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ToolError(pub String);
+
+type Handler =
+    Arc<dyn Fn(ToolInput) -> BoxFuture<'static, Result<ToolOutput, ToolError>> + Send + Sync>;
+
+/// A tool: its manifest and its code.
+#[derive(Clone)]
+pub struct Tool {
+    pub(crate) manifest: ToolManifest,
+    pub(crate) handler: Handler,
+}
+
+impl Tool {
+    /// A native tool: an async Rust function.
+    pub fn native<F, Fut>(manifest: ToolManifest, f: F) -> Self
+    where
+        F: Fn(ToolInput) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<ToolOutput, ToolError>> + Send + 'static,
+    {
+        Tool {
+            manifest,
+            handler: Arc::new(move |input| Box::pin(f(input))),
+        }
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &ToolManifest {
+        &self.manifest
+    }
+}
+
+/// Why a tool could not be registered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// A tool of that name exists.
+    #[error("a tool named `{0}` is already registered")]
+    Duplicate(String),
+    /// The schema is not a valid JSON schema.
+    #[error("tool `{tool}` has an invalid argument schema: {reason}")]
+    BadSchema {
+        /// The tool.
+        tool: String,
+        /// Why.
+        reason: String,
+    },
+    /// A PROPOSE tool without compensation, or another manifest problem.
+    #[error("tool `{tool}`: {reason}")]
+    BadManifest {
+        /// The tool.
+        tool: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+pub(crate) struct Registered {
+    pub tool: Tool,
+    pub validator: jsonschema::Validator,
+}
+
+/// The tools a runtime knows.
+#[derive(Clone, Default)]
+pub struct ToolRegistry {
+    tools: Arc<RwLock<BTreeMap<String, Arc<Registered>>>>,
+}
+
+impl ToolRegistry {
+    /// Registers a tool. Its schema is compiled now, so bad schemas fail here.
+    pub fn register(&self, tool: Tool) -> Result<(), RegisterError> {
+        let m = &tool.manifest;
+        let bad = |reason: String| RegisterError::BadManifest {
+            tool: m.name.clone(),
+            reason,
+        };
+        validate_name("tool", &m.name).map_err(|e| bad(e.to_string()))?;
+        if m.tier == Tier::Propose && m.compensation.is_none() {
+            return Err(bad(
+                "a PROPOSE tool needs a compensation to undo it within its rollback window".into(),
+            ));
+        }
+        for s in &m.secrets {
+            validate_name("secret", s).map_err(|e| bad(e.to_string()))?;
+        }
+        let validator =
+            jsonschema::validator_for(&m.args_schema).map_err(|e| RegisterError::BadSchema {
+                tool: m.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut tools = self.tools.write().unwrap_or_else(|p| p.into_inner());
+        if tools.contains_key(&m.name) {
+            return Err(RegisterError::Duplicate(m.name.clone()));
+        }
+        tools.insert(m.name.clone(), Arc::new(Registered { tool, validator }));
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Registered>> {
+        self.tools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The manifests of the named tools that are registered.
+    pub fn manifests(&self) -> Vec<ToolManifest> {
+        self.tools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|r| r.tool.manifest.clone())
+            .collect()
+    }
+}
+
+/// Longest string argument passed to authorization as is; longer values take part as
+/// their SHA-256 (constraints on them can then only match exactly).
+const MAX_AUTH_STRING: usize = 4096;
+
+/// The arguments as the capability layer sees them: strings and integers as they are,
+/// anything else as its canonical JSON text.
+pub(crate) fn to_capability_args(args: &Value) -> Args {
+    let mut out = Args::new();
+    if let Value::Object(map) = args {
+        for (k, v) in map {
+            let value = match v {
+                Value::String(s) if s.len() <= MAX_AUTH_STRING => ArgValue::Str(s.clone()),
+                Value::String(s) => {
+                    use sha2::Digest;
+                    ArgValue::Str(format!(
+                        "sha256:{}",
+                        hex::encode(sha2::Sha256::digest(s.as_bytes()))
+                    ))
+                }
+                Value::Number(n) => match n.as_i64() {
+                    Some(i) => ArgValue::Int(i),
+                    None => ArgValue::Str(n.to_string()),
+                },
+                other => ArgValue::Str(other.to_string()),
+            };
+            out.insert(k.clone(), value);
+        }
+    }
+    out
+}
