@@ -121,6 +121,18 @@ impl Dedup {
         self.claim(key, TASK_WINDOW).await
     }
 
+    /// Task layer: forgets a claim, so a task that failed can be retried (its circuit
+    /// breaker, not deduplication, governs retries).
+    pub async fn release_task(&self, agent: &str, title: &str) -> Result<(), StoreError> {
+        let _guard = self.lock.lock().await;
+        let key = format!("dedup/task/{}", digest(&[agent, &normalize(title)]));
+        let batch = Batch {
+            kv: vec![(key, None)],
+            ..Batch::default()
+        };
+        self.journal.write(batch, false, self.clock.now()).await
+    }
+
     /// Channel layer: true if `content` may go to `channel` now (and records it).
     pub async fn claim_channel(
         &self,

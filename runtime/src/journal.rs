@@ -54,11 +54,17 @@ struct Request {
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
+enum Op {
+    Write(Request),
+    /// Commits what is queued, then stops and releases the database.
+    Close(oneshot::Sender<()>),
+}
+
 /// Handle to the writer thread.
 #[derive(Clone)]
 pub(crate) struct Journal {
-    tx: mpsc::Sender<Request>,
-    db: Arc<Database>,
+    tx: mpsc::Sender<Op>,
+    db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
 }
 
 /// What was on disk when the journal opened.
@@ -95,14 +101,17 @@ impl Journal {
         state_check(&ledger)?;
 
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel::<Request>();
+        let (tx, rx) = mpsc::channel::<Op>();
         let writer_db = db.clone();
         std::thread::Builder::new()
             .name("bulwark-journal".into())
             .spawn(move || writer(writer_db, rx, audit_seq, audit_prev, next_ledger_seq))
             .map_err(StoreError::from_display)?;
         Ok((
-            Journal { tx, db },
+            Journal {
+                tx,
+                db: Arc::new(std::sync::RwLock::new(Some(db))),
+            },
             Recovered {
                 ledger,
                 next_ledger_seq,
@@ -119,15 +128,32 @@ impl Journal {
         at: SystemTime,
     ) -> oneshot::Receiver<Result<(), StoreError>> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(req)) = self.tx.send(Request {
+        if let Err(mpsc::SendError(Op::Write(req))) = self.tx.send(Op::Write(Request {
             batch,
             durable,
             at,
             reply,
-        }) {
+        })) {
             let _ = req.reply.send(Err(StoreError::WriterGone));
         }
         rx
+    }
+
+    /// Commits everything queued, stops the writer and releases the database file.
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Op::Close(reply)).is_ok() {
+            let _ = rx.await;
+        }
+        self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::WriterGone)
     }
 
     /// Submits and waits.
@@ -144,7 +170,7 @@ impl Journal {
 
     /// Reads a key-value entry.
     pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::from_display)?;
+        let txn = self.db()?.begin_read().map_err(StoreError::from_display)?;
         let table = txn.open_table(KV).map_err(StoreError::from_display)?;
         Ok(table
             .get(key)
@@ -153,11 +179,11 @@ impl Journal {
     }
 
     pub fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
-        audit::verify_db(&self.db)
+        audit::verify_db(&*self.db()?)
     }
 
     pub fn tail_audit(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        audit::tail_db(&self.db, n)
+        audit::tail_db(&*self.db()?, n)
     }
 }
 
@@ -169,18 +195,30 @@ fn state_check(ledger: &LedgerState) -> Result<(), StoreError> {
 
 fn writer(
     db: Arc<Database>,
-    rx: mpsc::Receiver<Request>,
+    rx: mpsc::Receiver<Op>,
     mut audit_seq: u64,
     mut audit_prev: String,
     mut ledger_seq: u64,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+    let mut closing = None;
+    while closing.is_none() {
+        let Ok(first) = rx.recv() else {
+            break;
+        };
+        let mut batch = Vec::new();
+        match first {
+            Op::Write(req) => batch.push(req),
+            Op::Close(reply) => closing = Some(reply),
+        }
+        while batch.len() < MAX_BATCH && closing.is_none() {
             match rx.try_recv() {
-                Ok(req) => batch.push(req),
+                Ok(Op::Write(req)) => batch.push(req),
+                Ok(Op::Close(reply)) => closing = Some(reply),
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let before = (audit_seq, audit_prev.clone(), ledger_seq);
         let result = commit_batch(
@@ -197,6 +235,15 @@ fn writer(
         for req in batch {
             let _ = req.reply.send(result.clone().map_err(StoreError::Db));
         }
+    }
+    // Make everything durable before the file is released.
+    if let Ok(mut txn) = db.begin_write() {
+        txn.set_durability(Durability::Immediate);
+        let _ = txn.commit();
+    }
+    drop(db);
+    if let Some(reply) = closing {
+        let _ = reply.send(());
     }
 }
 

@@ -348,7 +348,8 @@ impl Runtime {
         self.inner.journal.tail_audit(n)
     }
 
-    /// Stops every agent and makes everything written so far durable.
+    /// Stops every agent, makes everything written so far durable and releases the
+    /// data directory (another runtime may then open it).
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         let agents: Vec<_> = self
             .inner
@@ -373,7 +374,9 @@ impl Runtime {
         self.inner
             .journal
             .write(Batch::default(), true, self.inner.clock.now())
-            .await
+            .await?;
+        self.inner.journal.close().await;
+        Ok(())
     }
 }
 
@@ -675,6 +678,9 @@ impl Inner {
         self.breakers
             .record(agent, task, outcome.succeeded())
             .await?;
+        if !outcome.succeeded() {
+            self.dedup.release_task(agent, task).await?;
+        }
         Ok(outcome)
     }
 }
