@@ -1,9 +1,10 @@
 //! Bulwark: a runtime for autonomous AI agents that stays safe when the model is fully
 //! compromised. Its security comes from the runtime, never from the prompt.
 //!
-//! This facade crate re-exports the member crates. Today it carries the capability
-//! layer: tokens signed by a cluster root key that can only be narrowed when handed to
-//! a child agent, bound to the holder's key, checked on every request.
+//! This facade crate re-exports the member crates: [`capabilities`] (tokens signed by
+//! a cluster root key that can only be narrowed when handed to a child agent, bound to
+//! the holder's key, checked on every request) and [`runtime`] (the embedded agent
+//! runtime: actors, the gate, supervisors, budgets, audit).
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -33,6 +34,11 @@
 //! ```
 
 pub use bulwark_capabilities as capabilities;
+pub use bulwark_runtime as runtime;
+pub use bulwark_runtime::{
+    AgentHandle, AgentSpec, Brain, BrainAction, Outcome, Runtime, ScriptedBrain, Tool,
+    ToolManifest, ToolOutput,
+};
 pub use bulwark_capabilities::{
     Approval, ApprovalError, ArgValue, Args, AttenuateError, Attenuation, Authorized, Constraint,
     Denial, KeyError, KeyPair, MicroUsd, PublicKey, ReplayGuard, Request, Revocations, RootGrant,
