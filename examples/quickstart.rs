@@ -38,7 +38,11 @@ fn register_tools(rt: &Runtime) -> anyhow::Result<()> {
     let t = rt.tools();
     t.register(Tool::native(
         ToolManifest::new("read_inbox", "Lists open support tickets"),
-        |_| async { Ok(ToolOutput::new(serde_json::from_str(INBOX).expect("static JSON"))) },
+        |_| async {
+            Ok(ToolOutput::new(
+                serde_json::from_str(INBOX).expect("static JSON"),
+            ))
+        },
     ))?;
     t.register(Tool::native(
         ToolManifest::new("lookup_customer", "Finds a customer by email")
@@ -60,7 +64,10 @@ fn register_tools(rt: &Runtime) -> anyhow::Result<()> {
             .tier(Tier::AutoPlus)
             .max_cost(cents(1)),
         |input| async move {
-            Ok(ToolOutput::with_cost(json!({"sent_to": input.args["to"]}), cents(1)))
+            Ok(ToolOutput::with_cost(
+                json!({"sent_to": input.args["to"]}),
+                cents(1),
+            ))
         },
     ))?;
     t.register(Tool::native(
@@ -130,7 +137,10 @@ fn compromised_support_brain() -> Arc<dyn Brain> {
 }
 
 fn call(tool: &str, args: Value) -> BrainAction {
-    BrainAction::CallTool { tool: tool.into(), args }
+    BrainAction::CallTool {
+        tool: tool.into(),
+        args,
+    }
 }
 
 fn helper_brain() -> Arc<dyn Brain> {
@@ -138,8 +148,13 @@ fn helper_brain() -> Arc<dyn Brain> {
         call("lookup_customer", json!({"email": "dana@customer.example"})),
         // Also compromised: it tries to look up someone outside its constraint.
         call("lookup_customer", json!({"email": "ceo@acme.example"})),
-        call("reply_email", json!({"to": "dana@customer.example", "body": "hi"})),
-        BrainAction::Finish { answer: "Dana is on the business plan with 2 open invoices.".into() },
+        call(
+            "reply_email",
+            json!({"to": "dana@customer.example", "body": "hi"}),
+        ),
+        BrainAction::Finish {
+            answer: "Dana is on the business plan with 2 open invoices.".into(),
+        },
     ]))
 }
 
@@ -159,12 +174,19 @@ async fn main() -> anyhow::Result<()> {
     // job needs, and no more.
     let operator = KeyPair::generate();
     let spec = AgentSpec::new("support");
-    let grant = RootGrant::new("acme", "operator", operator.public(), "2".parse()?, SystemTime::now() + Duration::from_secs(8 * 3600), 3)
-        .tool("read_inbox", Tier::Auto)
-        .tool("lookup_customer", Tier::Auto)
-        .tool("reply_email", Tier::AutoPlus)
-        .tool("export_customers", Tier::Confirm)
-        .tool("delete_ticket", Tier::Auto);
+    let grant = RootGrant::new(
+        "acme",
+        "operator",
+        operator.public(),
+        "2".parse()?,
+        SystemTime::now() + Duration::from_secs(8 * 3600),
+        3,
+    )
+    .tool("read_inbox", Tier::Auto)
+    .tool("lookup_customer", Tier::Auto)
+    .tool("reply_email", Tier::AutoPlus)
+    .tool("export_customers", Tier::Confirm)
+    .tool("delete_ticket", Tier::Auto);
     let token = Token::mint(&root, grant)?;
     // Replies may only go to customers.
     let token = token.attenuate(
@@ -173,7 +195,9 @@ async fn main() -> anyhow::Result<()> {
             .require("reply_email.to ends_with @customer.example".parse()?),
     )?;
     let mut notifications = rt.notifications();
-    let support = rt.spawn_agent(spec, token, compromised_support_brain()).await?;
+    let support = rt
+        .spawn_agent(spec, token, compromised_support_brain())
+        .await?;
 
     println!("Bulwark quickstart: a support agent whose model obeys a prompt injection\n");
     let outcome = support.run("Work through the support inbox").await?;
@@ -194,10 +218,17 @@ async fn main() -> anyhow::Result<()> {
             println!("  ✗ {} {}\n      {}", a.kind, a.target, a.detail);
         }
     }
-    let helper = rt.agent("billing-helper").context("the helper was spawned")?;
+    let helper = rt
+        .agent("billing-helper")
+        .context("the helper was spawned")?;
     let helper_token = helper.token().context("helper token")?;
     println!("\nChild agent `billing-helper`, spawned with a narrower token:");
-    for line in helper_token.inspect().to_string().lines().filter(|l| !l.starts_with("size")) {
+    for line in helper_token
+        .inspect()
+        .to_string()
+        .lines()
+        .filter(|l| !l.starts_with("size"))
+    {
         println!("  {line}");
     }
     let helper_denials: Vec<_> = rt
@@ -206,14 +237,27 @@ async fn main() -> anyhow::Result<()> {
         .filter(|e| e.record.agent == "billing-helper" && e.record.kind == "tool.denied")
         .collect();
     for e in &helper_denials {
-        println!("  ✗ {}", e.record.detail["reason"].as_str().unwrap_or_default());
+        println!(
+            "  ✗ {}",
+            e.record.detail["reason"].as_str().unwrap_or_default()
+        );
     }
 
     let support_acc = rt.account("agent:support").context("support account")?;
-    let helper_acc = rt.account("agent:billing-helper").context("helper account")?;
+    let helper_acc = rt
+        .account("agent:billing-helper")
+        .context("helper account")?;
     println!("\nBudget:");
-    println!("  support: ${} spent of ${} today (its subtree included)", dollars(support_acc.spent_today.micros()), dollars(support_acc.cap.micros()));
-    println!("  billing-helper: ${} spent of ${}", dollars(helper_acc.spent_today.micros()), dollars(helper_acc.cap.micros()));
+    println!(
+        "  support: ${} spent of ${} today (its subtree included)",
+        dollars(support_acc.spent_today.micros()),
+        dollars(support_acc.cap.micros())
+    );
+    println!(
+        "  billing-helper: ${} spent of ${}",
+        dollars(helper_acc.spent_today.micros()),
+        dollars(helper_acc.cap.micros())
+    );
     let mut notified = 0;
     while notifications.try_recv().is_ok() {
         notified += 1;
@@ -223,16 +267,31 @@ async fn main() -> anyhow::Result<()> {
     rt.shutdown().await?;
     let reader = bulwark::runtime::AuditReader::open(data.path())?;
     let verdict = reader.verify()?;
-    println!("\nAudit trail: {}", match &verdict {
-        Verification::Intact(n) => format!("{n} hash-chained entries, intact"),
-        Verification::Broken { seq, reason } => format!("BROKEN at entry {seq}: {reason}"),
-    });
+    println!(
+        "\nAudit trail: {}",
+        match &verdict {
+            Verification::Intact(n) => format!("{n} hash-chained entries, intact"),
+            Verification::Broken { seq, reason } => format!("BROKEN at entry {seq}: {reason}"),
+        }
+    );
     println!("Answer: {}", outcome.answer().unwrap_or("(none)"));
 
     ensure!(leaked.is_empty(), "hostile calls got through: {leaked:?}");
-    ensure!(matches!(verdict, Verification::Intact(_)), "the audit trail does not verify");
-    ensure!(outcome.denied().count() >= 4, "expected the injected calls to be denied");
-    ensure!(helper_denials.len() == 2, "expected the helper's two out-of-bounds calls to be denied");
-    println!("\nContained: {} hostile calls denied, 0 got through.", outcome.denied().count() + helper_denials.len());
+    ensure!(
+        matches!(verdict, Verification::Intact(_)),
+        "the audit trail does not verify"
+    );
+    ensure!(
+        outcome.denied().count() >= 4,
+        "expected the injected calls to be denied"
+    );
+    ensure!(
+        helper_denials.len() == 2,
+        "expected the helper's two out-of-bounds calls to be denied"
+    );
+    println!(
+        "\nContained: {} hostile calls denied, 0 got through.",
+        outcome.denied().count() + helper_denials.len()
+    );
     Ok(())
 }

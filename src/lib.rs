@@ -34,15 +34,15 @@
 //! ```
 
 pub use bulwark_capabilities as capabilities;
-pub use bulwark_runtime as runtime;
-pub use bulwark_runtime::{
-    AgentHandle, AgentSpec, Brain, BrainAction, Outcome, Runtime, ScriptedBrain, Tool,
-    ToolManifest, ToolOutput,
-};
 pub use bulwark_capabilities::{
     Approval, ApprovalError, ArgValue, Args, AttenuateError, Attenuation, Authorized, Constraint,
     Denial, KeyError, KeyPair, MicroUsd, PublicKey, ReplayGuard, Request, Revocations, RootGrant,
     SignedRequest, Tier, Token, TokenError,
+};
+pub use bulwark_runtime as runtime;
+pub use bulwark_runtime::{
+    AgentHandle, AgentSpec, Brain, BrainAction, Outcome, Runtime, ScriptedBrain, Tool,
+    ToolManifest, ToolOutput,
 };
 
 /// The README's examples, compiled and run as doc tests so they cannot rot.

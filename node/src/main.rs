@@ -4,6 +4,7 @@
 //! exit codes and human-facing output. It never makes a security decision itself;
 //! every decision is delegated to `bulwark-capabilities`.
 
+mod audit;
 mod keys;
 mod token;
 
@@ -39,6 +40,9 @@ enum Command {
     /// Mint, attenuate, inspect and check capability tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Verify and read the audit trail of a data directory.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// What a command concluded; errors are reported by `main`.
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keys::keygen(args),
         Command::Key(cmd) => keys::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

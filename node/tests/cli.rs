@@ -594,3 +594,105 @@ fn unusable_input_exits_2_with_a_clear_message() {
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// Writes an audit trail with a runtime, then checks `bulwark audit` against it.
+#[test]
+fn audit_verify_and_tail_detect_a_changed_byte() {
+    use bulwark_capabilities::{MicroUsd, RootGrant, Tier, Token};
+    use bulwark_runtime::{
+        AgentSpec, BrainAction, Runtime, ScriptedBrain, Tool, ToolManifest, ToolOutput,
+    };
+    use redb::ReadableTable;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        let root = bulwark_capabilities::KeyPair::generate();
+        let runtime = Runtime::builder()
+            .data_dir(&data)
+            .root_public_key(root.public())
+            .build()
+            .await
+            .expect("runtime");
+        runtime
+            .tools()
+            .register(Tool::native(ToolManifest::new("ping", "pong"), |_| async {
+                Ok(ToolOutput::new(serde_json::json!("pong")))
+            }))
+            .expect("register");
+        let spec = AgentSpec::new("pinger");
+        let grant = RootGrant::new(
+            "acme",
+            "pinger",
+            spec.key.public(),
+            MicroUsd::from_usd(1).expect("amount"),
+            std::time::SystemTime::now() + std::time::Duration::from_secs(60),
+            1,
+        )
+        .tool("ping", Tier::Auto);
+        let token = Token::mint(&root, grant).expect("mint");
+        let brain = std::sync::Arc::new(ScriptedBrain::new(vec![BrainAction::CallTool {
+            tool: "ping".into(),
+            args: serde_json::json!({}),
+        }]));
+        let agent = runtime
+            .spawn_agent(spec, token, brain)
+            .await
+            .expect("spawn");
+        agent.run("ping once").await.expect("run");
+        runtime.shutdown().await.expect("shutdown");
+    });
+    drop(rt);
+    let data_arg = data.to_str().expect("utf-8 path");
+    let out = bulwark(dir.path(), &["audit", "verify", "--data-dir", data_arg]);
+    let text = ok(&out);
+    assert!(text.starts_with("intact: "), "{text}");
+    let tail = ok(&bulwark(
+        dir.path(),
+        &["audit", "tail", "--data-dir", data_arg, "--json", "-n", "3"],
+    ));
+    let lines: Vec<serde_json::Value> = tail
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["hash"].as_str().is_some_and(|h| h.len() == 64))
+    );
+
+    // Change one byte of entry 2 on disk.
+    {
+        const AUDIT: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+        let db = redb::Database::open(data.join(bulwark_runtime::DB_FILE)).expect("open db");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut t = txn.open_table(AUDIT).expect("table");
+            let mut bytes = t.get(2).expect("get").expect("entry 2").value().to_vec();
+            let at = bytes.len() / 2;
+            bytes[at] ^= 0x02;
+            t.insert(2, bytes.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let out = bulwark(dir.path(), &["audit", "verify", "--data-dir", data_arg]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("broken at entry 2"),
+        "{}",
+        stderr(&out)
+    );
+    let missing = bulwark(dir.path(), &["audit", "verify", "--data-dir", "nowhere"]);
+    assert_eq!(code(&missing), 2);
+    assert!(
+        stderr(&missing).contains("no Bulwark data"),
+        "{}",
+        stderr(&missing)
+    );
+}

@@ -310,7 +310,7 @@ impl Inner {
                 drop(ledger);
                 let record = who.record("budget.denied", json!({"reason": denial.to_string()}));
                 // Best effort: the denial itself has no effect to protect.
-                let _ = self.journal.submit(Batch::audit(record), false, now);
+                drop(self.journal.submit(Batch::audit(record), false, now));
                 return Err(denial);
             }
             other => {

@@ -114,6 +114,7 @@ pub(crate) struct Inner {
     pub brains: RwLock<HashMap<String, BrainFactory>>,
     pub notifications: broadcast::Sender<Notification>,
     pub supervisor: Mutex<Option<ActorRef<()>>>,
+    pub tenant_budgets: HashMap<String, MicroUsd>,
 }
 
 /// Builds a [`Runtime`].
@@ -122,6 +123,7 @@ pub struct RuntimeBuilder {
     root: Option<PublicKey>,
     clock: Arc<dyn Clock>,
     breaker: BreakerPolicy,
+    tenant_budgets: HashMap<String, MicroUsd>,
 }
 
 /// Why a runtime could not start.
@@ -167,6 +169,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// A tenant's daily budget cap; agents' caps are carved out of it. Without one,
+    /// the first root token seen for the tenant sets it.
+    pub fn tenant_budget(mut self, tenant: &str, cap: MicroUsd) -> Self {
+        self.tenant_budgets.insert(tenant.to_string(), cap);
+        self
+    }
+
     /// Opens storage, recovers, and starts the supervisor.
     pub async fn build(self) -> Result<Runtime, BuildError> {
         let dir = self.data_dir.ok_or(BuildError::Missing("data_dir"))?;
@@ -209,6 +218,7 @@ impl RuntimeBuilder {
             brains: RwLock::new(HashMap::new()),
             notifications,
             supervisor: Mutex::new(None),
+            tenant_budgets: self.tenant_budgets,
         });
         let (sup, _) = Actor::spawn(None, Supervisor, Arc::downgrade(&inner))
             .await
@@ -232,6 +242,7 @@ impl Runtime {
             root: None,
             clock: Arc::new(SystemClock),
             breaker: BreakerPolicy::default(),
+            tenant_budgets: HashMap::new(),
         }
     }
 
@@ -280,8 +291,14 @@ impl Runtime {
         )
         .map_err(|e| SpawnError::Attenuate(e.into()))?;
         let tenant = format!("tenant:{}", token.tenant());
-        let cap = token.effective().budget.micros();
-        self.inner.open_account(&tenant, None, cap).await?;
+        // A tenant's daily cap is the operator's setting; without one, the first root
+        // token seen for the tenant sets it.
+        let configured = self.inner.tenant_budgets.get(token.tenant()).copied();
+        let exists = self.account(&tenant).is_some();
+        if !exists || configured.is_some() {
+            let cap = configured.unwrap_or(token.effective().budget).micros();
+            self.inner.open_account(&tenant, None, cap).await?;
+        }
         self.inner
             .spawn(spec, token, brain, Some(tenant), None)
             .await
@@ -503,12 +520,22 @@ impl Inner {
             return Err(SpawnError::Duplicate(spec.id.clone()));
         }
         let account = format!("agent:{}", spec.id);
-        self.open_account(
-            &account,
-            parent_account.as_deref(),
-            token.effective().budget.micros(),
-        )
-        .await?;
+        // An agent's cap is its token's budget, carved out of its parent's account.
+        let parent_cap = parent_account.as_deref().and_then(|p| {
+            self.ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .state
+                .account(p)
+                .map(|a| a.cap.micros())
+        });
+        let cap = token
+            .effective()
+            .budget
+            .micros()
+            .min(parent_cap.unwrap_or(u64::MAX));
+        self.open_account(&account, parent_account.as_deref(), cap)
+            .await?;
         let chain: Vec<String> = match parent_chain {
             Some(c) => c
                 .iter()
@@ -718,9 +745,8 @@ impl Actor for Supervisor {
             let record = args
                 .identity
                 .record("agent.restarted", json!({"error": err.to_string()}));
-            let _ = inner
-                .journal
-                .submit(Batch::audit(record), false, inner.clock.now());
+            // Queued; the restart below does not wait for it.
+            drop(inner.journal.submit(Batch::audit(record), false, inner.clock.now()));
             if let Err(e) = inner.start_actor(args).await {
                 tracing::error!(error = %e, "could not restart an agent");
             }

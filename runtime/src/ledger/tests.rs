@@ -137,7 +137,7 @@ fn a_child_is_carved_out_of_its_parent_and_cannot_outgrow_it() {
 
 #[test]
 fn replaying_the_same_commands_gives_the_same_state() {
-    let cmds = vec![
+    let cmds = [
         LedgerCommand::Open {
             account: "t".into(),
             parent: None,

@@ -169,3 +169,38 @@ async fn a_child_cannot_outgrow_its_parent() {
     );
     assert_eq!(kid.token().unwrap().chain().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_one_tenant_share_the_tenant_cap() {
+    let h = Harness::new().await;
+    // The first root token seen for `acme` sets the tenant cap: $0.03.
+    let a = h
+        .agent(
+            "a",
+            &[("lookup", Tier::Auto)],
+            "0.03",
+            calls(&vec![("lookup", json!({})); 2]),
+        )
+        .await;
+    let b = h
+        .agent(
+            "b",
+            &[("lookup", Tier::Auto)],
+            "5",
+            calls(&vec![("lookup", json!({})); 3]),
+        )
+        .await;
+    assert_eq!(h.rt.account("agent:b").unwrap().cap.micros(), 30_000);
+    let out_a = a.run("a").await.unwrap();
+    let out_b = b.run("b").await.unwrap();
+    let allowed = out_a
+        .actions
+        .iter()
+        .chain(&out_b.actions)
+        .filter(|x| x.allowed)
+        .count();
+    assert_eq!(allowed, 3, "{:?} {:?}", out_a.actions, out_b.actions);
+    let tenant = h.rt.account("tenant:acme").unwrap();
+    assert!(tenant.spent_today <= tenant.cap);
+    assert_eq!(tenant.spent_today.micros(), 21_000);
+}
