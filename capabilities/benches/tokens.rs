@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark: any failure is a bug to see at once
 
+#[path = "../../benches/report.rs"]
+mod report;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
@@ -17,6 +20,7 @@ use bulwark_capabilities::{
     ArgValue, Args, Attenuation, KeyPair, MicroUsd, Request, Revocations, RootGrant, Tier, Token,
 };
 use criterion::{BenchmarkId, Criterion};
+use report::{fmt_ns, fmt_ratio, median_ns, publish};
 
 const DEPTHS: [usize; 3] = [1, 4, 8];
 
@@ -293,33 +297,6 @@ fn main() {
     report();
 }
 
-fn median_ns(group: &str, bench: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_string());
-    let path = format!("{dir}/criterion/{group}/{bench}/new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
-}
-
-fn fmt_ns(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.1} µs", ns / 1e3)
-    } else {
-        format!("{ns:.0} ns")
-    }
-}
-
-fn fmt_ratio(r: f64) -> String {
-    if r < 0.1 {
-        format!("{r:.4}× ({:.0}× faster)", 1.0 / r)
-    } else {
-        format!("{r:.2}×")
-    }
-}
-
 fn report() {
     let mut out = String::from(
         "| operation | depth | bulwark | raw biscuit-auth | ratio |\n|---|---|---|---|---|\n",
@@ -378,8 +355,5 @@ fn report() {
             t.size() / depth
         ));
     }
-    println!("\n{out}");
-    let dir = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_string());
-    let _ = std::fs::write(format!("{dir}/criterion/bulwark-ratios.md"), out);
+    publish("bulwark-tokens.md", &out);
 }

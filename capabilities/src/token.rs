@@ -28,6 +28,7 @@ pub struct Token {
     pub(crate) revocation_ids: Vec<Vec<u8>>,
     pub(crate) effective: Effective,
     size: usize,
+    root_key: PublicKey,
 }
 
 /// The limits a token's holder actually has: the root grant narrowed by every delegation.
@@ -121,7 +122,13 @@ impl Token {
             .merge(grant.to_block()?.context(context))
             .build(&root_key.to_biscuit())
             .map_err(internal)?;
-        Ok(Token::assemble(biscuit, grant, Vec::new(), None)?)
+        Ok(Token::assemble(
+            biscuit,
+            grant,
+            Vec::new(),
+            None,
+            root_key.public(),
+        )?)
     }
 
     /// Parses and fully verifies a serialized token against the root public key.
@@ -133,12 +140,16 @@ impl Token {
             });
         }
         let biscuit = Biscuit::from(bytes, root_key(root)?).map_err(parse_error)?;
-        Token::verified(biscuit, Some(bytes.len()))
+        Token::verified(biscuit, Some(bytes.len()), *root)
     }
 
-    fn verified(biscuit: Biscuit, size: Option<usize>) -> Result<Token, TokenError> {
+    fn verified(
+        biscuit: Biscuit,
+        size: Option<usize>,
+        root: PublicKey,
+    ) -> Result<Token, TokenError> {
         let (grant, delegations) = check_structure(&biscuit)?;
-        Token::assemble(biscuit, grant, delegations, size)
+        Token::assemble(biscuit, grant, delegations, size, root)
     }
 
     /// Parses base64url text (surrounding whitespace ignored) and verifies it.
@@ -153,7 +164,7 @@ impl Token {
             });
         }
         let biscuit = Biscuit::from_base64(text, root_key(root)?).map_err(parse_error)?;
-        Token::verified(biscuit, None)
+        Token::verified(biscuit, None, *root)
     }
 
     /// The token as bytes.
@@ -204,6 +215,7 @@ impl Token {
             self.root.clone(),
             delegations,
             None,
+            self.root_key,
         )?)
     }
 
@@ -266,6 +278,7 @@ impl Token {
         root: RootGrant,
         delegations: Vec<Attenuation>,
         size: Option<usize>,
+        root_key: PublicKey,
     ) -> Result<Token, TokenError> {
         let size = match size {
             Some(size) => size,
@@ -285,7 +298,13 @@ impl Token {
             delegations,
             effective,
             size,
+            root_key,
         })
+    }
+
+    /// The root public key this token was verified against (or minted with).
+    pub fn root_key(&self) -> PublicKey {
+        self.root_key
     }
 
     /// The tenant named by the root.

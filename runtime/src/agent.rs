@@ -34,6 +34,11 @@ pub(crate) enum AgentMsg {
         context: Vec<ContextItem>,
         reply: RpcReplyPort<Outcome>,
     },
+    CallTool {
+        tool: String,
+        args: serde_json::Value,
+        reply: RpcReplyPort<Result<crate::gate::CallResult, GateError>>,
+    },
 }
 
 /// How a run ended.
@@ -139,6 +144,13 @@ impl Actor for AgentActor {
                 };
                 let outcome = run_loop(&inner, state, context).await;
                 let _ = reply.send(outcome);
+            }
+            AgentMsg::CallTool { tool, args, reply } => {
+                let result = match state.inner.upgrade() {
+                    Some(inner) => inner.call_tool(&state.identity, &tool, args).await,
+                    None => Err(GateError::UnknownAgent(state.identity.agent.clone())),
+                };
+                let _ = reply.send(result);
             }
         }
         Ok(())

@@ -135,6 +135,9 @@ pub enum GateError {
         /// The limit.
         timeout_ms: u64,
     },
+    /// The calling agent is not running.
+    #[error("agent `{0}` is not running")]
+    UnknownAgent(String),
     /// The durable record could not be written, so nothing runs.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -164,6 +167,12 @@ pub enum SpawnError {
         token_agent: String,
         /// The agent being spawned.
         agent: String,
+    },
+    /// The token was verified against another root key than the runtime's.
+    #[error("the token was issued under root key {token_root}, which this runtime does not trust")]
+    WrongRoot {
+        /// The token's root key.
+        token_root: String,
     },
     /// The holder key does not match the token.
     #[error("the agent's key is not the token's holder key")]

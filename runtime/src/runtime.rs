@@ -19,7 +19,7 @@ use crate::brain::{Brain, ContextItem, SpawnRequest};
 use crate::breaker::{BreakerPolicy, BreakerState, Breakers};
 use crate::clock::{Clock, SystemClock};
 use crate::dedup::Dedup;
-use crate::error::{BudgetDenial, RunError, SpawnError, StoreError};
+use crate::error::{BudgetDenial, GateError, RunError, SpawnError, StoreError};
 use crate::gate::{Identity, Notification};
 use crate::journal::{Batch, Journal};
 use crate::ledger::{AccountView, LedgerCommand, LedgerOutcome, LedgerState};
@@ -282,14 +282,13 @@ impl Runtime {
         token: Token,
         brain: Arc<dyn Brain>,
     ) -> Result<AgentHandle, SpawnError> {
-        // Re-verify: a token handed in from outside is checked against the root key.
-        let token = Token::from_bytes(
-            &token
-                .to_bytes()
-                .map_err(|e| SpawnError::Actor(e.to_string()))?,
-            &self.inner.root,
-        )
-        .map_err(|e| SpawnError::Attenuate(e.into()))?;
+        // A `Token` is always verified; it must have been verified against this
+        // runtime's root key.
+        if token.root_key() != self.inner.root {
+            return Err(SpawnError::WrongRoot {
+                token_root: token.root_key().to_hex(),
+            });
+        }
         let tenant = format!("tenant:{}", token.tenant());
         // A tenant's daily cap is the operator's setting; without one, the first root
         // token seen for the tenant sets it.
@@ -426,6 +425,24 @@ impl AgentHandle {
             .map(|e| e.args.identity.token.clone())
     }
 
+    /// Calls a tool as this agent, through the gate, from Rust code running on the
+    /// agent's behalf (the brain's tool calls take the same path).
+    pub async fn call_tool(&self, tool: &str, args: serde_json::Value) -> Result<crate::gate::CallResult, GateError> {
+        let actor = self
+            .inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.id)
+            .map(|e| e.actor.clone())
+            .ok_or_else(|| GateError::UnknownAgent(self.id.clone()))?;
+        let tool = tool.to_string();
+        match actor.call(|reply| AgentMsg::CallTool { tool, args, reply }, None).await {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            _ => Err(GateError::UnknownAgent(self.id.clone())),
+        }
+    }
+
     /// Runs a task through the agent's bounded reason/act loop.
     pub async fn run(&self, task: &str) -> Result<Outcome, RunError> {
         self.inner.run(&self.id, task, Vec::new()).await
@@ -481,12 +498,14 @@ impl Inner {
                     ))));
                 }
             }
+            // Not waited on for durability: the account is only ever charged by a
+            // reservation, whose durable write also persists this one.
             self.journal.submit(
                 Batch {
                     ledger: vec![cmd],
                     ..Batch::default()
                 },
-                true,
+                false,
                 self.clock.now(),
             )
         };
@@ -559,9 +578,11 @@ impl Inner {
             inbox: Arc::new(Mutex::new(Vec::new())),
         };
         self.start_actor(args.clone()).await?;
+        // Like the account, the spawn entry becomes durable with the agent's first
+        // durable write, which precedes any effect it can have.
         let record = args.identity.record("agent.spawn", json!({"chain": chain}));
         self.journal
-            .write(Batch::audit(record), true, self.clock.now())
+            .write(Batch::audit(record), false, self.clock.now())
             .await?;
         Ok(AgentHandle {
             id: args.spec.id.clone(),
