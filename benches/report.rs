@@ -11,7 +11,10 @@ pub fn target_dir() -> String {
 
 /// The median of a finished benchmark, nanoseconds.
 pub fn median_ns(group: &str, bench: &str) -> Option<f64> {
-    let path = format!("{}/criterion/{group}/{bench}/new/estimates.json", target_dir());
+    let path = format!(
+        "{}/criterion/{group}/{bench}/new/estimates.json",
+        target_dir()
+    );
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["median"]["point_estimate"].as_f64()

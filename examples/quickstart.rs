@@ -232,7 +232,8 @@ async fn main() -> anyhow::Result<()> {
         println!("  {line}");
     }
     let helper_denials: Vec<_> = rt
-        .audit_tail(10_000)?
+        .audit_tail(10_000)
+        .await?
         .into_iter()
         .filter(|e| e.record.agent == "billing-helper" && e.record.kind == "tool.denied")
         .collect();

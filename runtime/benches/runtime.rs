@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bulwark_capabilities::{Attenuation, KeyPair, MicroUsd, RootGrant, Tier, Token};
-use bulwark_runtime::{AgentHandle, AgentSpec, Brain, Runtime, ScriptedBrain, Tool, ToolManifest, ToolOutput};
+use bulwark_runtime::{
+    AgentHandle, AgentSpec, Brain, Runtime, ScriptedBrain, Tool, ToolManifest, ToolOutput,
+};
 use criterion::Criterion;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use report::{fmt_ns, fmt_ratio, median_ns, publish};
@@ -30,14 +32,21 @@ impl Actor for Echo {
     async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<(), ActorProcessingErr> {
         Ok(())
     }
-    async fn handle(&self, _: ActorRef<Self::Msg>, reply: Self::Msg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        reply: Self::Msg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
         let _ = reply.send(1);
         Ok(())
     }
 }
 
 fn data_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(report::target_dir()).join("bench-data").join(name);
+    let dir = std::path::PathBuf::from(report::target_dir())
+        .join("bench-data")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -58,9 +67,10 @@ async fn runtime(name: &str) -> Setup {
         .await
         .unwrap();
     rt.tools()
-        .register(Tool::native(ToolManifest::new("noop", "Does nothing"), |_| async {
-            Ok(ToolOutput::new(serde_json::Value::Null))
-        }))
+        .register(Tool::native(
+            ToolManifest::new("noop", "Does nothing"),
+            |_| async { Ok(ToolOutput::new(serde_json::Value::Null)) },
+        ))
         .unwrap();
     Setup { rt, root }
 }
@@ -90,7 +100,11 @@ async fn agent(s: &Setup, id: &str) -> AgentHandle {
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -116,7 +130,10 @@ fn bench(c: &mut Criterion, tokio: &tokio::runtime::Runtime) -> Extra {
     g.bench_function("raw_redb_durable_commit", |b| {
         b.iter(|| {
             let txn = db.begin_write().unwrap();
-            txn.open_table(T).unwrap().insert(n, [7u8; 200].as_slice()).unwrap();
+            txn.open_table(T)
+                .unwrap()
+                .insert(n, [7u8; 200].as_slice())
+                .unwrap();
             txn.commit().unwrap();
             n += 1;
         })
@@ -197,7 +214,9 @@ fn bench(c: &mut Criterion, tokio: &tokio::runtime::Runtime) -> Extra {
                     while pending.len() < 256 {
                         let Some((spec, t)) = it.next() else { break };
                         let rt = sp.rt.clone();
-                        pending.push(tokio::spawn(async move { rt.spawn_agent(spec, t, idle_brain()).await.unwrap() }));
+                        pending.push(tokio::spawn(async move {
+                            rt.spawn_agent(spec, t, idle_brain()).await.unwrap()
+                        }));
                     }
                     use futures::StreamExt;
                     match pending.next().await {
@@ -225,7 +244,8 @@ fn bench(c: &mut Criterion, tokio: &tokio::runtime::Runtime) -> Extra {
             tokio.block_on(async {
                 let start = Instant::now();
                 for spec in specs {
-                    let att = Attenuation::new(spec.id.clone(), spec.key.public()).only_tools(["noop"]);
+                    let att =
+                        Attenuation::new(spec.id.clone(), spec.key.public()).only_tools(["noop"]);
                     parent.spawn_child(spec, att, idle_brain()).await.unwrap();
                 }
                 start.elapsed()
@@ -308,16 +328,23 @@ fn main() {
     ));
     t.push_str(&format!(
         "| same call vs one durable redb commit | {} | {} | {} |\n",
-        fmt_ns(gate), fmt_ns(redb), fmt_ratio(gate / redb)
+        fmt_ns(gate),
+        fmt_ns(redb),
+        fmt_ratio(gate / redb)
     ));
     t.push_str(&format!(
         "| audited calls per second, 64 concurrent callers | {:.0}/s | {:.0}/s (1 commit each) | {} |\n",
         1e9 / per_call, 1e9 / redb, fmt_ratio(redb / per_call)
     ));
-    t.push_str(&format!("| agent spawns per second (pre-minted tokens) | {:.0}/s | | |\n", 1e9 / spawn));
+    t.push_str(&format!(
+        "| agent spawns per second (pre-minted tokens) | {:.0}/s | | |\n",
+        1e9 / spawn
+    ));
     t.push_str(&format!(
         "| child spawns per second vs raw biscuit third-party appends | {:.0}/s | {:.0}/s | {} |\n",
-        1e9 / child, 1e9 / append, fmt_ratio(append / child)
+        1e9 / child,
+        1e9 / append,
+        fmt_ratio(append / child)
     ));
     t.push_str(&format!(
         "| resident memory per idle agent (beside its {} B token) | {} B | | |\n",

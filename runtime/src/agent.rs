@@ -264,16 +264,7 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
             "model.result",
             json!({"step": step, "action": action, "error": error}),
         );
-        match inner
-            .settle(reservation.id, cost, done, inner.clock.now())
-            .await
-        {
-            Ok(charged) => out.charged += charged,
-            Err(e) => {
-                out.status = Status::Failed(format!("audit write failed: {e}"));
-                return out;
-            }
-        }
+        out.charged += inner.settle(reservation.id, cost, done, inner.clock.now());
         let Some(action) = action else {
             out.status = Status::Failed(error.unwrap_or_default());
             return out;
@@ -281,14 +272,9 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         match action {
             BrainAction::Finish { answer } => {
                 let record = who.record("agent.final", json!({"answer": answer}));
-                let _ = inner
+                inner
                     .journal
-                    .write(
-                        crate::journal::Batch::audit(record),
-                        false,
-                        inner.clock.now(),
-                    )
-                    .await;
+                    .defer(crate::journal::Batch::audit(record), inner.clock.now());
                 out.status = Status::Finished(answer);
                 return out;
             }
@@ -376,14 +362,9 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
                     sent_at_ms: unix_ms(inner.clock.now()),
                 };
                 let record = who.record("agent.message", json!({"to": to}));
-                let _ = inner
+                inner
                     .journal
-                    .write(
-                        crate::journal::Batch::audit(record),
-                        false,
-                        inner.clock.now(),
-                    )
-                    .await;
+                    .defer(crate::journal::Batch::audit(record), inner.clock.now());
                 let result = inner.deliver(envelope);
                 out.actions.push(ActionRecord {
                     kind: "send".into(),

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use crate::audit::AuditRecord;
 use crate::clock::{Clock, unix_ms};
 use crate::error::StoreError;
-use crate::journal::{Batch, Journal};
+use crate::journal::{Batch, Journal, Mode};
 
 /// When breakers open and for how long.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,7 +136,7 @@ impl Breakers {
             kv: vec![(Self::key(agent, task), Some(bytes))],
             ..Batch::default()
         };
-        self.journal.write(batch, true, now).await?;
+        self.journal.write(batch, Mode::Durable, now).await?;
         Ok(state)
     }
 }

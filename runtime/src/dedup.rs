@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::clock::{Clock, unix_ms};
 use crate::error::StoreError;
-use crate::journal::{Batch, Journal};
+use crate::journal::{Batch, Journal, Mode};
 
 /// How long a task title blocks the same task for the same agent.
 pub const TASK_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -111,7 +111,7 @@ impl Dedup {
             kv: vec![(key, Some(until))],
             ..Batch::default()
         };
-        self.journal.write(batch, false, now).await?;
+        self.journal.write(batch, Mode::Visible, now).await?;
         Ok(true)
     }
 
@@ -130,7 +130,9 @@ impl Dedup {
             kv: vec![(key, None)],
             ..Batch::default()
         };
-        self.journal.write(batch, false, self.clock.now()).await
+        self.journal
+            .write(batch, Mode::Visible, self.clock.now())
+            .await
     }
 
     /// Channel layer: true if `content` may go to `channel` now (and records it).
@@ -161,7 +163,9 @@ impl Dedup {
             kv: vec![(key, Some(new_id.as_bytes().to_vec()))],
             ..Batch::default()
         };
-        self.journal.write(batch, false, self.clock.now()).await?;
+        self.journal
+            .write(batch, Mode::Visible, self.clock.now())
+            .await?;
         Ok(None)
     }
 
@@ -173,7 +177,9 @@ impl Dedup {
             kv: vec![(key, None)],
             ..Batch::default()
         };
-        self.journal.write(batch, false, self.clock.now()).await
+        self.journal
+            .write(batch, Mode::Visible, self.clock.now())
+            .await
     }
 
     /// Discovery layer: creates a task unless the same one is in the backlog or in
@@ -218,6 +224,8 @@ impl Dedup {
             kv: vec![(key.to_string(), Some(bytes))],
             ..Batch::default()
         };
-        self.journal.write(batch, true, self.clock.now()).await
+        self.journal
+            .write(batch, Mode::Durable, self.clock.now())
+            .await
     }
 }

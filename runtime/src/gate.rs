@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::audit::AuditRecord;
 use crate::error::GateError;
-use crate::journal::Batch;
+use crate::journal::{Batch, Mode};
 use crate::ledger::{LedgerCommand, LedgerOutcome};
 use crate::runtime::Inner;
 use crate::tools::{ToolInput, to_capability_args};
@@ -95,9 +95,7 @@ impl Inner {
                 "tool.denied",
                 json!({"tool": tool, "reason": e.to_string()}),
             );
-            self.journal
-                .write(Batch::audit(record), false, self.clock.now())
-                .await?;
+            self.journal.defer(Batch::audit(record), self.clock.now());
         }
         result
     }
@@ -257,9 +255,7 @@ impl Inner {
             Ok(out) => who.record("tool.result", json!({"tool": tool, "result": out.value})),
             Err(e) => who.record("tool.failed", json!({"tool": tool, "error": e.to_string()})),
         };
-        let charged = self
-            .settle(reservation.id, actual, done, self.clock.now())
-            .await?;
+        let charged = self.settle(reservation.id, actual, done, self.clock.now());
         let output = outcome?;
         if tier == Tier::AutoPlus {
             let _ = self.notifications.send(Notification {
@@ -310,7 +306,7 @@ impl Inner {
                 drop(ledger);
                 let record = who.record("budget.denied", json!({"reason": denial.to_string()}));
                 // Best effort: the denial itself has no effect to protect.
-                drop(self.journal.submit(Batch::audit(record), false, now));
+                self.journal.defer(Batch::audit(record), now);
                 return Err(denial);
             }
             other => {
@@ -326,41 +322,37 @@ impl Inner {
                 ledger: vec![cmd],
                 kv: Vec::new(),
             },
-            true,
+            Mode::Durable,
             now,
         );
         Ok(Reservation { id, durable })
     }
 
-    /// Commits the actual cost of a reservation and records `done`.
-    pub(crate) async fn settle(
+    /// Commits the actual cost of a reservation and records `done`, deferred: the
+    /// reservation's durable intent already covers the effect, and the next durable
+    /// commit persists this.
+    pub(crate) fn settle(
         &self,
         id: u64,
         actual: u64,
         done: AuditRecord,
         now: std::time::SystemTime,
-    ) -> Result<u64, crate::error::StoreError> {
-        let (charged, rx) = {
-            let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            let cmd = LedgerCommand::Commit { id, actual };
-            let charged = match ledger.state.apply(&cmd) {
-                LedgerOutcome::Committed { charged } => charged,
-                _ => 0,
-            };
-            let rx = self.journal.submit(
-                Batch {
-                    audit: vec![done],
-                    ledger: vec![cmd],
-                    kv: Vec::new(),
-                },
-                false,
-                now,
-            );
-            (charged, rx)
+    ) -> u64 {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let cmd = LedgerCommand::Commit { id, actual };
+        let charged = match ledger.state.apply(&cmd) {
+            LedgerOutcome::Committed { charged } => charged,
+            _ => 0,
         };
-        rx.await
-            .unwrap_or(Err(crate::error::StoreError::WriterGone))?;
-        Ok(charged)
+        self.journal.defer(
+            Batch {
+                audit: vec![done],
+                ledger: vec![cmd],
+                kv: Vec::new(),
+            },
+            now,
+        );
+        charged
     }
 }
 

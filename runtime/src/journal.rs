@@ -47,17 +47,37 @@ impl Batch {
     }
 }
 
+/// How soon, and how surely, a write must be on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Committed and synced before the caller is answered.
+    Durable,
+    /// Committed (visible to readers) before the caller is answered; synced by the next
+    /// durable commit.
+    Visible,
+    /// Committed with the next commit, or within [`DEFER_MS`]; synced by the next
+    /// durable commit. For records whose effect is already covered by a durable one.
+    Deferred,
+}
+
+/// Longest a deferred write waits for a commit to ride along with.
+const DEFER_MS: u64 = 5;
+
 struct Request {
     batch: Batch,
-    durable: bool,
+    mode: Mode,
     at: SystemTime,
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 enum Op {
     Write(Request),
-    /// Commits what is queued, then stops and releases the database.
+    /// Commits everything queued, visibly.
+    Flush(oneshot::Sender<()>),
+    /// Commits what is queued, durably, then stops and releases the database.
     Close(oneshot::Sender<()>),
+    /// The deferral deadline passed: commit what is queued.
+    Tick,
 }
 
 /// Handle to the writer thread.
@@ -119,24 +139,44 @@ impl Journal {
         ))
     }
 
-    /// Queues `batch`; returns a receiver that resolves once it is committed (and, when
-    /// `durable`, on disk). Queue order is commit order.
+    /// Queues `batch`; returns a receiver that resolves once it is committed (and, for
+    /// [`Mode::Durable`], on disk). Queue order is commit order.
     pub fn submit(
         &self,
         batch: Batch,
-        durable: bool,
+        mode: Mode,
         at: SystemTime,
     ) -> oneshot::Receiver<Result<(), StoreError>> {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::SendError(Op::Write(req))) = self.tx.send(Op::Write(Request {
             batch,
-            durable,
+            mode,
             at,
             reply,
         })) {
             let _ = req.reply.send(Err(StoreError::WriterGone));
         }
         rx
+    }
+
+    /// Submits and waits.
+    pub async fn write(&self, batch: Batch, mode: Mode, at: SystemTime) -> Result<(), StoreError> {
+        self.submit(batch, mode, at)
+            .await
+            .unwrap_or(Err(StoreError::WriterGone))
+    }
+
+    /// Queues a deferred write without waiting for it.
+    pub fn defer(&self, batch: Batch, at: SystemTime) {
+        drop(self.submit(batch, Mode::Deferred, at));
+    }
+
+    /// Commits everything queued so far (so readers see it).
+    pub async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Op::Flush(reply)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Commits everything queued, stops the writer and releases the database file.
@@ -154,18 +194,6 @@ impl Journal {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(StoreError::WriterGone)
-    }
-
-    /// Submits and waits.
-    pub async fn write(
-        &self,
-        batch: Batch,
-        durable: bool,
-        at: SystemTime,
-    ) -> Result<(), StoreError> {
-        self.submit(batch, durable, at)
-            .await
-            .unwrap_or(Err(StoreError::WriterGone))
     }
 
     /// Reads a key-value entry.
@@ -200,46 +228,89 @@ fn writer(
     mut audit_prev: String,
     mut ledger_seq: u64,
 ) {
+    let mut pending: Vec<Request> = Vec::new();
+    let mut deadline: Option<std::time::Instant> = None;
     let mut closing = None;
-    while closing.is_none() {
-        let Ok(first) = rx.recv() else {
+    let mut flushed = Vec::new();
+    let mut poisoned: Option<String> = None;
+    loop {
+        let first = match deadline {
+            None => rx.recv().map_err(|_| ()),
+            Some(d) => {
+                match rx.recv_timeout(d.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(op) => Ok(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Ok(Op::Tick),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                }
+            }
+        };
+        let Ok(first) = first else {
             break;
         };
-        let mut batch = Vec::new();
-        match first {
-            Op::Write(req) => batch.push(req),
-            Op::Close(reply) => closing = Some(reply),
-        }
-        while batch.len() < MAX_BATCH && closing.is_none() {
-            match rx.try_recv() {
-                Ok(Op::Write(req)) => batch.push(req),
-                Ok(Op::Close(reply)) => closing = Some(reply),
-                Err(_) => break,
+        let mut commit_now = false;
+        let mut durable = false;
+        let mut op = Some(first);
+        while let Some(next) = op.take() {
+            match next {
+                Op::Write(req) => {
+                    commit_now |= req.mode != Mode::Deferred;
+                    durable |= req.mode == Mode::Durable;
+                    pending.push(req);
+                }
+                Op::Flush(reply) => {
+                    commit_now = true;
+                    flushed.push(reply);
+                }
+                Op::Close(reply) => {
+                    commit_now = true;
+                    durable = true;
+                    closing = Some(reply);
+                }
+                Op::Tick => commit_now = true,
+            }
+            if pending.len() < MAX_BATCH && closing.is_none() {
+                op = rx.try_recv().ok();
             }
         }
-        if batch.is_empty() {
+        if !commit_now && pending.len() < MAX_BATCH {
+            deadline.get_or_insert_with(|| {
+                std::time::Instant::now() + std::time::Duration::from_millis(DEFER_MS)
+            });
             continue;
         }
-        let before = (audit_seq, audit_prev.clone(), ledger_seq);
-        let result = commit_batch(
-            &db,
-            &batch,
-            &mut audit_seq,
-            &mut audit_prev,
-            &mut ledger_seq,
-        );
-        if result.is_err() {
-            // Nothing of the batch is on disk: continue the chain from where it was.
-            (audit_seq, audit_prev, ledger_seq) = before;
-        }
+        deadline = None;
+        let batch = std::mem::take(&mut pending);
+        let result = match &poisoned {
+            // After a failed commit nothing more is written: records after a lost one
+            // would hide the gap.
+            Some(e) => Err(e.clone()),
+            None if batch.is_empty() && !durable => Ok(()),
+            None => {
+                let before = (audit_seq, audit_prev.clone(), ledger_seq);
+                let r = commit_batch(
+                    &db,
+                    &batch,
+                    durable,
+                    &mut audit_seq,
+                    &mut audit_prev,
+                    &mut ledger_seq,
+                );
+                if let Err(e) = &r {
+                    (audit_seq, audit_prev, ledger_seq) = before;
+                    poisoned = Some(format!("an earlier commit failed: {e}"));
+                }
+                r
+            }
+        };
         for req in batch {
             let _ = req.reply.send(result.clone().map_err(StoreError::Db));
         }
-    }
-    // Make everything durable before the file is released.
-    if let Ok(mut txn) = db.begin_write() {
-        txn.set_durability(Durability::Immediate);
-        let _ = txn.commit();
+        for reply in flushed.drain(..) {
+            let _ = reply.send(());
+        }
+        if closing.is_some() {
+            break;
+        }
     }
     drop(db);
     if let Some(reply) = closing {
@@ -250,12 +321,12 @@ fn writer(
 fn commit_batch(
     db: &Database,
     batch: &[Request],
+    durable: bool,
     audit_seq: &mut u64,
     audit_prev: &mut String,
     ledger_seq: &mut u64,
 ) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    let durable = batch.iter().any(|r| r.durable);
     txn.set_durability(if durable {
         Durability::Immediate
     } else {

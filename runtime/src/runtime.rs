@@ -21,7 +21,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::dedup::Dedup;
 use crate::error::{BudgetDenial, GateError, RunError, SpawnError, StoreError};
 use crate::gate::{Identity, Notification};
-use crate::journal::{Batch, Journal};
+use crate::journal::{Batch, Journal, Mode};
 use crate::ledger::{AccountView, LedgerCommand, LedgerOutcome, LedgerState};
 use crate::secrets::{SecretError, SecretStore};
 use crate::tools::ToolRegistry;
@@ -200,7 +200,9 @@ impl RuntimeBuilder {
                            "why": "open at restart; the call may have run"}),
                 ));
             }
-            journal.write(batch, true, self.clock.now()).await?;
+            journal
+                .write(batch, Mode::Durable, self.clock.now())
+                .await?;
         }
         let (notifications, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
@@ -330,7 +332,7 @@ impl Runtime {
             .insert(id);
         self.inner
             .journal
-            .write(Batch::audit(record), true, self.inner.clock.now())
+            .write(Batch::audit(record), Mode::Durable, self.inner.clock.now())
             .await
     }
 
@@ -354,13 +356,15 @@ impl Runtime {
         self.inner.breakers.state(agent, task)
     }
 
-    /// Verifies the whole audit trail.
-    pub fn verify_audit(&self) -> Result<Verification, StoreError> {
+    /// Verifies the whole audit trail (after committing what is queued).
+    pub async fn verify_audit(&self) -> Result<Verification, StoreError> {
+        self.inner.journal.flush().await;
         self.inner.journal.verify_audit()
     }
 
-    /// The latest audit entries, oldest first.
-    pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    /// The latest audit entries, oldest first (after committing what is queued).
+    pub async fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.journal.flush().await;
         self.inner.journal.tail_audit(n)
     }
 
@@ -389,7 +393,7 @@ impl Runtime {
         }
         self.inner
             .journal
-            .write(Batch::default(), true, self.inner.clock.now())
+            .write(Batch::default(), Mode::Durable, self.inner.clock.now())
             .await?;
         self.inner.journal.close().await;
         Ok(())
@@ -427,7 +431,11 @@ impl AgentHandle {
 
     /// Calls a tool as this agent, through the gate, from Rust code running on the
     /// agent's behalf (the brain's tool calls take the same path).
-    pub async fn call_tool(&self, tool: &str, args: serde_json::Value) -> Result<crate::gate::CallResult, GateError> {
+    pub async fn call_tool(
+        &self,
+        tool: &str,
+        args: serde_json::Value,
+    ) -> Result<crate::gate::CallResult, GateError> {
         let actor = self
             .inner
             .agents
@@ -437,7 +445,10 @@ impl AgentHandle {
             .map(|e| e.actor.clone())
             .ok_or_else(|| GateError::UnknownAgent(self.id.clone()))?;
         let tool = tool.to_string();
-        match actor.call(|reply| AgentMsg::CallTool { tool, args, reply }, None).await {
+        match actor
+            .call(|reply| AgentMsg::CallTool { tool, args, reply }, None)
+            .await
+        {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
             _ => Err(GateError::UnknownAgent(self.id.clone())),
         }
@@ -482,7 +493,7 @@ impl Inner {
         parent: Option<&str>,
         cap: u64,
     ) -> Result<(), SpawnError> {
-        let rx = {
+        {
             let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
             let cmd = LedgerCommand::Open {
                 account: account.to_string(),
@@ -498,18 +509,16 @@ impl Inner {
                     ))));
                 }
             }
-            // Not waited on for durability: the account is only ever charged by a
-            // reservation, whose durable write also persists this one.
-            self.journal.submit(
+            // Deferred: the account is only ever charged by a reservation, whose
+            // durable write comes later in the same queue and persists this one.
+            self.journal.defer(
                 Batch {
                     ledger: vec![cmd],
                     ..Batch::default()
                 },
-                false,
                 self.clock.now(),
-            )
-        };
-        rx.await.unwrap_or(Err(StoreError::WriterGone))?;
+            );
+        }
         Ok(())
     }
 
@@ -581,9 +590,7 @@ impl Inner {
         // Like the account, the spawn entry becomes durable with the agent's first
         // durable write, which precedes any effect it can have.
         let record = args.identity.record("agent.spawn", json!({"chain": chain}));
-        self.journal
-            .write(Batch::audit(record), false, self.clock.now())
-            .await?;
+        self.journal.defer(Batch::audit(record), self.clock.now());
         Ok(AgentHandle {
             id: args.spec.id.clone(),
             inner: self.clone(),
@@ -767,7 +774,7 @@ impl Actor for Supervisor {
                 .identity
                 .record("agent.restarted", json!({"error": err.to_string()}));
             // Queued; the restart below does not wait for it.
-            drop(inner.journal.submit(Batch::audit(record), false, inner.clock.now()));
+            inner.journal.defer(Batch::audit(record), inner.clock.now());
             if let Err(e) = inner.start_actor(args).await {
                 tracing::error!(error = %e, "could not restart an agent");
             }

@@ -14,7 +14,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use zeroize::Zeroizing;
 
 use crate::error::StoreError;
-use crate::journal::{Batch, Journal};
+use crate::journal::{Batch, Journal, Mode};
 
 /// The key file inside a data directory.
 pub const SECRETS_KEY_FILE: &str = "secrets.key";
@@ -120,7 +120,9 @@ impl SecretStore {
             kv: vec![(Self::key(name), Some(stored))],
             ..Batch::default()
         };
-        self.journal.write(batch, true, SystemTime::now()).await?;
+        self.journal
+            .write(batch, Mode::Durable, SystemTime::now())
+            .await?;
         Ok(())
     }
 

@@ -179,6 +179,7 @@ async fn the_supervisor_restarts_a_crashed_agent() {
     assert!(second.is_some(), "the agent did not come back");
     let kinds: Vec<String> =
         h.rt.audit_tail(100)
+            .await
             .unwrap()
             .into_iter()
             .map(|e| e.record.kind)
@@ -321,6 +322,7 @@ async fn a_brain_spawns_a_child_with_a_fresh_context_and_a_narrower_token() {
     assert_eq!(child.token().unwrap().effective().tools.len(), 1);
     let denied: Vec<_> =
         h.rt.audit_tail(200)
+            .await
             .unwrap()
             .into_iter()
             .filter(|e| e.record.agent == "helper" && e.record.kind == "tool.denied")

@@ -24,7 +24,7 @@ async fn trail() -> (Harness, u64) {
         )
         .await;
     a.run("audit me").await.unwrap();
-    let entries = h.rt.audit_tail(1000).unwrap().len() as u64;
+    let entries = h.rt.audit_tail(1000).await.unwrap().len() as u64;
     h.rt.shutdown().await.unwrap();
     let n = match AuditReader::open(h.dir.path()).unwrap().verify().unwrap() {
         Verification::Intact(n) => n,

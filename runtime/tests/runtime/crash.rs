@@ -118,6 +118,7 @@ async fn crash_between_reserve_and_commit_loses_and_doubles_nothing() {
     );
     let recovered = rt
         .audit_tail(1000)
+        .await
         .unwrap()
         .into_iter()
         .filter(|e| e.record.kind == "budget.recovered")
@@ -134,13 +135,14 @@ async fn crash_between_reserve_and_commit_loses_and_doubles_nothing() {
     );
     let recovered = rt
         .audit_tail(1000)
+        .await
         .unwrap()
         .into_iter()
         .filter(|e| e.record.kind == "budget.recovered")
         .count();
     assert_eq!(recovered, 1);
     assert!(matches!(
-        rt.verify_audit().unwrap(),
+        rt.verify_audit().await.unwrap(),
         Verification::Intact(_)
     ));
 }

@@ -221,32 +221,76 @@ async fn a_token_from_another_root_cannot_spawn_an_agent() {
     let h = Harness::new().await;
     let rogue = bulwark_capabilities::KeyPair::generate();
     let spec = bulwark_runtime::AgentSpec::new("intruder");
-    let grant = bulwark_capabilities::RootGrant::new("acme", "intruder", spec.key.public(), "100".parse().unwrap(), crate::t0() + std::time::Duration::from_secs(3600), 3)
-        .tool("wipe", Tier::Auto);
+    let grant = bulwark_capabilities::RootGrant::new(
+        "acme",
+        "intruder",
+        spec.key.public(),
+        "100".parse().unwrap(),
+        crate::t0() + std::time::Duration::from_secs(3600),
+        3,
+    )
+    .tool("wipe", Tier::Auto);
     let forged = bulwark_capabilities::Token::mint(&rogue, grant).unwrap();
-    let err = h.rt.spawn_agent(spec, forged, calls(&[])).await.unwrap_err();
-    assert!(matches!(err, bulwark_runtime::SpawnError::WrongRoot { .. }), "{err}");
+    let err =
+        h.rt.spawn_agent(spec, forged, calls(&[]))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, bulwark_runtime::SpawnError::WrongRoot { .. }),
+        "{err}"
+    );
     // A token for another agent id, or held by another key, is refused too.
     let spec = bulwark_runtime::AgentSpec::new("a");
     let other = h.token(&spec.key, "b", &[], "1");
-    assert!(matches!(h.rt.spawn_agent(spec, other, calls(&[])).await.unwrap_err(), bulwark_runtime::SpawnError::WrongAgent { .. }));
+    assert!(matches!(
+        h.rt.spawn_agent(spec, other, calls(&[])).await.unwrap_err(),
+        bulwark_runtime::SpawnError::WrongAgent { .. }
+    ));
     let spec = bulwark_runtime::AgentSpec::new("a");
     let stolen = h.token(&bulwark_capabilities::KeyPair::generate(), "a", &[], "1");
-    assert!(matches!(h.rt.spawn_agent(spec, stolen, calls(&[])).await.unwrap_err(), bulwark_runtime::SpawnError::WrongKey));
+    assert!(matches!(
+        h.rt.spawn_agent(spec, stolen, calls(&[]))
+            .await
+            .unwrap_err(),
+        bulwark_runtime::SpawnError::WrongKey
+    ));
     // The allowed path.
-    assert!(h.agent("fine", &[], "1", calls(&[])).await.run("ok").await.is_ok());
+    assert!(
+        h.agent("fine", &[], "1", calls(&[]))
+            .await
+            .run("ok")
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_code_calling_a_tool_as_an_agent_passes_the_same_gate() {
     let h = Harness::new().await;
-    let a = h.agent("svc", &[("lookup", Tier::Auto)], "0.01", calls(&[])).await;
+    let a = h
+        .agent("svc", &[("lookup", Tier::Auto)], "0.01", calls(&[]))
+        .await;
     let ok = a.call_tool("lookup", json!({})).await.unwrap();
     assert_eq!((ok.value, ok.charged), (json!("ok"), 7_000));
     let err = a.call_tool("lookup", json!({})).await.unwrap_err();
     assert!(err.to_string().contains("budget exhausted"), "{err}");
     let err = a.call_tool("wipe", json!({})).await.unwrap_err();
     assert!(err.to_string().contains("not granted"), "{err}");
-    let kinds: Vec<String> = h.rt.audit_tail(20).unwrap().into_iter().map(|e| e.record.kind).collect();
-    assert!(kinds.ends_with(&["tool.call".into(), "tool.result".into(), "budget.denied".into(), "tool.denied".into(), "tool.denied".into()]), "{kinds:?}");
+    let kinds: Vec<String> =
+        h.rt.audit_tail(20)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.kind)
+            .collect();
+    assert!(
+        kinds.ends_with(&[
+            "tool.call".into(),
+            "tool.result".into(),
+            "budget.denied".into(),
+            "tool.denied".into(),
+            "tool.denied".into()
+        ]),
+        "{kinds:?}"
+    );
 }
