@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
+use crate::ledger::LedgerCommand;
 
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
@@ -32,6 +33,11 @@ pub struct AuditRecord {
     /// Event details.
     #[serde(default)]
     pub detail: serde_json::Value,
+    /// The budget ledger command this event applied, if any. The audit trail is the
+    /// ledger's log: replaying these commands rebuilds the ledger, and the hash chain
+    /// makes its history tamper-evident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerCommand>,
 }
 
 impl AuditRecord {
@@ -43,7 +49,14 @@ impl AuditRecord {
             token_id: String::new(),
             chain: Vec::new(),
             detail,
+            ledger: None,
         }
+    }
+
+    /// Attaches the ledger command this event applies.
+    pub fn with_ledger(mut self, cmd: LedgerCommand) -> Self {
+        self.ledger = Some(cmd);
+        self
     }
 }
 

@@ -45,6 +45,7 @@ impl Identity {
             token_id: self.token.id(),
             chain: self.chain.clone(),
             detail,
+            ledger: None,
         }
     }
 }
@@ -316,15 +317,9 @@ impl Inner {
                 )));
             }
         }
-        let durable = self.journal.submit(
-            Batch {
-                audit: vec![intent],
-                ledger: vec![cmd],
-                kv: Vec::new(),
-            },
-            Mode::Durable,
-            now,
-        );
+        let durable =
+            self.journal
+                .submit(Batch::audit(intent.with_ledger(cmd)), Mode::Durable, now);
         Ok(Reservation { id, durable })
     }
 
@@ -344,14 +339,7 @@ impl Inner {
             LedgerOutcome::Committed { charged } => charged,
             _ => 0,
         };
-        self.journal.defer(
-            Batch {
-                audit: vec![done],
-                ledger: vec![cmd],
-                kv: Vec::new(),
-            },
-            now,
-        );
+        self.journal.defer(Batch::audit(done.with_ledger(cmd)), now);
         charged
     }
 }

@@ -1,6 +1,7 @@
 //! The journal: the one writer of the runtime's redb database.
 //!
-//! Everything durable — audit entries, ledger commands, breaker and dedup state —
+//! Everything durable — audit entries (which carry the ledger's commands), breaker
+//! and dedup state —
 //! goes through one writer thread that batches concurrent requests into a single
 //! write transaction (group commit). A batch that must be durable is committed with
 //! `Durability::Immediate` before any of its callers is answered; others ride along
@@ -18,12 +19,11 @@ use tokio::sync::oneshot;
 use crate::audit::{self, AUDIT, AuditEntry, AuditRecord};
 use crate::clock::unix_ms;
 use crate::error::StoreError;
-use crate::ledger::{LedgerCommand, LedgerState};
+use crate::ledger::LedgerState;
 
 /// The database file inside a data directory.
 pub const DB_FILE: &str = "bulwark.redb";
 
-pub(crate) const LEDGER_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_log");
 pub(crate) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
 /// Most requests folded into one transaction.
@@ -33,7 +33,6 @@ const MAX_BATCH: usize = 512;
 #[derive(Default)]
 pub(crate) struct Batch {
     pub audit: Vec<AuditRecord>,
-    pub ledger: Vec<LedgerCommand>,
     /// Key-value writes; `None` deletes.
     pub kv: Vec<(String, Option<Vec<u8>>)>,
 }
@@ -90,7 +89,6 @@ pub(crate) struct Journal {
 /// What was on disk when the journal opened.
 pub(crate) struct Recovered {
     pub ledger: LedgerState,
-    pub next_ledger_seq: u64,
 }
 
 impl Journal {
@@ -101,20 +99,19 @@ impl Journal {
         let txn = db.begin_write().map_err(StoreError::from_display)?;
         txn.open_table(AUDIT).map_err(StoreError::from_display)?;
         txn.open_table(KV).map_err(StoreError::from_display)?;
-        let (ledger, next_ledger_seq) = {
-            let log = txn
-                .open_table(LEDGER_LOG)
-                .map_err(StoreError::from_display)?;
+        let ledger = {
+            // The ledger is rebuilt by replaying the commands carried by audit entries.
+            let audit = txn.open_table(AUDIT).map_err(StoreError::from_display)?;
             let mut state = LedgerState::default();
-            let mut next = 0;
-            for row in log.iter().map_err(StoreError::from_display)? {
-                let (k, v) = row.map_err(StoreError::from_display)?;
-                let cmd: LedgerCommand =
+            for row in audit.iter().map_err(StoreError::from_display)? {
+                let (_, v) = row.map_err(StoreError::from_display)?;
+                let entry: AuditEntry =
                     serde_json::from_slice(v.value()).map_err(StoreError::from_display)?;
-                state.apply(&cmd);
-                next = k.value() + 1;
+                if let Some(cmd) = &entry.record.ledger {
+                    state.apply(cmd);
+                }
             }
-            (state, next)
+            state
         };
         let (audit_seq, audit_prev) = audit::head(&txn)?;
         txn.commit().map_err(StoreError::from_display)?;
@@ -125,17 +122,14 @@ impl Journal {
         let writer_db = db.clone();
         std::thread::Builder::new()
             .name("bulwark-journal".into())
-            .spawn(move || writer(writer_db, rx, audit_seq, audit_prev, next_ledger_seq))
+            .spawn(move || writer(writer_db, rx, audit_seq, audit_prev))
             .map_err(StoreError::from_display)?;
         Ok((
             Journal {
                 tx,
                 db: Arc::new(std::sync::RwLock::new(Some(db))),
             },
-            Recovered {
-                ledger,
-                next_ledger_seq,
-            },
+            Recovered { ledger },
         ))
     }
 
@@ -221,13 +215,7 @@ fn state_check(ledger: &LedgerState) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Db(format!("ledger invariant broken on disk: {e}")))
 }
 
-fn writer(
-    db: Arc<Database>,
-    rx: mpsc::Receiver<Op>,
-    mut audit_seq: u64,
-    mut audit_prev: String,
-    mut ledger_seq: u64,
-) {
+fn writer(db: Arc<Database>, rx: mpsc::Receiver<Op>, mut audit_seq: u64, mut audit_prev: String) {
     let mut pending: Vec<Request> = Vec::new();
     let mut deadline: Option<std::time::Instant> = None;
     let mut closing = None;
@@ -286,17 +274,10 @@ fn writer(
             Some(e) => Err(e.clone()),
             None if batch.is_empty() && !durable => Ok(()),
             None => {
-                let before = (audit_seq, audit_prev.clone(), ledger_seq);
-                let r = commit_batch(
-                    &db,
-                    &batch,
-                    durable,
-                    &mut audit_seq,
-                    &mut audit_prev,
-                    &mut ledger_seq,
-                );
+                let before = (audit_seq, audit_prev.clone());
+                let r = commit_batch(&db, &batch, durable, &mut audit_seq, &mut audit_prev);
                 if let Err(e) = &r {
-                    (audit_seq, audit_prev, ledger_seq) = before;
+                    (audit_seq, audit_prev) = before;
                     poisoned = Some(format!("an earlier commit failed: {e}"));
                 }
                 r
@@ -324,7 +305,6 @@ fn commit_batch(
     durable: bool,
     audit_seq: &mut u64,
     audit_prev: &mut String,
-    ledger_seq: &mut u64,
 ) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(if durable {
@@ -334,15 +314,8 @@ fn commit_batch(
     });
     {
         let mut audit = txn.open_table(AUDIT).map_err(|e| e.to_string())?;
-        let mut log = txn.open_table(LEDGER_LOG).map_err(|e| e.to_string())?;
         let mut kv = txn.open_table(KV).map_err(|e| e.to_string())?;
         for req in batch {
-            for cmd in &req.batch.ledger {
-                let bytes = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
-                log.insert(*ledger_seq, bytes.as_slice())
-                    .map_err(|e| e.to_string())?;
-                *ledger_seq += 1;
-            }
             for record in &req.batch.audit {
                 let entry = AuditEntry::seal(
                     *audit_seq,

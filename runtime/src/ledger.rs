@@ -101,6 +101,8 @@ struct Reservation {
 pub struct LedgerState {
     accounts: BTreeMap<String, Account>,
     reservations: BTreeMap<u64, Reservation>,
+    /// The highest reservation id ever applied, so ids stay unique across restarts.
+    max_id: u64,
 }
 
 /// A read-only view of one account.
@@ -193,6 +195,7 @@ impl LedgerState {
         premium: bool,
         day: u64,
     ) -> LedgerOutcome {
+        self.max_id = self.max_id.max(id);
         if !self.accounts.contains_key(account) {
             return LedgerOutcome::Denied(BudgetDenial::UnknownAccount(account.to_string()));
         }
@@ -264,9 +267,9 @@ impl LedgerState {
             .collect()
     }
 
-    /// The highest reservation id used, to continue numbering after a restart.
+    /// The highest reservation id ever used, to continue numbering after a restart.
     pub fn max_reservation_id(&self) -> u64 {
-        self.reservations.keys().next_back().copied().unwrap_or(0)
+        self.max_id
     }
 
     /// One account's figures.

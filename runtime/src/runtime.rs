@@ -186,19 +186,21 @@ impl RuntimeBuilder {
         // A crash between reserve and commit leaves reservations open; their calls may
         // have run. Charge them in full, once: no spend lost, none counted twice.
         let open = state.open_reservations();
-        let next_id = state.max_reservation_id().max(recovered.next_ledger_seq);
+        let next_id = state.max_reservation_id();
         if !open.is_empty() {
             let mut batch = Batch::default();
             for (id, amount) in open {
                 let cmd = LedgerCommand::Commit { id, actual: amount };
                 state.apply(&cmd);
-                batch.ledger.push(cmd);
-                batch.audit.push(AuditRecord::new(
-                    "budget.recovered",
-                    "runtime",
-                    json!({"reservation": id, "charged_micro_usd": amount,
-                           "why": "open at restart; the call may have run"}),
-                ));
+                batch.audit.push(
+                    AuditRecord::new(
+                        "budget.recovered",
+                        "runtime",
+                        json!({"reservation": id, "charged_micro_usd": amount,
+                               "why": "open at restart; the call may have run"}),
+                    )
+                    .with_ledger(cmd),
+                );
             }
             journal
                 .write(batch, Mode::Durable, self.clock.now())
@@ -511,13 +513,13 @@ impl Inner {
             }
             // Deferred: the account is only ever charged by a reservation, whose
             // durable write comes later in the same queue and persists this one.
-            self.journal.defer(
-                Batch {
-                    ledger: vec![cmd],
-                    ..Batch::default()
-                },
-                self.clock.now(),
-            );
+            let record = AuditRecord::new(
+                "budget.open",
+                account,
+                json!({"parent": parent, "cap_micro_usd": cap}),
+            )
+            .with_ledger(cmd);
+            self.journal.defer(Batch::audit(record), self.clock.now());
         }
         Ok(())
     }
