@@ -160,6 +160,10 @@ fn helper_brain() -> Arc<dyn Brain> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logs on stderr; spans to an OTLP collector when BULWARK_OTLP_ENDPOINT is set.
+    let telemetry = bulwark::runtime::telemetry::init(
+        &bulwark::runtime::telemetry::TelemetryConfig::from_env(),
+    )?;
     let data = tempfile::tempdir().context("creating a data directory")?;
     let root = KeyPair::generate();
     let rt = Runtime::builder()
@@ -277,6 +281,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("Answer: {}", outcome.answer().unwrap_or("(none)"));
 
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
     ensure!(leaked.is_empty(), "hostile calls got through: {leaked:?}");
     ensure!(
         matches!(verdict, Verification::Intact(_)),

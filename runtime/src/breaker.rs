@@ -134,7 +134,6 @@ impl Breakers {
         let batch = Batch {
             audit,
             kv: vec![(Self::key(agent, task), Some(bytes))],
-            ..Batch::default()
         };
         self.journal.write(batch, Mode::Durable, now).await?;
         Ok(state)

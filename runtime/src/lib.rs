@@ -22,6 +22,7 @@ mod journal;
 mod ledger;
 mod runtime;
 mod secrets;
+pub mod telemetry;
 mod tools;
 
 pub use agent::{ActionRecord, Outcome, Status};
