@@ -12,6 +12,7 @@ use bulwark_capabilities::Tier;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::brain::{Brain, BrainAction, BrainView, ContextItem};
 use crate::clock::unix_ms;
@@ -142,7 +143,12 @@ impl Actor for AgentActor {
                 let Some(inner) = state.inner.upgrade() else {
                     return Ok(());
                 };
-                let outcome = run_loop(&inner, state, context).await;
+                let span = tracing::info_span!(
+                    "agent_run",
+                    agent = %state.identity.agent,
+                    token_id = %state.identity.token.id()
+                );
+                let outcome = run_loop(&inner, state, context).instrument(span).await;
                 let _ = reply.send(outcome);
             }
             AgentMsg::CallTool { tool, args, reply } => {
@@ -183,8 +189,6 @@ fn visible_tools(inner: &Inner, who: &Identity) -> Vec<(ToolManifest, Tier)> {
 
 async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<ContextItem>) -> Outcome {
     let who = &state.identity;
-    let span = tracing::info_span!("agent_run", agent = %who.agent, token_id = %who.token.id());
-    let _enter = span.enter();
     let mut out = Outcome {
         agent: who.agent.clone(),
         status: Status::StepLimit,
@@ -243,7 +247,10 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
             economy,
             step,
         };
-        let reply = tokio::time::timeout(state.spec.step_timeout, state.brain.step(&view)).await;
+        let step_span = tracing::info_span!("agent_step", agent = %who.agent, step, economy);
+        let reply = tokio::time::timeout(state.spec.step_timeout, state.brain.step(&view))
+            .instrument(step_span)
+            .await;
         let (action, cost, error) = match reply {
             Ok(Ok(r)) => (Some(r.action), r.cost.micros(), None),
             Ok(Err(e)) => (

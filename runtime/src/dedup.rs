@@ -146,6 +146,23 @@ impl Dedup {
         self.claim(key, window).await
     }
 
+    /// Channel layer: forgets a claim whose call did not go out.
+    pub(crate) async fn release_channel(
+        &self,
+        channel: &str,
+        content: &str,
+    ) -> Result<(), StoreError> {
+        let _guard = self.lock.lock().await;
+        let key = format!("dedup/chan/{}", digest(&[channel, content]));
+        let batch = Batch {
+            kv: vec![(key, None)],
+            ..Batch::default()
+        };
+        self.journal
+            .write(batch, Mode::Visible, self.clock.now())
+            .await
+    }
+
     /// Proposal layer: the pending proposal of `agent` for `action`, or records
     /// `new_id` as pending and returns `None`.
     pub async fn pending_proposal(

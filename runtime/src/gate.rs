@@ -142,7 +142,6 @@ impl Inner {
             who.token
                 .authorize_signed(&signed, now, &mut guard, &revoked)?
         };
-        let mut secrets = BTreeMap::new();
         for secret in &manifest.secrets {
             let grant = Request {
                 agent: who.agent.clone(),
@@ -157,14 +156,6 @@ impl Inner {
                     secret: secret.clone(),
                 });
             }
-            let value = self
-                .secrets
-                .get(secret)
-                .map_err(|e| GateError::ToolFailed {
-                    tool: tool.to_string(),
-                    reason: e.to_string(),
-                })?;
-            secrets.insert(secret.clone(), value.to_string());
         }
 
         let tier = authorized.tier.max(manifest.tier);
@@ -180,6 +171,7 @@ impl Inner {
             Tier::Auto | Tier::AutoPlus => {}
         }
 
+        let mut claimed_channel = None;
         if let Some(d) = &manifest.channel_dedup {
             let channel = args
                 .get(&d.channel_arg)
@@ -204,6 +196,7 @@ impl Inner {
                     window_secs: d.window_secs,
                 });
             }
+            claimed_channel = Some((format!("{tool}:{channel}"), content.join("\u{0}")));
         }
 
         // Reserve and write the intent durably before anything runs.
@@ -212,12 +205,39 @@ impl Inner {
             "tool.call",
             json!({"tool": tool, "args": args, "tier": tier, "reserved_micro_usd": reserved}),
         );
-        let reservation = self.reserve(who, reserved, false, intent, now)?;
+        let reservation = match self.reserve(who, reserved, false, intent, now) {
+            Ok(r) => r,
+            Err(denial) => {
+                // Nothing is sent: the channel stays free for a call that can pay.
+                if let Some((channel, content)) = claimed_channel {
+                    self.dedup.release_channel(&channel, &content).await?;
+                }
+                return Err(denial.into());
+            }
+        };
         reservation
             .durable
             .await
             .unwrap_or(Err(crate::error::StoreError::WriterGone))?;
 
+        // Secrets are decrypted only now, for a call that passed every check.
+        let mut secrets = BTreeMap::new();
+        for secret in &manifest.secrets {
+            match self.secrets.get(secret) {
+                Ok(value) => {
+                    secrets.insert(secret.clone(), value.to_string());
+                }
+                Err(e) => {
+                    let failed =
+                        who.record("tool.failed", json!({"tool": tool, "error": e.to_string()}));
+                    self.settle(reservation.id, 0, failed, self.clock.now());
+                    return Err(GateError::ToolFailed {
+                        tool: tool.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
         let input = ToolInput {
             agent: who.agent.clone(),
             args: args.clone(),

@@ -106,3 +106,41 @@ async fn discovered_work_that_exists_is_not_created_again_and_survives_restarts(
         Submission::Created(_)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_budget_refuses_does_not_claim_its_channel() {
+    let h = Harness::new().await;
+    let email = || {
+        (
+            "send_email",
+            json!({"to": "bob@acme.example", "body": "Invoice 9"}),
+        )
+    };
+    // The first agent of the tenant sets its cap ($1); then half a cent cannot pay
+    // for a one-cent email.
+    h.agent("first", &[("send_email", Tier::Auto)], "1", calls(&[]))
+        .await;
+    let broke = h
+        .agent(
+            "broke",
+            &[("send_email", Tier::Auto)],
+            "0.005",
+            calls(&[email()]),
+        )
+        .await;
+    let out = broke.run("send").await.unwrap();
+    assert!(
+        out.actions[0].detail.contains("budget exhausted"),
+        "{}",
+        out.actions[0].detail
+    );
+    let rich = h
+        .agent(
+            "rich",
+            &[("send_email", Tier::Auto)],
+            "1",
+            calls(&[email()]),
+        )
+        .await;
+    assert!(rich.run("send").await.unwrap().actions[0].allowed);
+}
