@@ -148,12 +148,14 @@ impl Actor for AgentActor {
                     agent = %state.identity.agent,
                     token_id = %state.identity.token.id()
                 );
-                let outcome = run_loop(&inner, state, context).instrument(span).await;
+                // Boxed: an idle actor's task then holds only the mailbox wait, not the
+                // whole reason/act loop's state.
+                let outcome = Box::pin(run_loop(&inner, state, context).instrument(span)).await;
                 let _ = reply.send(outcome);
             }
             AgentMsg::CallTool { tool, args, reply } => {
                 let result = match state.inner.upgrade() {
-                    Some(inner) => inner.call_tool(&state.identity, &tool, args).await,
+                    Some(inner) => Box::pin(inner.call_tool(&state.identity, &tool, args)).await,
                     None => Err(GateError::UnknownAgent(state.identity.agent.clone())),
                 };
                 let _ = reply.send(result);
