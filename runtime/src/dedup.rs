@@ -99,40 +99,52 @@ impl Dedup {
             .filter(|until| *until > now))
     }
 
+    /// Writes (or, with `None`, deletes) one entry, visibly. Callers hold `lock`.
+    async fn put(&self, key: String, value: Option<Vec<u8>>, mode: Mode) -> Result<(), StoreError> {
+        let batch = Batch {
+            kv: vec![(key, value)],
+            ..Batch::default()
+        };
+        self.journal.write(batch, mode, self.clock.now()).await
+    }
+
     /// Records `key` for `window` unless it is already live. Returns false if it was.
     async fn claim(&self, key: String, window: Duration) -> Result<bool, StoreError> {
         let _guard = self.lock.lock().await;
         if self.live_until(&key)?.is_some() {
             return Ok(false);
         }
-        let now = self.clock.now();
-        let until = unix_ms(now + window).to_be_bytes().to_vec();
-        let batch = Batch {
-            kv: vec![(key, Some(until))],
-            ..Batch::default()
-        };
-        self.journal.write(batch, Mode::Visible, now).await?;
+        let until = unix_ms(self.clock.now() + window).to_be_bytes().to_vec();
+        self.put(key, Some(until), Mode::Visible).await?;
         Ok(true)
+    }
+
+    async fn forget(&self, key: String) -> Result<(), StoreError> {
+        let _guard = self.lock.lock().await;
+        self.put(key, None, Mode::Visible).await
+    }
+
+    fn task_key(agent: &str, title: &str) -> String {
+        format!("dedup/task/{}", digest(&[agent, &normalize(title)]))
+    }
+
+    fn channel_key(channel: &str, content: &str) -> String {
+        format!("dedup/chan/{}", digest(&[channel, content]))
+    }
+
+    fn proposal_key(agent: &str, action: &str) -> String {
+        format!("dedup/prop/{}", digest(&[agent, action]))
     }
 
     /// Task layer: true if `agent` may start `title` now (and records it).
     pub async fn claim_task(&self, agent: &str, title: &str) -> Result<bool, StoreError> {
-        let key = format!("dedup/task/{}", digest(&[agent, &normalize(title)]));
-        self.claim(key, TASK_WINDOW).await
+        self.claim(Self::task_key(agent, title), TASK_WINDOW).await
     }
 
     /// Task layer: forgets a claim, so a task that failed can be retried (its circuit
     /// breaker, not deduplication, governs retries).
     pub async fn release_task(&self, agent: &str, title: &str) -> Result<(), StoreError> {
-        let _guard = self.lock.lock().await;
-        let key = format!("dedup/task/{}", digest(&[agent, &normalize(title)]));
-        let batch = Batch {
-            kv: vec![(key, None)],
-            ..Batch::default()
-        };
-        self.journal
-            .write(batch, Mode::Visible, self.clock.now())
-            .await
+        self.forget(Self::task_key(agent, title)).await
     }
 
     /// Channel layer: true if `content` may go to `channel` now (and records it).
@@ -142,8 +154,8 @@ impl Dedup {
         content: &str,
         window: Duration,
     ) -> Result<bool, StoreError> {
-        let key = format!("dedup/chan/{}", digest(&[channel, content]));
-        self.claim(key, window).await
+        self.claim(Self::channel_key(channel, content), window)
+            .await
     }
 
     /// Channel layer: forgets a claim whose call did not go out.
@@ -152,15 +164,7 @@ impl Dedup {
         channel: &str,
         content: &str,
     ) -> Result<(), StoreError> {
-        let _guard = self.lock.lock().await;
-        let key = format!("dedup/chan/{}", digest(&[channel, content]));
-        let batch = Batch {
-            kv: vec![(key, None)],
-            ..Batch::default()
-        };
-        self.journal
-            .write(batch, Mode::Visible, self.clock.now())
-            .await
+        self.forget(Self::channel_key(channel, content)).await
     }
 
     /// Proposal layer: the pending proposal of `agent` for `action`, or records
@@ -172,31 +176,18 @@ impl Dedup {
         new_id: &str,
     ) -> Result<Option<String>, StoreError> {
         let _guard = self.lock.lock().await;
-        let key = format!("dedup/prop/{}", digest(&[agent, action]));
+        let key = Self::proposal_key(agent, action);
         if let Some(existing) = self.journal.kv_get(&key)? {
             return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
         }
-        let batch = Batch {
-            kv: vec![(key, Some(new_id.as_bytes().to_vec()))],
-            ..Batch::default()
-        };
-        self.journal
-            .write(batch, Mode::Visible, self.clock.now())
+        self.put(key, Some(new_id.as_bytes().to_vec()), Mode::Visible)
             .await?;
         Ok(None)
     }
 
     /// Proposal layer: the proposal for `agent` and `action` is no longer pending.
     pub async fn resolve_proposal(&self, agent: &str, action: &str) -> Result<(), StoreError> {
-        let _guard = self.lock.lock().await;
-        let key = format!("dedup/prop/{}", digest(&[agent, action]));
-        let batch = Batch {
-            kv: vec![(key, None)],
-            ..Batch::default()
-        };
-        self.journal
-            .write(batch, Mode::Visible, self.clock.now())
-            .await
+        self.forget(Self::proposal_key(agent, action)).await
     }
 
     /// Discovery layer: creates a task unless the same one is in the backlog or in
@@ -237,12 +228,6 @@ impl Dedup {
 
     async fn put_task(&self, key: &str, task: &BoardTask) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(task).map_err(StoreError::from_display)?;
-        let batch = Batch {
-            kv: vec![(key.to_string(), Some(bytes))],
-            ..Batch::default()
-        };
-        self.journal
-            .write(batch, Mode::Durable, self.clock.now())
-            .await
+        self.put(key.to_string(), Some(bytes), Mode::Durable).await
     }
 }
