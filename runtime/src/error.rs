@@ -54,6 +54,9 @@ pub enum BudgetDenial {
     /// No such account.
     #[error("no budget account `{0}`")]
     UnknownAccount(String),
+    /// A reservation id that is already open.
+    #[error("reservation {0} is already open")]
+    DuplicateReservation(u64),
     /// A child's cap larger than its parent's.
     #[error("a child's daily cap (${child}) cannot exceed its parent's (${parent})")]
     CapTooLarge {

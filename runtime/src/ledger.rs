@@ -161,7 +161,9 @@ impl LedgerState {
             cap,
             ..Account::default()
         });
-        entry.cap = entry.cap.min(cap);
+        // Lowering takes effect as "nothing more fits" once today's use is above the new
+        // cap; the cap never drops below what is already spent and reserved.
+        entry.cap = entry.cap.min(cap).max(entry.spent + entry.reserved);
         LedgerOutcome::Opened
     }
 
@@ -196,6 +198,9 @@ impl LedgerState {
         day: u64,
     ) -> LedgerOutcome {
         self.max_id = self.max_id.max(id);
+        if self.reservations.contains_key(&id) {
+            return LedgerOutcome::Denied(BudgetDenial::DuplicateReservation(id));
+        }
         if !self.accounts.contains_key(account) {
             return LedgerOutcome::Denied(BudgetDenial::UnknownAccount(account.to_string()));
         }

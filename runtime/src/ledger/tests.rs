@@ -182,3 +182,73 @@ fn replaying_the_same_commands_gives_the_same_state() {
     assert_eq!(oa, ob);
     a.check_invariants().unwrap();
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn command() -> impl Strategy<Value = LedgerCommand> {
+        let account = prop_oneof![Just("t"), Just("a"), Just("b"), Just("c"), Just("nope")];
+        prop_oneof![
+            (
+                account.clone(),
+                prop_oneof![Just(Some("t")), Just(Some("a"))],
+                0..2_000u64
+            )
+                .prop_map(|(account, parent, cap)| LedgerCommand::Open {
+                    account: account.into(),
+                    parent: parent.map(str::to_string),
+                    cap,
+                }),
+            (1..40u64, account, 0..800u64, any::<bool>(), 0..3u64).prop_map(
+                |(id, account, amount, premium, day)| {
+                    LedgerCommand::Reserve {
+                        id,
+                        account: account.into(),
+                        amount,
+                        premium,
+                        day,
+                    }
+                }
+            ),
+            (1..40u64, 0..1_000u64).prop_map(|(id, actual)| LedgerCommand::Commit { id, actual }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever commands arrive, in whatever order: no account ever has more spent
+        /// and reserved than its cap, a child's spend counts against its ancestors,
+        /// spend never decreases, and replaying gives the same state.
+        #[test]
+        fn the_ledger_invariants_hold_for_any_command_sequence(
+            cmds in proptest::collection::vec(command(), 1..80),
+        ) {
+            let mut s = LedgerState::default();
+            s.apply(&LedgerCommand::Open { account: "t".into(), parent: None, cap: 1_000 });
+            let mut last_total = 0u64;
+            for cmd in &cmds {
+                let outcome = s.apply(cmd);
+                if let (LedgerCommand::Commit { actual, .. }, LedgerOutcome::Committed { charged }) = (cmd, &outcome) {
+                    prop_assert!(charged <= actual);
+                }
+                prop_assert!(s.check_invariants().is_ok(), "{:?}", s.check_invariants());
+                let total = s.account("t").unwrap().total_spent.micros();
+                prop_assert!(total >= last_total);
+                last_total = total;
+                for child in ["a", "b", "c"] {
+                    if let Some(acc) = s.account(child) {
+                        prop_assert!(acc.total_spent.micros() <= total);
+                    }
+                }
+            }
+            let mut replay = LedgerState::default();
+            replay.apply(&LedgerCommand::Open { account: "t".into(), parent: None, cap: 1_000 });
+            for cmd in &cmds {
+                replay.apply(cmd);
+            }
+            prop_assert_eq!(replay, s);
+        }
+    }
+}

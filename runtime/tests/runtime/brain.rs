@@ -239,3 +239,51 @@ async fn a_broken_model_ends_the_run_with_the_reason_and_economy_uses_the_cheap_
     // The parser is usable on its own.
     assert!(parse_completion(&json!({})).is_err());
 }
+
+mod parse_fuzz {
+    use bulwark_runtime::parse_completion;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            "\\PC{0,12}".prop_map(Value::String),
+            Just(json!("{\"a\":1}")),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("choices".to_string()),
+                        Just("message".to_string()),
+                        Just("tool_calls".to_string()),
+                        Just("function".to_string()),
+                        Just("name".to_string()),
+                        Just("arguments".to_string()),
+                        Just("content".to_string()),
+                        "[a-z]{1,6}"
+                    ],
+                    inner,
+                    0..4,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Hostile model output: any JSON gives an action or a typed error, never a panic,
+        /// and a tool call always carries an object of arguments.
+        #[test]
+        fn any_response_parses_or_fails_cleanly(v in json_value()) {
+            match parse_completion(&v) {
+                Ok(bulwark_runtime::BrainAction::CallTool { args, .. }) => prop_assert!(args.is_object()),
+                Ok(_) | Err(_) => {}
+            }
+        }
+    }
+}
