@@ -170,9 +170,9 @@ impl Revocations {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let id = hex::decode(line).map_err(|_| ParseError::Constraint {
-                input: format!("line {}: {line}", n + 1),
-                reason: "a revocation id is hex".into(),
+            let id = hex::decode(line).map_err(|_| ParseError::RevocationId {
+                line: n + 1,
+                text: line.chars().take(140).collect(),
             })?;
             set.insert(id);
         }

@@ -69,6 +69,14 @@ pub enum ParseError {
         /// The name.
         name: String,
     },
+    /// A line of a revocation list that is not a hex id.
+    #[error("revocation list line {line}: `{text}` is not a hex revocation id")]
+    RevocationId {
+        /// The line number, from 1.
+        line: usize,
+        /// The line.
+        text: String,
+    },
     /// An ill-formed or ill-typed argument constraint.
     #[error("invalid constraint `{input}`: {reason}")]
     Constraint {

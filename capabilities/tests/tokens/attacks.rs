@@ -417,3 +417,11 @@ fn oversized_and_garbage_input_gets_typed_errors() {
     // Surrounding whitespace (a trailing newline from a file) is fine.
     assert!(Token::from_base64(&format!("  {text}\n"), &pk).is_ok());
 }
+
+#[test]
+fn a_revocation_list_with_a_bad_line_is_refused_with_its_line_number() {
+    let ok = Revocations::parse("# comment\n\nabcd\n").unwrap();
+    assert_eq!(ok.len(), 1);
+    let err = Revocations::parse("abcd\nnot-hex\n").unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+}
