@@ -25,20 +25,32 @@ const MAX_KEY_FILE_BYTES: u64 = 4096;
 #[derive(Clone)]
 pub struct KeyPair {
     signing: SigningKey,
+    /// The same key in biscuit's form, derived once: deriving it costs a scalar
+    /// multiplication, which every attenuation would otherwise pay again.
+    biscuit: std::sync::Arc<biscuit_auth::KeyPair>,
 }
 
 impl KeyPair {
     /// Generates a fresh key from the operating system's random source.
     pub fn generate() -> Self {
-        Self {
-            signing: SigningKey::generate(&mut rand::rngs::OsRng),
-        }
+        Self::from_signing(SigningKey::generate(&mut rand::rngs::OsRng))
     }
 
     /// Builds a key pair from its 32 secret bytes (for tests and deterministic fixtures).
     pub fn from_secret_bytes(secret: &[u8; 32]) -> Self {
-        Self {
-            signing: SigningKey::from_bytes(secret),
+        Self::from_signing(SigningKey::from_bytes(secret))
+    }
+
+    fn from_signing(signing: SigningKey) -> Self {
+        // The conversion cannot fail: both sides are raw 32-byte ed25519 secrets.
+        let private = biscuit_auth::PrivateKey::from_bytes(
+            signing.as_bytes(),
+            biscuit_auth::Algorithm::Ed25519,
+        )
+        .expect("a 32-byte ed25519 secret is always a valid biscuit private key");
+        KeyPair {
+            signing,
+            biscuit: std::sync::Arc::new(biscuit_auth::KeyPair::from(&private)),
         }
     }
 
@@ -53,14 +65,8 @@ impl KeyPair {
     }
 
     /// The same key as a biscuit key pair, for signing token blocks.
-    pub(crate) fn to_biscuit(&self) -> biscuit_auth::KeyPair {
-        // The conversion cannot fail: both sides are raw 32-byte ed25519 secrets.
-        let private = biscuit_auth::PrivateKey::from_bytes(
-            self.signing.as_bytes(),
-            biscuit_auth::Algorithm::Ed25519,
-        )
-        .expect("a 32-byte ed25519 secret is always a valid biscuit private key");
-        biscuit_auth::KeyPair::from(&private)
+    pub(crate) fn to_biscuit(&self) -> &biscuit_auth::KeyPair {
+        &self.biscuit
     }
 
     /// Writes the private key to a new file with mode 0600. Refuses to overwrite.

@@ -120,7 +120,7 @@ impl Token {
         let context = spec_json(&BlockSpec::RootV1(grant.clone()))?;
         let biscuit = Biscuit::builder()
             .merge(grant.to_block()?.context(context))
-            .build(&root_key.to_biscuit())
+            .build(root_key.to_biscuit())
             .map_err(internal)?;
         Ok(Token::assemble(
             biscuit,
@@ -201,12 +201,7 @@ impl Token {
             .map_err(internal)?;
         let biscuit = self
             .biscuit
-            .append_third_party(
-                holder
-                    .to_biscuit()
-                    .map_err(|e| TokenError::Internal(e.to_string()))?,
-                signed,
-            )
+            .append_third_party(parent_holder.to_biscuit().public(), signed)
             .map_err(internal)?;
         let mut delegations = self.delegations.clone();
         delegations.push(attenuation);
