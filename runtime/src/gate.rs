@@ -126,11 +126,10 @@ impl Inner {
             });
         }
 
-        let cap_args = to_capability_args(args);
         let request = Request {
             agent: who.agent.clone(),
             tool: tool.to_string(),
-            args: cap_args.clone(),
+            args: to_capability_args(args),
             time: now,
         };
         // The agent signs with its holder key; the gate verifies possession, replay and

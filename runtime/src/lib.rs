@@ -41,7 +41,8 @@ pub use ledger::{
     AccountView, ECONOMY_THRESHOLD_PERCENT, LedgerCommand, LedgerOutcome, LedgerState,
 };
 pub use runtime::{
-    AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, Runtime, RuntimeBuilder, dollars,
+    AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_INBOX, Runtime, RuntimeBuilder,
+    dollars,
 };
 pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore};
 pub use tools::{

@@ -84,6 +84,9 @@ pub struct Envelope {
     pub sent_at_ms: u64,
 }
 
+/// Most undelivered messages an agent's inbox holds; beyond it the oldest is dropped.
+pub const MAX_INBOX: usize = 256;
+
 /// Makes brains for agents spawned by other agents (a model names a brain, it cannot
 /// hand over code).
 pub type BrainFactory = Arc<dyn Fn() -> Arc<dyn Brain> + Send + Sync>;
@@ -683,7 +686,7 @@ impl Inner {
             .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
         let mut inbox = entry.inbox.lock().unwrap_or_else(|p| p.into_inner());
         // A bounded inbox: a flood from one agent cannot exhaust memory.
-        if inbox.len() >= 256 {
+        if inbox.len() >= MAX_INBOX {
             inbox.remove(0);
         }
         inbox.push(envelope);

@@ -333,3 +333,36 @@ async fn a_brain_spawns_a_child_with_a_fresh_context_and_a_narrower_token() {
         vec!["planner".to_string(), "helper".to_string()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_flood_cannot_grow_an_inbox_without_bound() {
+    let h = Harness::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let reader = Arc::new(ScriptedBrain::from_fn(move |view| {
+        s2.lock()
+            .unwrap()
+            .extend(view.context.iter().filter(|c| c.is_untrusted()).cloned());
+        BrainAction::Finish {
+            answer: "read".into(),
+        }
+    }));
+    let victim = h.agent("victim", &[], "1", reader).await;
+    for i in 0..10_000 {
+        let flood = Envelope {
+            v: 1,
+            from: "flooder".into(),
+            to: "victim".into(),
+            content: format!("spam {i}"),
+            sent_at_ms: 0,
+        };
+        h.rt.deliver(flood).unwrap();
+    }
+    victim.run("read mail").await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), bulwark_runtime::MAX_INBOX);
+    // The newest messages are kept.
+    assert!(
+        matches!(seen.last(), Some(ContextItem::Message { content, .. }) if content == "spam 9999")
+    );
+}
