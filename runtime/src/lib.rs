@@ -18,6 +18,7 @@ mod clock;
 mod dedup;
 mod error;
 mod gate;
+pub mod guard;
 mod journal;
 mod ledger;
 mod runtime;

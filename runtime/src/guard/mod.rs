@@ -1,0 +1,213 @@
+//! Content guards: what crosses the boundary between an agent and the world.
+//!
+//! - [`Sanitizer`]: everything from outside is normalized, stripped of invisible
+//!   characters and role markers, its hidden text surfaced, scored for injection and
+//!   [`spotlight`]ed as data before a model sees it.
+//! - [`Provenance`]: which values an agent saw in untrusted content, so the gate can
+//!   refuse a sensitive argument the model copied from an attacker's email.
+//! - [`Redactor`]: personal data and secrets are replaced by keyed hashes in output,
+//!   log lines and audit text.
+//! - [`ExfilGuard`]: links and images that would carry data to a host not
+//!   allow-listed are removed from output.
+//! - [`Guard`]: an optional classifier model, fail-closed.
+//!
+//! This module owns detection and rewriting only. What the runtime does with a
+//! verdict — deny, escalate, redact — is decided in the gate and the agent loop, and
+//! none of it relies on the score: the token decides what any text can cause.
+
+mod exfil;
+mod model;
+mod patterns;
+mod provenance;
+mod redact;
+mod sanitize;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use exfil::{Defanged, ExfilGuard, RemovedUrl};
+pub use model::{
+    Guard, GuardError, GuardVerdict, ModelGuard, ModelGuardConfig, parse_guard_answer,
+};
+pub use provenance::{Origin, Provenance};
+pub use redact::{Finding, PiiKind, Redacted, Redactor};
+pub use sanitize::{Sanitizer, SanitizerConfig, Scan, Signal, Verdict, spotlight};
+
+/// How output to one channel is guarded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputPolicy {
+    /// What is redacted.
+    pub redact: Vec<PiiKind>,
+    /// Hosts links and images may point to.
+    pub allow_hosts: Vec<String>,
+}
+
+impl Default for OutputPolicy {
+    /// Everything redacted; no host allowed for data-carrying links or images.
+    fn default() -> Self {
+        OutputPolicy {
+            redact: PiiKind::ALL.to_vec(),
+            allow_hosts: Vec::new(),
+        }
+    }
+}
+
+impl OutputPolicy {
+    /// Only secrets redacted (API keys, private keys); personal data passes.
+    pub fn secrets_only() -> Self {
+        OutputPolicy {
+            redact: PiiKind::SECRETS.to_vec(),
+            allow_hosts: Vec::new(),
+        }
+    }
+}
+
+/// The runtime's guard settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardConfig {
+    /// The untrusted-input pipeline.
+    pub sanitizer: SanitizerConfig,
+    /// Output to channels without a policy of their own.
+    pub default_output: OutputPolicy,
+    /// Per channel: a tool's output channel, or [`ANSWER_CHANNEL`].
+    pub channels: BTreeMap<String, OutputPolicy>,
+    /// Redact the audit trail's text (arguments, results, answers).
+    pub redact_audit: bool,
+}
+
+/// The channel of an agent's final answer.
+pub const ANSWER_CHANNEL: &str = "answer";
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        let mut channels = BTreeMap::new();
+        // The answer goes back to whoever asked; personal data in it is theirs.
+        channels.insert(ANSWER_CHANNEL.to_string(), OutputPolicy::secrets_only());
+        GuardConfig {
+            sanitizer: SanitizerConfig::default(),
+            default_output: OutputPolicy::default(),
+            channels,
+            redact_audit: true,
+        }
+    }
+}
+
+/// Output after the output guard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardedOutput {
+    /// The text to send.
+    pub text: String,
+    /// Values redacted.
+    pub redactions: Vec<Finding>,
+    /// Links and images removed.
+    pub removed: Vec<RemovedUrl>,
+}
+
+impl GuardedOutput {
+    /// Whether the guard changed anything.
+    pub fn changed(&self) -> bool {
+        !self.redactions.is_empty() || !self.removed.is_empty()
+    }
+}
+
+/// The guards of one runtime, built from a [`GuardConfig`] and the redaction key.
+#[derive(Clone)]
+pub struct Guards {
+    config: GuardConfig,
+    sanitizer: Sanitizer,
+    key: [u8; 32],
+    audit: Redactor,
+    model: Option<Arc<dyn Guard>>,
+}
+
+impl std::fmt::Debug for Guards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guards")
+            .field("config", &self.config)
+            .field("model", &self.model.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guards {
+    /// Guards for `config`, hashing redacted values under `key`.
+    pub fn new(config: GuardConfig, key: [u8; 32]) -> Self {
+        Guards {
+            sanitizer: Sanitizer::new(config.sanitizer.clone()),
+            audit: Redactor::new(key),
+            key,
+            config,
+            model: None,
+        }
+    }
+
+    /// Adds a classifier model that judges untrusted content too.
+    pub fn with_model(mut self, model: Arc<dyn Guard>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GuardConfig {
+        &self.config
+    }
+
+    /// The untrusted-input pipeline.
+    pub fn sanitizer(&self) -> &Sanitizer {
+        &self.sanitizer
+    }
+
+    /// The classifier model, if any.
+    pub fn model(&self) -> Option<&Arc<dyn Guard>> {
+        self.model.as_ref()
+    }
+
+    /// The redactor for audit text and log lines.
+    pub fn audit_redactor(&self) -> Option<&Redactor> {
+        self.config.redact_audit.then_some(&self.audit)
+    }
+
+    /// The policy of `channel`.
+    pub fn policy(&self, channel: &str) -> &OutputPolicy {
+        self.config
+            .channels
+            .get(channel)
+            .unwrap_or(&self.config.default_output)
+    }
+
+    /// Guards output to `channel`: exfiltrating links and images first (a redaction
+    /// inside a URL would hide the host), then personal data and secrets.
+    pub fn output(&self, channel: &str, text: &str) -> GuardedOutput {
+        let policy = self.policy(channel);
+        let defanged = ExfilGuard::allowing(policy.allow_hosts.iter().cloned()).defang(text);
+        let redacted = Redactor::new(self.key)
+            .with_kinds(policy.redact.iter().copied())
+            .redact(&defanged.text);
+        GuardedOutput {
+            text: redacted.text,
+            redactions: redacted.findings,
+            removed: defanged.removed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_get_their_own_policy() {
+        let guards = Guards::new(GuardConfig::default(), [1; 32]);
+        let text = "Reach ana@example.com, key AKIAIOSFODNN7EXAMPLE ![p](https://evil.test/p.png?d=1)";
+        let answer = guards.output(ANSWER_CHANNEL, text);
+        assert!(answer.text.starts_with("Reach ana@example.com, key [REDACTED:api_key:"));
+        assert_eq!(answer.removed.len(), 1);
+        let email = guards.output("send_email", text);
+        assert!(email.text.starts_with("Reach [REDACTED:email:"));
+        assert!(email.changed());
+    }
+}
