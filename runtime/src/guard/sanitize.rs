@@ -368,11 +368,6 @@ fn clean_part(text: &str, c: &mut Collector) -> Part {
         (normalized.to_string(), String::new())
     };
     let mut inspect = lower_for_inspection(&visible);
-    if html {
-        // Attributes and markup the text view drops (meta content, data attributes).
-        inspect.push('\n');
-        inspect.push_str(&lower_for_inspection(&normalized));
-    }
     if let Some(spaced) = spaced {
         // Invisible characters used as spaces: read them as spaces too.
         inspect.push('\n');
@@ -392,6 +387,27 @@ fn lower_for_inspection(text: &str) -> String {
     if text.is_ascii() {
         return text.to_ascii_lowercase();
     }
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let run = bytes[i..]
+            .iter()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(bytes.len() - i);
+        out.push_str(&text[i..i + run].to_ascii_lowercase());
+        i += run;
+        let end = bytes[i..]
+            .iter()
+            .position(u8::is_ascii)
+            .map_or(bytes.len(), |p| i + p);
+        out.extend(lower_unicode(&text[i..end]));
+        i = end;
+    }
+    out
+}
+
+fn lower_unicode(text: &str) -> impl Iterator<Item = char> + '_ {
     text.chars()
         .map(|c| match c {
             '\u{2018}' | '\u{2019}' | '\u{201B}' | '\u{2032}' => '\'',
@@ -399,7 +415,6 @@ fn lower_for_inspection(text: &str) -> String {
             c => c,
         })
         .flat_map(char::to_lowercase)
-        .collect()
 }
 
 fn neutralize_markers(text: &str) -> String {
@@ -436,26 +451,38 @@ fn invisible_kind(c: char) -> Option<&'static str> {
 }
 
 fn normalize_unicode(text: &str, c: &mut Collector, spaced: &mut Option<String>) -> String {
+    let bytes = text.as_bytes();
     let mut stripped = String::with_capacity(text.len());
     let mut with_spaces = String::new();
     let mut zero_width = 0usize;
     let mut inside_word = false;
     let mut bidi = 0usize;
     let mut tags = String::new();
-    let mut prev_alnum = false;
-    let mut chars = text.chars().peekable();
-    let mut first = true;
-    while let Some(ch) = chars.next() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // ASCII runs are copied as they are: nothing in them is invisible.
+        let run = bytes[i..].iter().position(|b| !b.is_ascii()).unwrap_or(bytes.len() - i);
+        if run > 0 {
+            stripped.push_str(&text[i..i + run]);
+            if !with_spaces.is_empty() {
+                with_spaces.push_str(&text[i..i + run]);
+            }
+            i += run;
+            continue;
+        }
+        let Some(ch) = text[i..].chars().next() else { break };
+        let next = i + ch.len_utf8();
         match invisible_kind(ch) {
             Some("zero_width") => {
                 // A byte-order mark at the very start is an encoding artifact.
-                if !(first && ch == '\u{FEFF}') {
+                if !(i == 0 && ch == '\u{FEFF}') {
                     if with_spaces.is_empty() {
                         with_spaces.push_str(&stripped);
                     }
                     with_spaces.push(' ');
                     zero_width += 1;
-                    if prev_alnum && chars.peek().is_some_and(|n| n.is_alphanumeric()) {
+                    let prev_alnum = stripped.chars().next_back().is_some_and(char::is_alphanumeric);
+                    if prev_alnum && text[next..].chars().next().is_some_and(char::is_alphanumeric) {
                         inside_word = true;
                     }
                 }
@@ -473,10 +500,9 @@ fn normalize_unicode(text: &str, c: &mut Collector, spaced: &mut Option<String>)
                 if !with_spaces.is_empty() {
                     with_spaces.push(ch);
                 }
-                prev_alnum = ch.is_alphanumeric();
             }
         }
-        first = false;
+        i = next;
     }
     if !with_spaces.is_empty() {
         *spaced = Some(with_spaces);
@@ -499,11 +525,46 @@ fn normalize_unicode(text: &str, c: &mut Collector, spaced: &mut Option<String>)
         c.add("tag_characters", 50, &tags);
         c.decoded.push(tags);
     }
-    let normalized = match is_nfkc_quick(stripped.chars()) {
-        IsNormalized::Yes => stripped,
-        _ => stripped.nfkc().collect(),
-    };
-    fold_mixed_script(&normalized, c)
+    normalize_islands(&stripped, c)
+}
+
+/// NFKC and mixed-script folding, applied only to the words that hold non-ASCII
+/// characters (each with the character before it, which a combining mark may join):
+/// ASCII text is already in NFKC and has no look-alikes to fold.
+fn normalize_islands(text: &str, c: &mut Collector) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let Some(off) = bytes[i..].iter().position(|b| !b.is_ascii()) else {
+            break;
+        };
+        let p = i + off;
+        // Back to the start of the word, and one character more.
+        let mut start = p;
+        while start > copied && bytes[start - 1].is_ascii_alphanumeric() && p - start < 64 {
+            start -= 1;
+        }
+        if start > copied {
+            start -= 1;
+        }
+        let mut end = p;
+        while end < bytes.len() && (!bytes[end].is_ascii() || bytes[end].is_ascii_alphanumeric()) {
+            end += 1;
+        }
+        out.push_str(&text[copied..start]);
+        let island = &text[start..end];
+        let normalized = match is_nfkc_quick(island.chars()) {
+            IsNormalized::Yes => std::borrow::Cow::Borrowed(island),
+            _ => std::borrow::Cow::Owned(island.nfkc().collect::<String>()),
+        };
+        out.push_str(&fold_mixed_script(&normalized, c));
+        copied = end;
+        i = end;
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// Scripts whose letters are commonly passed off as Latin.
@@ -588,19 +649,19 @@ fn fold_mixed_script(text: &str, c: &mut Collector) -> String {
 /// fired.
 fn match_signals(inspect: &str, c: &mut Collector) -> bool {
     let set = patterns::signals();
-    let matched = set.set.matches(inspect);
     let mut any = false;
-    for i in matched.iter() {
-        let s = &set.signals[i];
-        let evidence = s.regex.find(inspect).map_or("", |m| m.as_str());
-        c.add(s.name, s.weight, evidence);
-        any = true;
+    for (i, windows) in set.candidates(inspect) {
+        if let Some(m) = set.find(i, inspect, &windows) {
+            let s = &set.signals[i];
+            c.add(s.name, s.weight, m);
+            any = true;
+        }
     }
     any
 }
 
 fn any_signal(text: &str) -> bool {
-    patterns::signals().set.is_match(text)
+    patterns::signals().any_match(text)
 }
 
 /// Finds encoded runs and keeps those that decode to readable text.
@@ -838,7 +899,7 @@ fn html_text(html: &str) -> HtmlText {
             }
             continue;
         }
-        for key in ["alt", "title"] {
+        for key in ["alt", "title", "content", "aria-label", "placeholder", "value"] {
             if let Some(v) = attribute(attrs, key) {
                 let v = collapse(&v);
                 if !v.is_empty() {
@@ -1176,5 +1237,41 @@ mod tests {
         assert_eq!(s.sanitized, "Nice weather.");
         assert!(names(&s).contains(&"tag_characters"));
         assert_eq!(s.verdict, Verdict::Injection);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn step_times() {
+        let raw = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/corpus/benign.jsonl")).unwrap();
+        let mut text = String::new();
+        for l in raw.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            text.push_str(v["text"].as_str().unwrap());
+            text.push_str("\n\n");
+        }
+        let n = 20;
+        let t = |name: &str, f: &mut dyn FnMut()| {
+            f();
+            let s = std::time::Instant::now();
+            for _ in 0..n { f(); }
+            println!("{name:<16} {:>7.2} MB/s", text.len() as f64 * n as f64 / s.elapsed().as_secs_f64() / 1e6);
+        };
+        let mut c = Collector { signals: vec![], decoded: vec![], truncated: false };
+        t("normalize", &mut || { std::hint::black_box(normalize_unicode(&text, &mut c, &mut None)); });
+        t("lower", &mut || { std::hint::black_box(lower_for_inspection(&text)); });
+        t("looks_html", &mut || { std::hint::black_box(looks_like_html(&text)); });
+        t("html_text", &mut || { std::hint::black_box(html_text(&text)); });
+        let lower = lower_for_inspection(&text);
+        t("candidates", &mut || { std::hint::black_box(patterns::signals().candidates(&lower)); });
+        println!("candidates: {:?}", patterns::signals().candidates(&lower).len());
+        t("signals", &mut || { std::hint::black_box(match_signals(&lower, &mut c)); });
+        t("decode", &mut || { std::hint::black_box(decode_payloads(&text, &mut c, 0)); });
+        t("neutralize", &mut || { std::hint::black_box(neutralize_markers(&text)); });
+        t("scan", &mut || { std::hint::black_box(Sanitizer::default().scan(&text)); });
     }
 }
