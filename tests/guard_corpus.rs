@@ -67,7 +67,11 @@ fn pct((n, d): (usize, usize)) -> f64 {
 fn corpus_detection_and_false_positive_rates() -> Result<()> {
     let injections = load("injection.jsonl", "disguise")?;
     let benign = load("benign.jsonl", "kind")?;
-    assert!(injections.len() >= 150, "{} injection samples", injections.len());
+    assert!(
+        injections.len() >= 150,
+        "{} injection samples",
+        injections.len()
+    );
     assert!(benign.len() >= 150, "{} benign samples", benign.len());
 
     let flagged = |s: &Scan| s.verdict >= Verdict::Suspicious;
@@ -90,7 +94,10 @@ fn corpus_detection_and_false_positive_rates() -> Result<()> {
     }
     for s in benign.iter().filter(|s| flagged(&s.scan)) {
         let names: Vec<&str> = s.scan.signals.iter().map(|x| x.name.as_str()).collect();
-        println!("false positive {} ({}): score {} {:?}", s.id, s.category, s.scan.score, names);
+        println!(
+            "false positive {} ({}): score {} {:?}",
+            s.id, s.category, s.scan.score, names
+        );
     }
     let (d, dt) = (pct(total(&detected)), pct(total(&detected_strong)));
     let (f, ft) = (pct(total(&false_pos)), pct(total(&false_strong)));
@@ -101,9 +108,17 @@ fn corpus_detection_and_false_positive_rates() -> Result<()> {
     // them as `injection`.
     assert!(d >= 85.0, "detection fell to {d:.1} %");
     assert!(f <= 4.0, "false positives rose to {f:.1} %");
-    assert_eq!(total(&false_strong).0, 0, "a benign text was judged `injection`");
+    assert_eq!(
+        total(&false_strong).0,
+        0,
+        "a benign text was judged `injection`"
+    );
     for (disguise, v) in &detected {
-        assert!(pct(*v) >= 60.0, "{disguise}: only {:.1} % detected", pct(*v));
+        assert!(
+            pct(*v) >= 60.0,
+            "{disguise}: only {:.1} % detected",
+            pct(*v)
+        );
     }
     Ok(())
 }

@@ -173,6 +173,11 @@ pub struct Attenuation {
     /// Constraints on tool arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// Arguments, `TOOL.ARG`, whose value must not come from untrusted content (an
+    /// email, a web page, another agent): the runtime refuses a call whose such
+    /// argument the agent only saw in untrusted content.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub trusted_args: BTreeSet<String>,
 }
 
 impl Attenuation {
@@ -186,6 +191,7 @@ impl Attenuation {
             budget: None,
             expires_at: None,
             constraints: Vec::new(),
+            trusted_args: BTreeSet::new(),
         }
     }
 
@@ -223,6 +229,12 @@ impl Attenuation {
         self
     }
 
+    /// Requires that `tool`'s argument `arg` never come from untrusted content.
+    pub fn trusted_arg(mut self, tool: &str, arg: &str) -> Self {
+        self.trusted_args.insert(format!("{tool}.{arg}"));
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ParseError> {
         validate_name("agent", &self.agent)?;
         if let Some(tools) = &self.only_tools {
@@ -236,6 +248,16 @@ impl Attenuation {
                 input: format!("{} constraints", self.constraints.len()),
                 reason: "at most 64 constraints per delegation".into(),
             });
+        }
+        for entry in &self.trusted_args {
+            let Some((tool, arg)) = entry.split_once('.') else {
+                return Err(ParseError::Constraint {
+                    input: entry.clone(),
+                    reason: "a trusted argument is written TOOL.ARG".into(),
+                });
+            };
+            validate_name("tool", tool)?;
+            validate_name("argument", arg)?;
         }
         self.constraints.iter().try_for_each(Constraint::validate)
     }
@@ -279,6 +301,15 @@ impl Attenuation {
         if let Some(at) = self.expires_at {
             b = b
                 .fact(builder::fact("expires", &[Term::Date(at)]))
+                .map_err(internal)?;
+        }
+        for entry in &self.trusted_args {
+            let (tool, arg) = entry.split_once('.').unwrap_or((entry, ""));
+            b = b
+                .fact(builder::fact(
+                    "trusted_arg",
+                    &[builder::string(tool), builder::string(arg)],
+                ))
                 .map_err(internal)?;
         }
         for check in self.checks() {
@@ -403,6 +434,14 @@ impl Attenuation {
         }
         if let Some(at) = self.expires_at {
             s.raw("expires(").date(at).raw(");\n");
+        }
+        for entry in &self.trusted_args {
+            let (tool, arg) = entry.split_once('.').unwrap_or((entry, ""));
+            s.raw("trusted_arg(")
+                .str(tool)
+                .raw(", ")
+                .str(arg)
+                .raw(");\n");
         }
         for check in self.checks() {
             match check {

@@ -43,6 +43,8 @@ pub struct Effective {
     pub expires_at: u64,
     /// How many more times the token may be delegated.
     pub remaining_depth: u32,
+    /// Per tool, arguments whose value must not come from untrusted content.
+    pub trusted_args: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl Effective {
@@ -52,6 +54,7 @@ impl Effective {
             budget: root.budget,
             expires_at: root.expires_at,
             remaining_depth: root.max_depth.saturating_sub(delegations.len() as u32),
+            trusted_args: BTreeMap::new(),
         };
         for d in delegations {
             if let Some(only) = &d.only_tools {
@@ -67,6 +70,14 @@ impl Effective {
             }
             if let Some(at) = d.expires_at {
                 eff.expires_at = eff.expires_at.min(at);
+            }
+            for entry in &d.trusted_args {
+                if let Some((tool, arg)) = entry.split_once('.') {
+                    eff.trusted_args
+                        .entry(tool.to_string())
+                        .or_default()
+                        .insert(arg.to_string());
+                }
             }
         }
         eff
@@ -111,6 +122,9 @@ pub struct EffectiveView {
     pub expires_at: String,
     /// Delegations left.
     pub remaining_depth: u32,
+    /// Arguments that must not come from untrusted content, `TOOL.ARG`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_args: Vec<String>,
 }
 
 impl Token {
@@ -478,6 +492,11 @@ impl Inspection {
                 budget: eff.budget,
                 expires_at: rfc3339(eff.expires_at),
                 remaining_depth: eff.remaining_depth,
+                trusted_args: eff
+                    .trusted_args
+                    .iter()
+                    .flat_map(|(t, args)| args.iter().map(move |a| format!("{t}.{a}")))
+                    .collect(),
             },
             revocation_ids: ids.iter().map(hex::encode).collect(),
             size_bytes,
@@ -502,6 +521,13 @@ impl fmt::Display for Inspection {
         writeln!(f, "  budget: ${}", self.effective.budget)?;
         writeln!(f, "  expires at: {}", self.effective.expires_at)?;
         writeln!(f, "  delegations left: {}", self.effective.remaining_depth)?;
+        if !self.effective.trusted_args.is_empty() {
+            writeln!(
+                f,
+                "  trusted arguments only: {}",
+                self.effective.trusted_args.join(", ")
+            )?;
+        }
         if self.effective.tools.is_empty() {
             writeln!(f, "  tools: none")?;
         } else {

@@ -62,7 +62,9 @@ fn main() {
     let sanitizer = Sanitizer::default();
     let redactor = Redactor::new([9; 32]);
     let baseline = regex::Regex::new(r"ignore (?:all )?previous instructions").unwrap();
-    let email = regex::Regex::new(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}").unwrap();
+    let email =
+        regex::Regex::new(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+            .unwrap();
 
     let mut g = c.benchmark_group("guards");
     g.throughput(Throughput::Bytes(bytes as u64));
@@ -95,30 +97,51 @@ fn main() {
         })
     });
     g.throughput(Throughput::Bytes(long.len() as u64));
-    g.bench_function("sanitize_long_email", |b| b.iter(|| black_box(sanitizer.scan(&long))));
-    g.bench_function("redact_long_email", |b| b.iter(|| black_box(redactor.redact(&long))));
+    g.bench_function("sanitize_long_email", |b| {
+        b.iter(|| black_box(sanitizer.scan(&long)))
+    });
+    g.bench_function("redact_long_email", |b| {
+        b.iter(|| black_box(redactor.redact(&long)))
+    });
     g.finish();
     c.final_summary();
 
-    let mbps = |bench: &str, n: usize| {
-        median_ns("guards", bench).map(|ns| n as f64 / ns * 1e9 / 1e6)
-    };
-    let row = |name: &str, bench: &str, raw: &str, n: usize| {
-        match (mbps(bench, n), mbps(raw, n)) {
-            (Some(a), Some(r)) => format!(
-                "| {name} | {a:.0} MB/s | {r:.0} MB/s | {:.2}× the raw time | {} |\n",
-                r / a,
-                if a >= 50.0 { "met" } else { "**missed**" }
-            ),
-            _ => format!("| {name} | (not measured) | | | |\n"),
-        }
+    let mbps =
+        |bench: &str, n: usize| median_ns("guards", bench).map(|ns| n as f64 / ns * 1e9 / 1e6);
+    let row = |name: &str, bench: &str, raw: &str, n: usize| match (mbps(bench, n), mbps(raw, n)) {
+        (Some(a), Some(r)) => format!(
+            "| {name} | {a:.0} MB/s | {r:.0} MB/s | {:.2}× the raw time | {} |\n",
+            r / a,
+            if a >= 50.0 { "met" } else { "**missed**" }
+        ),
+        _ => format!("| {name} | (not measured) | | | |\n"),
     };
     let mut table = String::from(
         "| Guard (one core) | Throughput | Raw library | Ratio | Goal ≥ 50 MB/s |\n|---|---|---|---|---|\n",
     );
-    table += &row("Sanitizer, corpus messages", "sanitize_messages", "raw_lowercase_regex_messages", bytes);
-    table += &row("Sanitizer, one 48 KB email", "sanitize_long_email", "raw_lowercase_regex_messages", long.len());
-    table += &row("Redactor, corpus messages", "redact_messages", "raw_email_regex_messages", bytes);
-    table += &row("Redactor, one 48 KB email", "redact_long_email", "raw_email_regex_messages", long.len());
+    table += &row(
+        "Sanitizer, corpus messages",
+        "sanitize_messages",
+        "raw_lowercase_regex_messages",
+        bytes,
+    );
+    table += &row(
+        "Sanitizer, one 48 KB email",
+        "sanitize_long_email",
+        "raw_lowercase_regex_messages",
+        long.len(),
+    );
+    table += &row(
+        "Redactor, corpus messages",
+        "redact_messages",
+        "raw_email_regex_messages",
+        bytes,
+    );
+    table += &row(
+        "Redactor, one 48 KB email",
+        "redact_long_email",
+        "raw_email_regex_messages",
+        long.len(),
+    );
     publish("guards-table.md", &table);
 }

@@ -18,6 +18,7 @@ use crate::brain::{Brain, BrainAction, BrainView, ContextItem};
 use crate::clock::unix_ms;
 use crate::error::{BudgetDenial, GateError};
 use crate::gate::Identity;
+use crate::guard::{ANSWER_CHANNEL, GuardNote, GuardVerdict, Provenance, Verdict};
 use crate::runtime::{AgentSpec, Envelope, Inner};
 use crate::tools::ToolManifest;
 
@@ -155,7 +156,10 @@ impl Actor for AgentActor {
             }
             AgentMsg::CallTool { tool, args, reply } => {
                 let result = match state.inner.upgrade() {
-                    Some(inner) => Box::pin(inner.call_tool(&state.identity, &tool, args)).await,
+                    // The embedding program calls directly: its arguments are its own.
+                    Some(inner) => {
+                        Box::pin(inner.call_tool(&state.identity, &tool, args, None)).await
+                    }
                     None => Err(GateError::UnknownAgent(state.identity.agent.clone())),
                 };
                 let _ = reply.send(result);
@@ -200,15 +204,35 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         tool_failures: 0,
     };
     let tools = visible_tools(inner, who);
+    // What this run has seen, for argument provenance: the task and what a parent
+    // passed are trusted; everything admitted below is not.
+    let mut provenance = Provenance::new();
+    for item in &context {
+        if let ContextItem::Task { text } | ContextItem::Passed { text } = item {
+            provenance.observe_trusted(text);
+        }
+    }
     for step in 0..state.spec.max_steps {
         out.steps = step + 1;
         // Messages that arrived since the last step.
         let arrived: Vec<Envelope> =
             std::mem::take(&mut *state.inbox.lock().unwrap_or_else(|p| p.into_inner()));
-        context.extend(arrived.into_iter().map(|e| ContextItem::Message {
-            from: e.from,
-            content: e.content,
-        }));
+        for e in arrived {
+            let source = format!("agent {}", e.from);
+            let (content, note) = admit(
+                inner,
+                who,
+                &mut provenance,
+                &source,
+                Untrusted::Text(&e.content),
+            )
+            .await;
+            context.push(ContextItem::Message {
+                from: e.from,
+                content,
+                guard: Some(note),
+            });
+        }
 
         // Reserve the model call; at 80 % of the budget only the cheap model is allowed.
         let now = inner.clock.now();
@@ -280,6 +304,19 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         };
         match action {
             BrainAction::Finish { answer } => {
+                let guarded = inner.guards.output(ANSWER_CHANNEL, &answer);
+                if guarded.changed() {
+                    let record = who.record(
+                        "guard.output",
+                        json!({"channel": ANSWER_CHANNEL,
+                               "redacted": guarded.redactions.iter().map(|f| json!({"kind": f.kind, "hash": f.hash})).collect::<Vec<_>>(),
+                               "removed_urls": guarded.removed}),
+                    );
+                    inner
+                        .journal
+                        .defer(crate::journal::Batch::audit(record), inner.clock.now());
+                }
+                let answer = guarded.text;
                 let record = who.record("agent.final", json!({"answer": answer}));
                 inner
                     .journal
@@ -291,17 +328,29 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
                 context.push(ContextItem::Action {
                     text: format!("call {tool} with {args}"),
                 });
-                match inner.call_tool(who, &tool, args).await {
+                match inner.call_tool(who, &tool, args, Some(&provenance)).await {
                     Ok(result) => {
                         out.charged += result.charged;
-                        let content = result.value.to_string();
+                        let source = format!("tool {tool}");
+                        let (content, note) = admit(
+                            inner,
+                            who,
+                            &mut provenance,
+                            &source,
+                            Untrusted::Json(&result.value),
+                        )
+                        .await;
                         out.actions.push(ActionRecord {
                             kind: "tool".into(),
                             target: tool.clone(),
                             allowed: true,
                             detail: short(&content),
                         });
-                        context.push(ContextItem::ToolResult { tool, content });
+                        context.push(ContextItem::ToolResult {
+                            tool,
+                            content,
+                            guard: Some(note),
+                        });
                     }
                     Err(e) => {
                         if e.is_tool_failure() {
@@ -344,9 +393,19 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
                             allowed: true,
                             detail: short(&summary),
                         });
+                        let source = format!("agent {}", req.agent);
+                        let (content, note) = admit(
+                            inner,
+                            who,
+                            &mut provenance,
+                            &source,
+                            Untrusted::Text(&summary),
+                        )
+                        .await;
                         context.push(ContextItem::Message {
                             from: req.agent,
-                            content: summary,
+                            content,
+                            guard: Some(note),
                         });
                     }
                     Err(e) => {
@@ -385,4 +444,76 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         }
     }
     out
+}
+
+/// Untrusted content on its way into an agent's context.
+enum Untrusted<'a> {
+    /// A tool's result.
+    Json(&'a serde_json::Value),
+    /// A message.
+    Text(&'a str),
+}
+
+/// Admits untrusted content: sanitized and scored, judged by the model guard if one is
+/// configured, remembered for argument provenance, and audited when it is not clean.
+async fn admit(
+    inner: &Inner,
+    who: &Identity,
+    provenance: &mut Provenance,
+    source: &str,
+    raw: Untrusted<'_>,
+) -> (String, GuardNote) {
+    let sanitizer = inner.guards.sanitizer();
+    let (mut content, scan, raw_text) = match raw {
+        Untrusted::Json(v) => {
+            let (clean, scan) = sanitizer.scan_json(v);
+            (clean.to_string(), scan, v.to_string())
+        }
+        Untrusted::Text(t) => {
+            let scan = sanitizer.scan(t);
+            (scan.sanitized.clone(), scan, t.to_string())
+        }
+    };
+    provenance.observe_untrusted(&raw_text);
+    provenance.observe_untrusted(&content);
+    for decoded in &scan.decoded {
+        provenance.observe_untrusted(decoded);
+    }
+    let mut note = GuardNote::from(&scan);
+    if let Some(model) = inner.guards.model() {
+        let verdict = match model.check(&content).await {
+            Ok(v) => v,
+            Err(e) => GuardVerdict {
+                safe: model.fail_open(),
+                categories: Vec::new(),
+                reason: format!(
+                    "{e} (failing {})",
+                    if model.fail_open() { "open" } else { "closed" }
+                ),
+            },
+        };
+        if !verdict.safe {
+            content = format!("[withheld: {}]", verdict.reason);
+            note.verdict = Verdict::Injection;
+            note.signals.push("model_guard".into());
+            let record = who.record(
+                "guard.model",
+                json!({"source": source, "reason": verdict.reason, "categories": verdict.categories}),
+            );
+            inner
+                .journal
+                .defer(crate::journal::Batch::audit(record), inner.clock.now());
+        }
+    }
+    if note.verdict != Verdict::Clean {
+        let record = who.record(
+            "guard.input",
+            json!({"source": source, "score": note.score, "verdict": note.verdict,
+                   "signals": note.signals}),
+        );
+        inner
+            .journal
+            .defer(crate::journal::Batch::audit(record), inner.clock.now());
+    }
+    (content, note)
 }

@@ -93,6 +93,18 @@ pub enum GateError {
         /// The secret.
         secret: String,
     },
+    /// A sensitive argument's value came from untrusted content.
+    #[error(
+        "denied: argument `{arg}` of `{tool}` was copied from untrusted content (a tool result or a message), and {rule} requires it to come from the task"
+    )]
+    UntrustedArgument {
+        /// The tool.
+        tool: String,
+        /// The argument.
+        arg: String,
+        /// Who declared it sensitive: the token or the tool's manifest.
+        rule: String,
+    },
     /// The tool is at tier block.
     #[error("denied: `{0}` is at tier block and never runs")]
     Blocked(String),

@@ -23,10 +23,11 @@ use tracing::Instrument;
 
 use crate::audit::AuditRecord;
 use crate::error::GateError;
+use crate::guard::{Origin, Provenance};
 use crate::journal::{Batch, Mode};
 use crate::ledger::{LedgerCommand, LedgerOutcome};
 use crate::runtime::Inner;
-use crate::tools::{ToolInput, to_capability_args};
+use crate::tools::{ToolInput, UntrustedPolicy, to_capability_args};
 
 /// Who is calling: an agent with its verified token and its holder key.
 pub(crate) struct Identity {
@@ -81,9 +82,13 @@ impl Inner {
         who: &Identity,
         tool: &str,
         args: Value,
+        provenance: Option<&Provenance>,
     ) -> Result<CallResult, GateError> {
         let span = tracing::info_span!("tool_call", agent = %who.agent, token_id = %who.token.id(), tool, tier = tracing::field::Empty, decision = tracing::field::Empty);
-        let result = self.gate(who, tool, &args).instrument(span.clone()).await;
+        let result = self
+            .gate(who, tool, &args, provenance)
+            .instrument(span.clone())
+            .await;
         span.record(
             "decision",
             if result.is_ok() { "allowed" } else { "denied" },
@@ -106,6 +111,7 @@ impl Inner {
         who: &Identity,
         tool: &str,
         args: &Value,
+        provenance: Option<&Provenance>,
     ) -> Result<CallResult, GateError> {
         let now = self.clock.now();
         let registered = self
@@ -157,7 +163,34 @@ impl Inner {
             }
         }
 
-        let tier = authorized.tier.max(manifest.tier);
+        let mut tier = authorized.tier.max(manifest.tier);
+        // Argument provenance: a sensitive value the model copied from untrusted
+        // content is refused (or escalated), whatever the model says about it.
+        let origins = provenance.map(|p| p.classify(args)).unwrap_or_default();
+        let token_trusted = who.token.effective().trusted_args.get(tool);
+        for (arg, origin) in &origins {
+            if *origin != Origin::Untrusted {
+                continue;
+            }
+            if token_trusted.is_some_and(|args| args.contains(arg)) {
+                return Err(GateError::UntrustedArgument {
+                    tool: tool.to_string(),
+                    arg: arg.clone(),
+                    rule: "the agent's token".into(),
+                });
+            }
+            match manifest.sensitive_args.get(arg) {
+                Some(UntrustedPolicy::Deny) => {
+                    return Err(GateError::UntrustedArgument {
+                        tool: tool.to_string(),
+                        arg: arg.clone(),
+                        rule: "the tool's manifest".into(),
+                    });
+                }
+                Some(UntrustedPolicy::Confirm) => tier = tier.max(Tier::Confirm),
+                None => {}
+            }
+        }
         tracing::Span::current().record("tier", tier.as_str());
         match tier {
             Tier::Block => return Err(GateError::Blocked(tool.to_string())),
@@ -169,6 +202,39 @@ impl Inner {
             }
             Tier::Auto | Tier::AutoPlus => {}
         }
+
+        // Text that leaves through the tool is guarded by its channel's output policy.
+        let mut guarded_args = None;
+        let mut output_guard = Value::Null;
+        if let Some(out) = &manifest.output {
+            let mut rewritten = args.clone();
+            let mut redacted = Vec::new();
+            let mut removed = Vec::new();
+            for name in &out.args {
+                if let Some(Value::String(text)) = rewritten.get(name.as_str()) {
+                    let g = self.guards.output(&out.channel, text);
+                    if g.changed() {
+                        redacted.extend(
+                            g.redactions
+                                .iter()
+                                .map(|f| json!({"arg": name, "kind": f.kind, "hash": f.hash})),
+                        );
+                        removed.extend(
+                            g.removed
+                                .iter()
+                                .map(|r| json!({"arg": name, "host": r.host, "kind": r.kind})),
+                        );
+                        rewritten[name.as_str()] = Value::String(g.text);
+                    }
+                }
+            }
+            if !redacted.is_empty() || !removed.is_empty() {
+                output_guard =
+                    json!({"channel": out.channel, "redacted": redacted, "removed_urls": removed});
+                guarded_args = Some(rewritten);
+            }
+        }
+        let args = guarded_args.as_ref().unwrap_or(args);
 
         let mut claimed_channel = None;
         if let Some(d) = &manifest.channel_dedup {
@@ -200,10 +266,15 @@ impl Inner {
 
         // Reserve and write the intent durably before anything runs.
         let reserved = manifest.max_cost.micros();
-        let intent = who.record(
-            "tool.call",
-            json!({"tool": tool, "args": args, "tier": tier, "reserved_micro_usd": reserved}),
-        );
+        let mut detail =
+            json!({"tool": tool, "args": args, "tier": tier, "reserved_micro_usd": reserved});
+        if !origins.is_empty() {
+            detail["provenance"] = json!(origins);
+        }
+        if !output_guard.is_null() {
+            detail["output_guard"] = output_guard;
+        }
+        let intent = who.record("tool.call", detail);
         let reservation = match self.reserve(who, reserved, false, intent, now) {
             Ok(r) => r,
             Err(denial) => {

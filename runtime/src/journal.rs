@@ -9,8 +9,8 @@
 //! trail's sequencer: it assigns positions and chain hashes in commit order.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::audit::{self, AUDIT, AuditEntry, AuditRecord};
 use crate::clock::unix_ms;
 use crate::error::StoreError;
+use crate::guard::Redactor;
 use crate::ledger::LedgerState;
 
 /// The database file inside a data directory.
@@ -84,6 +85,7 @@ enum Op {
 pub(crate) struct Journal {
     tx: mpsc::Sender<Op>,
     db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
+    redactor: Arc<OnceLock<Redactor>>,
 }
 
 /// What was on disk when the journal opened.
@@ -120,17 +122,26 @@ impl Journal {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Op>();
         let writer_db = db.clone();
+        let redactor = Arc::new(OnceLock::new());
+        let writer_redactor = redactor.clone();
         std::thread::Builder::new()
             .name("bulwark-journal".into())
-            .spawn(move || writer(writer_db, rx, audit_seq, audit_prev))
+            .spawn(move || writer(writer_db, rx, audit_seq, audit_prev, writer_redactor))
             .map_err(StoreError::from_display)?;
         Ok((
             Journal {
                 tx,
                 db: Arc::new(std::sync::RwLock::new(Some(db))),
+                redactor,
             },
             Recovered { ledger },
         ))
+    }
+
+    /// From now on, the text of audit records is redacted (personal data and secrets
+    /// replaced by keyed hashes) before it is sealed into the chain. Set once.
+    pub fn redact_audit_with(&self, redactor: Redactor) {
+        let _ = self.redactor.set(redactor);
     }
 
     /// Queues `batch`; returns a receiver that resolves once it is committed (and, for
@@ -215,7 +226,13 @@ fn state_check(ledger: &LedgerState) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Db(format!("ledger invariant broken on disk: {e}")))
 }
 
-fn writer(db: Arc<Database>, rx: mpsc::Receiver<Op>, mut audit_seq: u64, mut audit_prev: String) {
+fn writer(
+    db: Arc<Database>,
+    rx: mpsc::Receiver<Op>,
+    mut audit_seq: u64,
+    mut audit_prev: String,
+    redactor: Arc<OnceLock<Redactor>>,
+) {
     let mut pending: Vec<Request> = Vec::new();
     let mut deadline: Option<std::time::Instant> = None;
     let mut closing = None;
@@ -275,7 +292,14 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Op>, mut audit_seq: u64, mut aud
             None if batch.is_empty() && !durable => Ok(()),
             None => {
                 let before = (audit_seq, audit_prev.clone());
-                let r = commit_batch(&db, &batch, durable, &mut audit_seq, &mut audit_prev);
+                let r = commit_batch(
+                    &db,
+                    &batch,
+                    durable,
+                    &mut audit_seq,
+                    &mut audit_prev,
+                    redactor.get(),
+                );
                 if let Err(e) = &r {
                     (audit_seq, audit_prev) = before;
                     poisoned = Some(format!("an earlier commit failed: {e}"));
@@ -305,6 +329,7 @@ fn commit_batch(
     durable: bool,
     audit_seq: &mut u64,
     audit_prev: &mut String,
+    redactor: Option<&Redactor>,
 ) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(if durable {
@@ -317,10 +342,14 @@ fn commit_batch(
         let mut kv = txn.open_table(KV).map_err(|e| e.to_string())?;
         for req in batch {
             for record in &req.batch.audit {
+                let mut record = record.clone();
+                if let Some(r) = redactor {
+                    r.redact_json(&mut record.detail);
+                }
                 let entry = AuditEntry::seal(
                     *audit_seq,
                     unix_ms(req.at),
-                    record.clone(),
+                    record,
                     std::mem::take(audit_prev),
                 );
                 let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;

@@ -3,7 +3,9 @@
 //!
 //! This crate owns the agent actors and their bounded reason/act loop, the gate every
 //! tool call passes, supervisors and circuit breakers, the budget ledger, the
-//! deduplication layers, encrypted credentials and the hash-chained audit trail. It
+//! deduplication layers, encrypted credentials, the content guards (sanitized
+//! untrusted input, argument provenance, output redaction) and the hash-chained
+//! audit trail. It
 //! makes every security decision through `bulwark-capabilities` and never trusts
 //! what a brain (a model) says.
 //!
@@ -47,5 +49,6 @@ pub use runtime::{
 };
 pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore};
 pub use tools::{
-    ChannelDedup, RegisterError, Tool, ToolError, ToolInput, ToolManifest, ToolOutput, ToolRegistry,
+    ChannelDedup, OutputArgs, RegisterError, Tool, ToolError, ToolInput, ToolManifest, ToolOutput,
+    ToolRegistry, UntrustedPolicy,
 };

@@ -21,6 +21,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::dedup::Dedup;
 use crate::error::{BudgetDenial, GateError, RunError, SpawnError, StoreError};
 use crate::gate::{Identity, Notification};
+use crate::guard::{Guard, GuardConfig, Guards};
 use crate::journal::{Batch, Journal, Mode};
 use crate::ledger::{AccountView, LedgerCommand, LedgerOutcome, LedgerState};
 use crate::secrets::{SecretError, SecretStore};
@@ -118,6 +119,7 @@ pub(crate) struct Inner {
     pub notifications: broadcast::Sender<Notification>,
     pub supervisor: Mutex<Option<ActorRef<()>>>,
     pub tenant_budgets: HashMap<String, MicroUsd>,
+    pub guards: Guards,
 }
 
 /// Builds a [`Runtime`].
@@ -127,6 +129,8 @@ pub struct RuntimeBuilder {
     clock: Arc<dyn Clock>,
     breaker: BreakerPolicy,
     tenant_budgets: HashMap<String, MicroUsd>,
+    guard_config: GuardConfig,
+    model_guard: Option<Arc<dyn Guard>>,
 }
 
 /// Why a runtime could not start.
@@ -179,12 +183,32 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The content guards' settings (sanitizer, output policies per channel, audit
+    /// redaction). The default guards everything.
+    pub fn guards(mut self, config: GuardConfig) -> Self {
+        self.guard_config = config;
+        self
+    }
+
+    /// A classifier model that also judges untrusted content before agents see it.
+    pub fn model_guard(mut self, guard: Arc<dyn Guard>) -> Self {
+        self.model_guard = Some(guard);
+        self
+    }
+
     /// Opens storage, recovers, and starts the supervisor.
     pub async fn build(self) -> Result<Runtime, BuildError> {
         let dir = self.data_dir.ok_or(BuildError::Missing("data_dir"))?;
         let root = self.root.ok_or(BuildError::Missing("root_public_key"))?;
         let (journal, recovered) = Journal::open(&dir)?;
         let secrets = SecretStore::open(&dir, journal.clone())?;
+        let mut guards = Guards::new(self.guard_config, secrets.redaction_key());
+        if let Some(model) = self.model_guard {
+            guards = guards.with_model(model);
+        }
+        if let Some(redactor) = guards.audit_redactor() {
+            journal.redact_audit_with(redactor.clone());
+        }
         let mut state = recovered.ledger;
         // A crash between reserve and commit leaves reservations open; their calls may
         // have run. Charge them in full, once: no spend lost, none counted twice.
@@ -226,6 +250,7 @@ impl RuntimeBuilder {
             notifications,
             supervisor: Mutex::new(None),
             tenant_budgets: self.tenant_budgets,
+            guards,
         });
         let (sup, _) = Actor::spawn(None, Supervisor, Arc::downgrade(&inner))
             .await
@@ -249,6 +274,8 @@ impl Runtime {
             root: None,
             clock: Arc::new(SystemClock),
             breaker: BreakerPolicy::default(),
+            guard_config: GuardConfig::default(),
+            model_guard: None,
             tenant_budgets: HashMap::new(),
         }
     }
@@ -261,6 +288,11 @@ impl Runtime {
     /// The secrets store.
     pub fn secrets(&self) -> &SecretStore {
         &self.inner.secrets
+    }
+
+    /// The content guards (sanitizer, output guard, redaction under this runtime's key).
+    pub fn guards(&self) -> &Guards {
+        &self.inner.guards
     }
 
     /// The deduplication layers (task board, proposals).

@@ -54,6 +54,7 @@ pub enum SecretError {
 pub struct SecretStore {
     cipher: ChaCha20Poly1305,
     journal: Journal,
+    redaction_key: [u8; 32],
 }
 
 fn load_or_create_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretError> {
@@ -91,10 +92,25 @@ fn load_or_create_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretError> {
 impl SecretStore {
     pub(crate) fn open(data_dir: &Path, journal: Journal) -> Result<Self, SecretError> {
         let key = load_or_create_key(&data_dir.join(SECRETS_KEY_FILE))?;
+        // The redaction key is derived, never stored: hashes of redacted values stay
+        // stable across restarts and mean nothing without the secrets key.
+        let redaction_key = {
+            use hmac::{Hmac, Mac};
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key.as_slice())
+                .map_err(|e| SecretError::Io(e.to_string()))?;
+            mac.update(b"bulwark redaction key v1");
+            mac.finalize().into_bytes().into()
+        };
         Ok(SecretStore {
             cipher: ChaCha20Poly1305::new(&Key::from(*key)),
             journal,
+            redaction_key,
         })
+    }
+
+    /// The key under which redacted values are hashed.
+    pub(crate) fn redaction_key(&self) -> [u8; 32] {
+        self.redaction_key
     }
 
     fn key(name: &str) -> String {

@@ -25,6 +25,26 @@ pub struct ChannelDedup {
     pub window_secs: u64,
 }
 
+/// What the gate does when a sensitive argument's value came from untrusted content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UntrustedPolicy {
+    /// Refuse the call.
+    Deny,
+    /// Escalate the call to CONFIRM: a person must approve it.
+    Confirm,
+}
+
+/// Arguments whose text leaves the system through a channel: the output guard of
+/// that channel (redaction, exfiltration guard) rewrites them before the tool runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputArgs {
+    /// The channel whose [`crate::guard::OutputPolicy`] applies.
+    pub channel: String,
+    /// The arguments guarded.
+    pub args: Vec<String>,
+}
+
 /// What a tool is and how the gate treats it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ToolManifest {
@@ -49,6 +69,13 @@ pub struct ToolManifest {
     pub channel_dedup: Option<ChannelDedup>,
     /// Longest a call may run, milliseconds.
     pub timeout_ms: u64,
+    /// Arguments that must not come from untrusted content (a recipient, an IBAN, a
+    /// URL, an amount), and what happens when one does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive_args: BTreeMap<String, UntrustedPolicy>,
+    /// Arguments guarded as output, if the tool sends text out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputArgs>,
 }
 
 impl ToolManifest {
@@ -64,7 +91,28 @@ impl ToolManifest {
             compensation: None,
             channel_dedup: None,
             timeout_ms: 10_000,
+            sensitive_args: BTreeMap::new(),
+            output: None,
         }
+    }
+
+    /// Declares `arg` sensitive: its value must not come from untrusted content.
+    pub fn sensitive(mut self, arg: impl Into<String>, policy: UntrustedPolicy) -> Self {
+        self.sensitive_args.insert(arg.into(), policy);
+        self
+    }
+
+    /// Guards `args` with the output policy of `channel` before the tool runs.
+    pub fn output<I, S>(mut self, channel: impl Into<String>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.output = Some(OutputArgs {
+            channel: channel.into(),
+            args: args.into_iter().map(Into::into).collect(),
+        });
+        self
     }
 
     /// Sets the argument schema.

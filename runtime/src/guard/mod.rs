@@ -33,7 +33,9 @@ pub use model::{
 };
 pub use provenance::{Origin, Provenance};
 pub use redact::{Finding, PiiKind, Redacted, Redactor};
-pub use sanitize::{Sanitizer, SanitizerConfig, Scan, Signal, Verdict, spotlight};
+pub use sanitize::{
+    GuardNote, Sanitizer, SanitizerConfig, Scan, Signal, Verdict, spotlight, spotlight_text,
+};
 
 /// How output to one channel is guarded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +197,69 @@ impl Guards {
     }
 }
 
+/// A `tracing-subscriber` writer factory that redacts each log line before it is
+/// written: `fmt().with_writer(RedactingMakeWriter::new(std::io::stderr, redactor))`.
+pub struct RedactingMakeWriter<M> {
+    inner: M,
+    redactor: Arc<Redactor>,
+}
+
+impl<M> RedactingMakeWriter<M> {
+    /// Wraps `inner`, redacting with `redactor`.
+    pub fn new(inner: M, redactor: Redactor) -> Self {
+        RedactingMakeWriter {
+            inner,
+            redactor: Arc::new(redactor),
+        }
+    }
+}
+
+/// One log event being written: buffered, then redacted and written when dropped.
+pub struct RedactingWriter<W: std::io::Write> {
+    inner: W,
+    redactor: Arc<Redactor>,
+    buf: Vec<u8>,
+}
+
+impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return self.inner.flush();
+        }
+        let text = String::from_utf8_lossy(&self.buf);
+        let out = self.redactor.redact(&text).text;
+        self.buf.clear();
+        self.inner.write_all(out.as_bytes())?;
+        self.inner.flush()
+    }
+}
+
+impl<W: std::io::Write> Drop for RedactingWriter<W> {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
+    }
+}
+
+impl<'a, M> tracing_subscriber::fmt::MakeWriter<'a> for RedactingMakeWriter<M>
+where
+    M: tracing_subscriber::fmt::MakeWriter<'a>,
+{
+    type Writer = RedactingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter {
+            inner: self.inner.make_writer(),
+            redactor: self.redactor.clone(),
+            buf: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,12 +267,60 @@ mod tests {
     #[test]
     fn channels_get_their_own_policy() {
         let guards = Guards::new(GuardConfig::default(), [1; 32]);
-        let text = "Reach ana@example.com, key AKIAIOSFODNN7EXAMPLE ![p](https://evil.test/p.png?d=1)";
+        let text =
+            "Reach ana@example.com, key AKIAIOSFODNN7EXAMPLE ![p](https://evil.test/p.png?d=1)";
         let answer = guards.output(ANSWER_CHANNEL, text);
-        assert!(answer.text.starts_with("Reach ana@example.com, key [REDACTED:api_key:"));
+        assert!(
+            answer
+                .text
+                .starts_with("Reach ana@example.com, key [REDACTED:api_key:")
+        );
         assert_eq!(answer.removed.len(), 1);
         let email = guards.output("send_email", text);
         assert!(email.text.starts_with("Reach [REDACTED:email:"));
         assert!(email.changed());
+    }
+
+    #[test]
+    fn log_lines_are_redacted_before_they_are_written() {
+        use std::sync::Mutex;
+        use tracing_subscriber::fmt::MakeWriter;
+
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let captured = sink.clone();
+        let make = RedactingMakeWriter::new(move || sink.clone(), Redactor::new([3; 32]));
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(make)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(
+                user = "ana@example.com",
+                "paid with card 4111 1111 1111 1111"
+            );
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default();
+        assert!(text.contains("[REDACTED:email:"), "{text}");
+        assert!(text.contains("[REDACTED:card:"), "{text}");
+        assert!(
+            !text.contains("ana@example.com") && !text.contains("4111"),
+            "{text}"
+        );
+        let _ = RedactingMakeWriter::new(std::io::sink, Redactor::new([0; 32])).make_writer();
     }
 }

@@ -47,6 +47,11 @@ pub enum GuardError {
 pub trait Guard: Send + Sync {
     /// Judges `content` (untrusted text about to enter an agent's context).
     async fn check(&self, content: &str) -> Result<GuardVerdict, GuardError>;
+
+    /// Whether content passes when the classifier fails (default: no, fail closed).
+    fn fail_open(&self) -> bool {
+        false
+    }
 }
 
 /// How to reach an OpenAI-compatible classifier.
@@ -198,7 +203,10 @@ pub fn parse_guard_answer(answer: &str) -> Result<GuardVerdict, GuardError> {
                 reason: if categories.is_empty() {
                     "the guard model judged it unsafe".into()
                 } else {
-                    format!("the guard model judged it unsafe ({})", categories.join(", "))
+                    format!(
+                        "the guard model judged it unsafe ({})",
+                        categories.join(", ")
+                    )
                 },
                 categories,
             })
@@ -216,6 +224,10 @@ impl Guard for ModelGuard {
         let answer = self.call(content).await?;
         parse_guard_answer(&answer)
     }
+
+    fn fail_open(&self) -> bool {
+        self.config.fail_open
+    }
 }
 
 #[cfg(test)]
@@ -226,7 +238,11 @@ mod tests {
     fn answers_parse() {
         assert!(parse_guard_answer("safe").is_ok_and(|v| v.safe));
         let v = parse_guard_answer("unsafe\nS1, S14\n");
-        assert!(v.as_ref().is_ok_and(|v| !v.safe && v.categories == ["S1", "S14"]), "{v:?}");
+        assert!(
+            v.as_ref()
+                .is_ok_and(|v| !v.safe && v.categories == ["S1", "S14"]),
+            "{v:?}"
+        );
         assert!(parse_guard_answer("I think it is fine").is_err());
         assert!(parse_guard_answer("").is_err());
     }

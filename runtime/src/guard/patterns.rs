@@ -52,7 +52,10 @@ impl SignalSet {
                 Some(nl) if nl + 1 >= lo => nl + 1,
                 _ => {
                     let mut s = lo;
-                    while s > 0 && !(bytes[s - 1] == b' ' || bytes[s - 1] == b'\n') && m.start() - s < 2 * REACH {
+                    while s > 0
+                        && !(bytes[s - 1] == b' ' || bytes[s - 1] == b'\n')
+                        && m.start() - s < 2 * REACH
+                    {
                         s -= 1;
                     }
                     s
@@ -82,9 +85,17 @@ impl SignalSet {
     }
 
     /// The first match of signal `i` within `windows` of `text`.
-    pub fn find<'t>(&self, i: usize, text: &'t str, windows: &[std::ops::Range<usize>]) -> Option<&'t str> {
+    pub fn find<'t>(
+        &self,
+        i: usize,
+        text: &'t str,
+        windows: &[std::ops::Range<usize>],
+    ) -> Option<&'t str> {
         let re = &self.signals[i].regex;
-        windows.iter().find_map(|w| re.find(&text[w.clone()]).map(|m| &text[w.start + m.start()..w.start + m.end()]))
+        windows.iter().find_map(|w| {
+            re.find(&text[w.clone()])
+                .map(|m| &text[w.start + m.start()..w.start + m.end()])
+        })
     }
 
     /// Whether any signal matches `text` (lower-cased).
@@ -426,12 +437,7 @@ const SOURCES: &[(&str, u8, &str, &str)] = &[
         "[/inst,[inst,<<sys,<</sys,<system,</system,<assistant,</assistant,<im_,</im_,<tool_call,</tool_call,<function_call,</function_call,<system_prompt,</system_prompt,<sys>,</sys>,<instructions,</instructions,<admin,</admin,</user,<start_of_turn,<end_of_turn",
         r"\[/?inst\]|<</?sys>>|</?(?:system|assistant|im_start|im_end|tool_call|function_call|system_prompt|sys|instructions|admin)>|</user>|<start_of_turn>|<end_of_turn>",
     ),
-    (
-        "role_marker",
-        50,
-        "system",
-        r"(?m)^[\s>]*#{1,4}\s*system\b",
-    ),
+    ("role_marker", 50, "system", r"(?m)^[\s>]*#{1,4}\s*system\b"),
     (
         "role_marker",
         40,
@@ -752,19 +758,34 @@ mod timing {
     #[test]
     #[ignore]
     fn per_pattern_time() {
-        let text: String = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/corpus/benign.jsonl")).unwrap().to_lowercase();
+        let text: String = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/corpus/benign.jsonl"
+        ))
+        .unwrap()
+        .to_lowercase();
         let set = super::signals();
         let mut rows = Vec::new();
         for (i, s) in set.signals.iter().enumerate() {
             let _ = s.regex.is_match(&text);
             let t = std::time::Instant::now();
-            for _ in 0..5 { std::hint::black_box(s.regex.find_iter(&text).count()); }
+            for _ in 0..5 {
+                std::hint::black_box(s.regex.find_iter(&text).count());
+            }
             rows.push((t.elapsed().as_micros() / 5, i, s.name));
         }
         rows.sort();
-        for r in rows.iter().rev().take(25) { println!("{:>8} us  #{} {}", r.0, r.1, r.2); }
+        for r in rows.iter().rev().take(25) {
+            println!("{:>8} us  #{} {}", r.0, r.1, r.2);
+        }
         let t = std::time::Instant::now();
-        for _ in 0..5 { std::hint::black_box(set.candidates(&text)); }
-        println!("set {} us for {} bytes", t.elapsed().as_micros() / 5, text.len());
+        for _ in 0..5 {
+            std::hint::black_box(set.candidates(&text));
+        }
+        println!(
+            "set {} us for {} bytes",
+            t.elapsed().as_micros() / 5,
+            text.len()
+        );
     }
 }

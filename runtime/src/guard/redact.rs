@@ -212,7 +212,11 @@ fn ssn_plausible(s: &str) -> bool {
     let [area, group, serial] = parts.as_slice() else {
         return false;
     };
-    *area != "000" && *area != "666" && !area.starts_with('9') && *group != "00" && *serial != "0000"
+    *area != "000"
+        && *area != "666"
+        && !area.starts_with('9')
+        && *group != "00"
+        && *serial != "0000"
 }
 
 impl Redactor {
@@ -255,7 +259,8 @@ impl Redactor {
         if want(PiiKind::ApiKey) || want(PiiKind::PrivateKey) {
             for m in p.secrets.find_iter(text) {
                 let s = m.as_str();
-                let kind = if s.starts_with("-----BEGIN") || s.starts_with("bulwark-ed25519-secret") {
+                let kind = if s.starts_with("-----BEGIN") || s.starts_with("bulwark-ed25519-secret")
+                {
                     PiiKind::PrivateKey
                 } else {
                     PiiKind::ApiKey
@@ -277,7 +282,11 @@ impl Redactor {
             }
         }
         if want(PiiKind::NationalId) {
-            found.extend(p.nino.find_iter(text).map(|m| (PiiKind::NationalId, m.range())));
+            found.extend(
+                p.nino
+                    .find_iter(text)
+                    .map(|m| (PiiKind::NationalId, m.range())),
+            );
         }
         if want(PiiKind::Card) || want(PiiKind::Phone) || want(PiiKind::NationalId) {
             for m in p.numbers.find_iter(text) {
@@ -403,7 +412,15 @@ mod tests {
             "{}",
             out.text
         );
-        for leaked in ["ana.lopez", "4111", "DE89", "123-45", "AKIA", "sk-proj", "7946"] {
+        for leaked in [
+            "ana.lopez",
+            "4111",
+            "DE89",
+            "123-45",
+            "AKIA",
+            "sk-proj",
+            "7946",
+        ] {
             assert!(!out.text.contains(leaked), "{leaked} left in {}", out.text);
         }
         assert!(out.text.contains("[REDACTED:email:"));
@@ -440,16 +457,22 @@ mod tests {
     #[test]
     fn kinds_can_be_restricted() {
         let secrets_only = r().with_kinds(PiiKind::SECRETS);
-        let out = secrets_only.redact("ana@example.com token ghp_abcdefghijklmnopqrstuvwxyz0123456789");
+        let out =
+            secrets_only.redact("ana@example.com token ghp_abcdefghijklmnopqrstuvwxyz0123456789");
         assert_eq!(out.findings.len(), 1);
         assert!(out.text.starts_with("ana@example.com"));
     }
 
     #[test]
     fn json_strings_are_redacted_in_place() {
-        let mut v = serde_json::json!({"to": "bob@example.org", "n": 4, "list": ["+1 (415) 555-0132"]});
+        let mut v =
+            serde_json::json!({"to": "bob@example.org", "n": 4, "list": ["+1 (415) 555-0132"]});
         assert_eq!(r().redact_json(&mut v), 2);
-        assert!(v["to"].as_str().is_some_and(|s| s.starts_with("[REDACTED:email:")));
+        assert!(
+            v["to"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("[REDACTED:email:"))
+        );
         assert_eq!(v["n"], 4);
     }
 

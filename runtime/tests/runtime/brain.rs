@@ -125,7 +125,9 @@ async fn a_model_drives_an_agent_and_its_hostile_calls_are_denied() {
     // Tool output reaches the model spotlighted as data.
     let second = reqs[1]["messages"].to_string();
     assert!(
-        second.contains("<<<DATA") && second.contains("hello from bob"),
+        second.contains("<<DATA-")
+            && second.contains("<<END-")
+            && second.contains("hello from bob"),
         "{second}"
     );
 }

@@ -9,6 +9,7 @@ mod budget;
 mod crash;
 mod dedup;
 mod gate;
+mod guards;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
