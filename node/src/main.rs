@@ -2,9 +2,10 @@
 //!
 //! This crate owns the binary: argument parsing, reading files and standard input,
 //! exit codes and human-facing output. It never makes a security decision itself;
-//! every decision is delegated to `bulwark-capabilities`.
+//! every decision is delegated to `bulwark-capabilities` and `bulwark-runtime`.
 
 mod audit;
+mod guard;
 mod keys;
 mod token;
 
@@ -43,6 +44,9 @@ enum Command {
     /// Verify and read the audit trail of a data directory.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Scan text for prompt injection; redact personal data and secrets.
+    #[command(subcommand)]
+    Guard(guard::GuardCommand),
 }
 
 /// What a command concluded; errors are reported by `main`.
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Key(cmd) => keys::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Guard(cmd) => guard::run(cmd),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -92,6 +92,10 @@ pub struct AttenuateArgs {
     /// starts_with, ends_with, in (a,b,c), le, lt, ge, gt. Repeatable.
     #[arg(long = "require", value_name = "'TOOL.ARG OP VALUE'")]
     requires: Vec<String>,
+    /// An argument whose value must not come from untrusted content (an email, a web
+    /// page, another agent): TOOL.ARG. Repeatable.
+    #[arg(long = "trusted-arg", value_name = "TOOL.ARG")]
+    trusted_args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -189,6 +193,12 @@ fn attenuate(a: AttenuateArgs) -> anyhow::Result<Outcome> {
     }
     for r in &a.requires {
         att = att.require(r.parse::<Constraint>()?);
+    }
+    for t in &a.trusted_args {
+        let Some((tool, arg)) = t.split_once('.') else {
+            bail!("--trusted-arg {t}: expected TOOL.ARG");
+        };
+        att = att.trusted_arg(tool, arg);
     }
     let child = parent.attenuate(&key, att)?;
     println!("{}", child.to_base64()?);

@@ -47,7 +47,7 @@ pub use runtime::{
     AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_INBOX, Runtime, RuntimeBuilder,
     dollars,
 };
-pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore};
+pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore, redaction_key};
 pub use tools::{
     ChannelDedup, OutputArgs, RegisterError, Tool, ToolError, ToolInput, ToolManifest, ToolOutput,
     ToolRegistry, UntrustedPolicy,

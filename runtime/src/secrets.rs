@@ -89,18 +89,36 @@ fn load_or_create_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretError> {
     Ok(key)
 }
 
+/// The redaction key is derived, never stored: hashes of redacted values stay stable
+/// across restarts and mean nothing without the secrets key.
+fn derive_redaction_key(key: &[u8; 32]) -> Result<[u8; 32], SecretError> {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .map_err(|e| SecretError::Io(e.to_string()))?;
+    mac.update(b"bulwark redaction key v1");
+    Ok(mac.finalize().into_bytes().into())
+}
+
+/// The key a runtime on `data_dir` hashes redacted values under, so a tool can produce
+/// the same marks as its audit trail. The data directory must already have a secrets
+/// key; none is created.
+pub fn redaction_key(data_dir: &Path) -> Result<[u8; 32], SecretError> {
+    let path = data_dir.join(SECRETS_KEY_FILE);
+    if !path.exists() {
+        return Err(SecretError::Io(format!(
+            "{} does not exist: {} is not a runtime's data directory",
+            path.display(),
+            data_dir.display()
+        )));
+    }
+    let key = load_or_create_key(&path)?;
+    derive_redaction_key(&key)
+}
+
 impl SecretStore {
     pub(crate) fn open(data_dir: &Path, journal: Journal) -> Result<Self, SecretError> {
         let key = load_or_create_key(&data_dir.join(SECRETS_KEY_FILE))?;
-        // The redaction key is derived, never stored: hashes of redacted values stay
-        // stable across restarts and mean nothing without the secrets key.
-        let redaction_key = {
-            use hmac::{Hmac, Mac};
-            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key.as_slice())
-                .map_err(|e| SecretError::Io(e.to_string()))?;
-            mac.update(b"bulwark redaction key v1");
-            mac.finalize().into_bytes().into()
-        };
+        let redaction_key = derive_redaction_key(&key)?;
         Ok(SecretStore {
             cipher: ChaCha20Poly1305::new(&Key::from(*key)),
             journal,
