@@ -9,12 +9,18 @@ use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use regex::Regex;
+use regex_automata::meta::Regex as MetaRegex;
+use regex_automata::{Anchored, Input};
 
 /// One textual signal: its name, weight and pattern.
 pub(crate) struct TextSignal {
     pub name: &'static str,
     pub weight: u8,
-    pub regex: Regex,
+    /// Searched within spans of the whole text, so `^` and `\b` see the real context.
+    regex: MetaRegex,
+    /// Whether a match starts at one of the anchors (the pattern opens with them): the
+    /// search is then anchored there and stops as soon as the pattern cannot match.
+    anchored: bool,
 }
 
 pub(crate) struct SignalSet {
@@ -30,7 +36,7 @@ impl SignalSet {
     /// of text around its anchors: only those signals can match, and only there, so
     /// only those are run, and only on those windows.
     pub fn candidates(&self, text: &str) -> Vec<(usize, Vec<std::ops::Range<usize>>)> {
-        const REACH: usize = 320;
+        const REACH: usize = 240;
         let bytes = text.as_bytes();
         let mut windows: Vec<Vec<std::ops::Range<usize>>> = vec![Vec::new(); self.signals.len()];
         for m in self.anchors.find_iter(text) {
@@ -45,34 +51,25 @@ impl SignalSet {
             if *whole_word && bytes.get(m.end()).is_some_and(u8::is_ascii_alphanumeric) {
                 continue;
             }
-            // From the start of the line (or a space) within reach, to a space or line
-            // end within reach.
-            let lo = m.start().saturating_sub(REACH);
-            let start = match text[..m.start()].rfind('\n') {
-                Some(nl) if nl + 1 >= lo => nl + 1,
-                _ => {
-                    let mut s = lo;
-                    while s > 0
-                        && !(bytes[s - 1] == b' ' || bytes[s - 1] == b'\n')
-                        && m.start() - s < 2 * REACH
-                    {
-                        s -= 1;
-                    }
-                    s
-                }
-            };
-            let mut end = (m.end() + REACH).min(text.len());
-            while end < text.len() && !text.is_char_boundary(end) {
-                end += 1;
-            }
-            let mut start = start;
-            while !text.is_char_boundary(start) {
-                start -= 1;
-            }
             for &g in gated {
+                let anchored = self.signals[g].anchored;
+                let mut start = if anchored {
+                    m.start()
+                } else {
+                    m.start().saturating_sub(REACH)
+                };
+                while !text.is_char_boundary(start) {
+                    start -= 1;
+                }
+                let mut end = (m.end() + REACH).min(text.len());
+                while end < text.len() && !text.is_char_boundary(end) {
+                    end += 1;
+                }
                 let w = &mut windows[g];
                 match w.last_mut() {
-                    Some(last) if start <= last.end => last.end = last.end.max(end),
+                    // Anchored searches start at each anchor; windows merge.
+                    Some(last) if anchored && last.start == start => {}
+                    Some(last) if !anchored && start <= last.end => last.end = last.end.max(end),
                     _ => w.push(start..end),
                 }
             }
@@ -91,10 +88,19 @@ impl SignalSet {
         text: &'t str,
         windows: &[std::ops::Range<usize>],
     ) -> Option<&'t str> {
-        let re = &self.signals[i].regex;
+        let signal = &self.signals[i];
+        let anchored = if signal.anchored {
+            Anchored::Yes
+        } else {
+            Anchored::No
+        };
         windows.iter().find_map(|w| {
-            re.find(&text[w.clone()])
-                .map(|m| &text[w.start + m.start()..w.start + m.end()])
+            let input = Input::new(text).range(w.clone()).anchored(anchored);
+            // Most windows do not match: answer that without finding where.
+            if !signal.regex.is_match(input.clone()) {
+                return None;
+            }
+            signal.regex.search(&input).map(|m| &text[m.range()])
         })
     }
 
@@ -665,13 +671,25 @@ pub(crate) fn signals() -> &'static SignalSet {
                     }
                 }
             }
+            // A pattern that opens with its anchors needs only a few bytes before one
+            // (a word boundary, a quote); one whose anchors come later needs more.
+            let opening: String = pattern
+                .chars()
+                .take(48)
+                .collect::<String>()
+                .replace('_', " ");
+            let opens_with_anchor = anchors.split(',').all(|a| {
+                let a = a.trim_end_matches('!');
+                opening.contains(a)
+            });
             signals.push(TextSignal {
                 name,
                 weight: *weight,
-                regex: regex::RegexBuilder::new(&expand(pattern))
-                    .size_limit(64 << 20)
-                    .build()
+                regex: MetaRegex::builder()
+                    .configure(MetaRegex::config().nfa_size_limit(Some(64 << 20)))
+                    .build(&expand(pattern))
                     .expect("the constant signal patterns compile"),
+                anchored: opens_with_anchor && pattern.starts_with(r"\b(?:"),
             });
         }
         // Leftmost-longest matching skips anchors inside a longer one, so a longer
@@ -750,42 +768,5 @@ mod tests {
             assert!(set.any_match(text), "no signal for {text:?}");
         }
         assert!(!set.any_match("please find the invoice attached, due friday."));
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    #[test]
-    #[ignore]
-    fn per_pattern_time() {
-        let text: String = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/corpus/benign.jsonl"
-        ))
-        .unwrap()
-        .to_lowercase();
-        let set = super::signals();
-        let mut rows = Vec::new();
-        for (i, s) in set.signals.iter().enumerate() {
-            let _ = s.regex.is_match(&text);
-            let t = std::time::Instant::now();
-            for _ in 0..5 {
-                std::hint::black_box(s.regex.find_iter(&text).count());
-            }
-            rows.push((t.elapsed().as_micros() / 5, i, s.name));
-        }
-        rows.sort();
-        for r in rows.iter().rev().take(25) {
-            println!("{:>8} us  #{} {}", r.0, r.1, r.2);
-        }
-        let t = std::time::Instant::now();
-        for _ in 0..5 {
-            std::hint::black_box(set.candidates(&text));
-        }
-        println!(
-            "set {} us for {} bytes",
-            t.elapsed().as_micros() / 5,
-            text.len()
-        );
     }
 }

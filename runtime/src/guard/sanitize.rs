@@ -728,14 +728,14 @@ fn decode_run(run: &str) -> Option<String> {
         return String::from_utf16(&units).ok();
     } else if let Some(hex_digits) = run
         .strip_prefix("0x")
-        .filter(|h| h.len() % 2 == 0 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|h| h.len().is_multiple_of(2) && h.bytes().all(|b| b.is_ascii_hexdigit()))
     {
         hex::decode(hex_digits).ok()?
     } else if run.starts_with("\\x") {
         hex::decode(run.replace("\\x", "")).ok()?
     } else if run.contains([' ', ':']) {
         hex::decode(run.replace([' ', ':'], "")).ok()?
-    } else if run.len() % 2 == 0 && run.bytes().all(|b| b.is_ascii_hexdigit()) {
+    } else if run.len().is_multiple_of(2) && run.bytes().all(|b| b.is_ascii_hexdigit()) {
         hex::decode(run).ok()?
     } else {
         let trimmed = run.trim_end_matches('=');
@@ -1337,75 +1337,5 @@ mod tests {
         assert_eq!(s.sanitized, "Nice weather.");
         assert!(names(&s).contains(&"tag_characters"));
         assert_eq!(s.verdict, Verdict::Injection);
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-
-    #[test]
-    #[ignore]
-    fn step_times() {
-        let raw = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/corpus/benign.jsonl"
-        ))
-        .unwrap();
-        let mut text = String::new();
-        for l in raw.lines() {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            text.push_str(v["text"].as_str().unwrap());
-            text.push_str("\n\n");
-        }
-        let n = 20;
-        let t = |name: &str, f: &mut dyn FnMut()| {
-            f();
-            let s = std::time::Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            println!(
-                "{name:<16} {:>7.2} MB/s",
-                text.len() as f64 * n as f64 / s.elapsed().as_secs_f64() / 1e6
-            );
-        };
-        let mut c = Collector {
-            signals: vec![],
-            decoded: vec![],
-            truncated: false,
-        };
-        t("normalize", &mut || {
-            std::hint::black_box(normalize_unicode(&text, &mut c, &mut None));
-        });
-        t("lower", &mut || {
-            std::hint::black_box(lower_for_inspection(&text));
-        });
-        t("looks_html", &mut || {
-            std::hint::black_box(looks_like_html(&text));
-        });
-        t("html_text", &mut || {
-            std::hint::black_box(html_text(&text));
-        });
-        let lower = lower_for_inspection(&text);
-        t("candidates", &mut || {
-            std::hint::black_box(patterns::signals().candidates(&lower));
-        });
-        println!(
-            "candidates: {:?}",
-            patterns::signals().candidates(&lower).len()
-        );
-        t("signals", &mut || {
-            std::hint::black_box(match_signals(&lower, &mut c));
-        });
-        t("decode", &mut || {
-            std::hint::black_box(decode_payloads(&text, &mut c, 0));
-        });
-        t("neutralize", &mut || {
-            std::hint::black_box(neutralize_markers(&text));
-        });
-        t("scan", &mut || {
-            std::hint::black_box(Sanitizer::default().scan(&text));
-        });
     }
 }
