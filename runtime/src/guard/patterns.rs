@@ -36,7 +36,7 @@ impl SignalSet {
     /// of text around its anchors: only those signals can match, and only there, so
     /// only those are run, and only on those windows.
     pub fn candidates(&self, text: &str) -> Vec<(usize, Vec<std::ops::Range<usize>>)> {
-        const REACH: usize = 240;
+        const REACH: usize = 120;
         let bytes = text.as_bytes();
         let mut windows: Vec<Vec<std::ops::Range<usize>>> = vec![Vec::new(); self.signals.len()];
         for m in self.anchors.find_iter(text) {
