@@ -222,6 +222,31 @@ async fn main() -> anyhow::Result<()> {
             println!("  ✗ {} {}\n      {}", a.kind, a.target, a.detail);
         }
     }
+    // The untrusted-input pipeline scored what entered the agent's context; the model
+    // saw it sanitized and fenced as data (it obeyed anyway: the token is the defence).
+    let flagged: Vec<_> = rt
+        .audit_tail(10_000)
+        .await?
+        .into_iter()
+        .filter(|e| e.record.kind == "guard.input")
+        .collect();
+    println!("\nContent guards on untrusted input:");
+    for e in &flagged {
+        let d = &e.record.detail;
+        let signals: Vec<&str> = d["signals"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "  ! {} for {}: {} (score {}): {}",
+            d["source"].as_str().unwrap_or_default(),
+            e.record.agent,
+            d["verdict"].as_str().unwrap_or_default(),
+            d["score"],
+            signals.join(", ")
+        );
+    }
+
     let helper = rt
         .agent("billing-helper")
         .context("the helper was spawned")?;
@@ -290,6 +315,10 @@ async fn main() -> anyhow::Result<()> {
     ensure!(
         outcome.denied().count() >= 4,
         "expected the injected calls to be denied"
+    );
+    ensure!(
+        !flagged.is_empty(),
+        "expected the injected email to be flagged as it entered the context"
     );
     ensure!(
         helper_denials.len() == 2,
