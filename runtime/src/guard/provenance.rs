@@ -57,19 +57,9 @@ struct Seen {
 impl Seen {
     fn observe(&mut self, text: &str) {
         let folded: String = text.nfkc().flat_map(char::to_lowercase).collect();
-        for token in folded.split(|c: char| {
-            c.is_whitespace()
-                || matches!(
-                    c,
-                    ',' | ';' | '(' | ')' | '<' | '>' | '"' | '\'' | '[' | ']' | '{' | '}'
-                )
-        }) {
-            let token = token.trim_matches(|c: char| matches!(c, '.' | ':' | '!' | '?'));
-            if token.is_empty() {
-                continue;
-            }
+        for token in tokens(&folded) {
             if self.tokens.len() < 100_000 {
-                self.tokens.insert(compact(token));
+                self.tokens.insert(token);
             }
         }
         for n in numbers_in(&folded) {
@@ -91,17 +81,19 @@ impl Seen {
     }
 
     fn contains_text(&self, value: &str) -> bool {
-        let c = compact(
-            &value
-                .nfkc()
-                .flat_map(char::to_lowercase)
-                .collect::<String>(),
-        );
+        let folded: String = value.nfkc().flat_map(char::to_lowercase).collect();
+        let c = compact(&folded);
         if c.is_empty() {
             return false;
         }
         if c.chars().count() < 6 {
-            return self.tokens.contains(&c);
+            // Short values count only as whole tokens, split as observed text is.
+            let parts: Vec<String> = tokens(&folded).collect();
+            return match parts.as_slice() {
+                [] => false,
+                [one] => self.tokens.contains(one),
+                many => many.iter().all(|t| self.tokens.contains(t)) && self.compact.contains(&c),
+            };
         }
         self.tokens.contains(&c) || self.compact.contains(&c)
     }
@@ -109,6 +101,21 @@ impl Seen {
     fn contains_number(&self, n: i128) -> bool {
         self.numbers.contains(&n)
     }
+}
+
+/// The tokens of folded text, compact.
+fn tokens(folded: &str) -> impl Iterator<Item = String> + '_ {
+    folded
+        .split(|c: char| {
+            c.is_whitespace()
+                || matches!(
+                    c,
+                    ',' | ';' | '(' | ')' | '<' | '>' | '"' | '\'' | '[' | ']' | '{' | '}'
+                )
+        })
+        .map(|t| t.trim_matches(|c: char| matches!(c, '.' | ':' | '!' | '?')))
+        .map(compact)
+        .filter(|t| !t.is_empty())
 }
 
 /// Drops whitespace and group separators.

@@ -122,8 +122,10 @@ struct Patterns {
     secrets: Regex,
     /// Emails, found around their `@`.
     email: Regex,
-    /// Digit-led values: cards, phones, national ids.
+    /// Phones and national ids.
     numbers: Regex,
+    /// Runs of digit groups (`4111 1111 1111 1111`): where cards are looked for.
+    digit_runs: Regex,
     /// IBAN-shaped values.
     iban: Regex,
     nino: Regex,
@@ -155,10 +157,10 @@ fn patterns() -> &'static Patterns {
             numbers: re(concat!(
                 r"(?-u:\+\d{1,3}[ .\-]?(?:\(\d{1,4}\)[ .\-]?)?\d{1,4}(?:[ .\-]?\d{2,4}){2,4}\b)",
                 r"|(?-u:\(\d{3}\)[ .\-]?\d{3}[ .\-]\d{4}\b)",
-                r"|(?-u:\b\d(?:[ \-]?\d){12,18}\b)",
                 r"|(?-u:\b\d{3}-\d{2}-\d{4}\b)",
                 r"|(?-u:\b\d{3}[.\-]\d{3}[.\-]\d{4}\b)",
             )),
+            digit_runs: re(r"(?-u:\d+(?:[ \-]\d+)*)"),
             iban: re(r"(?-u:\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b)"),
             nino: re(r"(?-u:\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b)"),
         }
@@ -205,6 +207,42 @@ pub(crate) fn iban_valid(compact: &str) -> bool {
         };
     }
     rem == 1
+}
+
+/// Card numbers within a run of digit groups: every span of whole groups with 13 to 19
+/// digits that passes Luhn, the longest from each starting group.
+fn cards_in(
+    text: &str,
+    run: std::ops::Range<usize>,
+    found: &mut Vec<(PiiKind, std::ops::Range<usize>)>,
+) {
+    let bytes = text.as_bytes();
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut i = run.start;
+    while i < run.end {
+        let start = i;
+        while i < run.end && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        groups.push(start..i);
+        i += 1; // the separator
+    }
+    for first in 0..groups.len() {
+        let mut digits: Vec<u8> = Vec::with_capacity(19);
+        let mut best = None;
+        for g in &groups[first..] {
+            digits.extend(bytes[g.clone()].iter().map(|b| b - b'0'));
+            if digits.len() > 19 {
+                break;
+            }
+            if digits.len() >= 13 && luhn(&digits) {
+                best = Some(groups[first].start..g.end);
+            }
+        }
+        if let Some(range) = best {
+            found.push((PiiKind::Card, range));
+        }
+    }
 }
 
 fn ssn_plausible(s: &str) -> bool {
@@ -288,7 +326,12 @@ impl Redactor {
                     .map(|m| (PiiKind::NationalId, m.range())),
             );
         }
-        if want(PiiKind::Card) || want(PiiKind::Phone) || want(PiiKind::NationalId) {
+        if want(PiiKind::Card) {
+            for run in p.digit_runs.find_iter(text) {
+                cards_in(text, run.range(), &mut found);
+            }
+        }
+        if want(PiiKind::Phone) || want(PiiKind::NationalId) {
             for m in p.numbers.find_iter(text) {
                 let s = m.as_str();
                 let digits: Vec<u8> = s
@@ -296,12 +339,7 @@ impl Redactor {
                     .filter(u8::is_ascii_digit)
                     .map(|b| b - b'0')
                     .collect();
-                let kind = if !s.starts_with(['+', '('])
-                    && (13..=19).contains(&digits.len())
-                    && luhn(&digits)
-                {
-                    Some(PiiKind::Card)
-                } else if s.len() == 11 && s.as_bytes()[3] == b'-' && s.as_bytes()[6] == b'-' {
+                let kind = if s.len() == 11 && s.as_bytes()[3] == b'-' && s.as_bytes()[6] == b'-' {
                     ssn_plausible(s).then_some(PiiKind::NationalId)
                 } else if s.starts_with(['+', '(']) || (digits.len() == 10 && s.len() == 12) {
                     (7..=15).contains(&digits.len()).then_some(PiiKind::Phone)

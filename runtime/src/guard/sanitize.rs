@@ -1037,7 +1037,7 @@ pub(crate) fn decode_entities(text: &str) -> String {
     while let Some(pos) = rest.find('&') {
         out.push_str(&rest[..pos]);
         rest = &rest[pos..];
-        let end = rest[..rest.len().min(12)].find(';');
+        let end = rest.bytes().take(12).position(|b| b == b';');
         let decoded = end.and_then(|end| {
             let name = &rest[1..end];
             let c = if let Some(num) = name.strip_prefix('#') {
