@@ -26,7 +26,7 @@ mod spec;
 mod tier;
 mod token;
 
-pub use approval::Approval;
+pub use approval::{Approval, DECISION_VALIDITY_SECS, Decision, DecisionKind};
 pub use args::{
     ArgValue, Args, Constraint, ConstraintValue, MAX_NAME_BYTES, MAX_VALUE_BYTES, Op, args_hash,
     validate_name,

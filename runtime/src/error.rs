@@ -118,6 +118,51 @@ pub enum GateError {
         /// The tier.
         tier: Tier,
     },
+    /// The watchdog refused the proposal.
+    #[error("denied: the watchdog rejected `{tool}` (proposal {proposal}): {rule}")]
+    WatchdogRejected {
+        /// The tool.
+        tool: String,
+        /// The proposal, kept as rejected.
+        proposal: String,
+        /// The rule that failed.
+        rule: String,
+    },
+    /// The identical action is already waiting for a decision.
+    #[error("`{tool}` with these arguments is already proposed and open: proposal {proposal}")]
+    ProposalOpen {
+        /// The tool.
+        tool: String,
+        /// The open proposal.
+        proposal: String,
+    },
+    /// An operator rejected the proposal.
+    #[error("denied: an operator rejected `{tool}` (proposal {proposal}): {reason}")]
+    ProposalRejected {
+        /// The tool.
+        tool: String,
+        /// The proposal.
+        proposal: String,
+        /// The operator's reason.
+        reason: String,
+    },
+    /// Nobody decided in time.
+    #[error("denied: `{tool}` (proposal {proposal}) expired without a decision")]
+    ProposalExpired {
+        /// The tool.
+        tool: String,
+        /// The proposal.
+        proposal: String,
+    },
+    /// The runtime is shutting down while the step waited; the proposal stays pending.
+    #[error("the runtime is shutting down; proposal {proposal} stays pending")]
+    ShuttingDown {
+        /// The proposal.
+        proposal: String,
+    },
+    /// A proposal could not be handled.
+    #[error(transparent)]
+    Proposal(#[from] crate::proposals::ProposalError),
     /// The same content was already sent to the same channel within the window.
     #[error(
         "duplicate: the same content was already sent to `{channel}` in the last {window_secs}s"

@@ -192,13 +192,19 @@ impl Inner {
             }
         }
         tracing::Span::current().record("tier", tier.as_str());
+        let mut proposal = None;
         match tier {
             Tier::Block => return Err(GateError::Blocked(tool.to_string())),
             Tier::Propose | Tier::Confirm => {
-                return Err(GateError::ApprovalPathNotConfigured {
-                    tool: tool.to_string(),
-                    tier,
-                });
+                if self.approval.is_none() {
+                    return Err(GateError::ApprovalPathNotConfigured {
+                        tool: tool.to_string(),
+                        tier,
+                    });
+                }
+                // The watchdog validates; CONFIRM waits here for a person. Only an
+                // approved (or, for PROPOSE, watchdog-passed) proposal goes on.
+                proposal = Some(self.open_proposal(who, tool, args, tier, &origins).await?);
             }
             Tier::Auto | Tier::AutoPlus => {}
         }
@@ -313,29 +319,7 @@ impl Inner {
             args: args.clone(),
             secrets,
         };
-        let handler = registered.tool.handler.clone();
-        let timeout = Duration::from_millis(manifest.timeout_ms);
-        let run = tokio::spawn(async move { handler(input).await });
-        let abort = run.abort_handle();
-        let outcome = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(Ok(output))) => Ok(output),
-            Ok(Ok(Err(e))) => Err(GateError::ToolFailed {
-                tool: tool.to_string(),
-                reason: e.to_string(),
-            }),
-            Ok(Err(join)) if join.is_panic() => Err(GateError::ToolPanicked(tool.to_string())),
-            Ok(Err(join)) => Err(GateError::ToolFailed {
-                tool: tool.to_string(),
-                reason: join.to_string(),
-            }),
-            Err(_) => {
-                abort.abort();
-                Err(GateError::ToolTimedOut {
-                    tool: tool.to_string(),
-                    timeout_ms: manifest.timeout_ms,
-                })
-            }
-        };
+        let outcome = run_handler(&registered, input).await;
 
         // A failed call is charged in full: whatever it did before failing may have cost.
         let actual = match &outcome {
@@ -347,6 +331,9 @@ impl Inner {
             Err(e) => who.record("tool.failed", json!({"tool": tool, "error": e.to_string()})),
         };
         let charged = self.settle(reservation.id, actual, done, self.clock.now());
+        if let Some(p) = &proposal {
+            self.finish_proposal(p, &outcome, manifest).await?;
+        }
         let output = outcome?;
         if tier == Tier::AutoPlus {
             let _ = self.notifications.send(Notification {
@@ -381,12 +368,32 @@ impl Inner {
         intent: AuditRecord,
         now: std::time::SystemTime,
     ) -> Result<Reservation, crate::error::BudgetDenial> {
+        self.reserve_for(
+            &who.account,
+            |reason| who.record("budget.denied", json!({"reason": reason})),
+            amount,
+            premium,
+            intent,
+            now,
+        )
+    }
+
+    /// [`Inner::reserve`] for an account, with `denied` building the denial's record.
+    pub(crate) fn reserve_for(
+        &self,
+        account: &str,
+        denied: impl FnOnce(String) -> AuditRecord,
+        amount: u64,
+        premium: bool,
+        intent: AuditRecord,
+        now: std::time::SystemTime,
+    ) -> Result<Reservation, crate::error::BudgetDenial> {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         ledger.next_id += 1;
         let id = ledger.next_id;
         let cmd = LedgerCommand::Reserve {
             id,
-            account: who.account.clone(),
+            account: account.to_string(),
             amount,
             premium,
             day: day_of(now),
@@ -395,15 +402,14 @@ impl Inner {
             LedgerOutcome::Reserved { .. } => {}
             LedgerOutcome::Denied(denial) => {
                 drop(ledger);
-                let record = who.record("budget.denied", json!({"reason": denial.to_string()}));
+                let record = denied(denial.to_string());
                 // Best effort: the denial itself has no effect to protect.
                 self.journal.defer(Batch::audit(record), now);
                 return Err(denial);
             }
             other => {
                 return Err(crate::error::BudgetDenial::UnknownAccount(format!(
-                    "{} (unexpected ledger outcome {other:?})",
-                    who.account
+                    "{account} (unexpected ledger outcome {other:?})"
                 )));
             }
         }
@@ -436,4 +442,37 @@ impl Inner {
 
 pub(crate) fn day_of(t: std::time::SystemTime) -> u64 {
     crate::clock::unix_ms(t) / 86_400_000
+}
+
+/// Runs a tool's handler in its own task with the manifest's timeout: a panic or a
+/// hang becomes an error, never the caller's death.
+pub(crate) async fn run_handler(
+    registered: &crate::tools::Registered,
+    input: ToolInput,
+) -> Result<crate::tools::ToolOutput, GateError> {
+    let manifest = &registered.tool.manifest;
+    let tool = manifest.name.clone();
+    let handler = registered.tool.handler.clone();
+    let timeout = Duration::from_millis(manifest.timeout_ms);
+    let run = tokio::spawn(async move { handler(input).await });
+    let abort = run.abort_handle();
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(Ok(output))) => Ok(output),
+        Ok(Ok(Err(e))) => Err(GateError::ToolFailed {
+            tool,
+            reason: e.to_string(),
+        }),
+        Ok(Err(join)) if join.is_panic() => Err(GateError::ToolPanicked(tool)),
+        Ok(Err(join)) => Err(GateError::ToolFailed {
+            tool,
+            reason: join.to_string(),
+        }),
+        Err(_) => {
+            abort.abort();
+            Err(GateError::ToolTimedOut {
+                tool,
+                timeout_ms: manifest.timeout_ms,
+            })
+        }
+    }
 }

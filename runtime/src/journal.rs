@@ -211,6 +211,21 @@ impl Journal {
             .map(|v| v.value().to_vec()))
     }
 
+    /// Every key-value entry whose key starts with `prefix`, in key order.
+    pub fn kv_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db()?.begin_read().map_err(StoreError::from_display)?;
+        let table = txn.open_table(KV).map_err(StoreError::from_display)?;
+        let mut out = Vec::new();
+        for row in table.range(prefix..).map_err(StoreError::from_display)? {
+            let (k, v) = row.map_err(StoreError::from_display)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     pub fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
         audit::verify_db(&*self.db()?)
     }

@@ -23,10 +23,12 @@ mod gate;
 pub mod guard;
 mod journal;
 mod ledger;
+mod proposals;
 mod runtime;
 mod secrets;
 pub mod telemetry;
 mod tools;
+mod watchdog;
 
 pub use agent::{ActionRecord, Outcome, Status};
 pub use audit::{AuditEntry, AuditReader, AuditRecord, Verification};
@@ -43,6 +45,10 @@ pub use journal::DB_FILE;
 pub use ledger::{
     AccountView, ECONOMY_THRESHOLD_PERCENT, LedgerCommand, LedgerOutcome, LedgerState,
 };
+pub use proposals::{
+    ApprovalConfig, DEFAULT_CONFIRM_EXPIRY, DEFAULT_ROLLBACK_WINDOW, DecisionRecord, Proposal,
+    ProposalError, ProposalState,
+};
 pub use runtime::{
     AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_INBOX, Runtime, RuntimeBuilder,
     dollars,
@@ -52,3 +58,4 @@ pub use tools::{
     ChannelDedup, OutputArgs, RegisterError, Tool, ToolError, ToolInput, ToolManifest, ToolOutput,
     ToolRegistry, UntrustedPolicy,
 };
+pub use watchdog::{AllowList, AmountLimit, RuleError, WatchdogRules, WatchdogVerdict};

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use bulwark_capabilities::{
-    Attenuation, Constraint, KeyPair, MicroUsd, PublicKey, ReplayGuard, Revocations, Token,
+    Approval, Attenuation, Constraint, Decision, KeyPair, MicroUsd, PublicKey, ReplayGuard,
+    Revocations, Token,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::{Deserialize, Serialize};
@@ -24,8 +25,10 @@ use crate::gate::{Identity, Notification};
 use crate::guard::{Guard, GuardConfig, Guards};
 use crate::journal::{Batch, Journal, Mode};
 use crate::ledger::{AccountView, LedgerCommand, LedgerOutcome, LedgerState};
+use crate::proposals::{ApprovalConfig, ApprovalPath, Proposal, ProposalError, ProposalStore};
 use crate::secrets::{SecretError, SecretStore};
 use crate::tools::ToolRegistry;
+use crate::watchdog::Watchdog;
 
 /// How an agent runs.
 #[derive(Clone, Debug)]
@@ -120,6 +123,10 @@ pub(crate) struct Inner {
     pub supervisor: Mutex<Option<ActorRef<()>>>,
     pub tenant_budgets: HashMap<String, MicroUsd>,
     pub guards: Guards,
+    pub proposals: ProposalStore,
+    pub approval: Option<ApprovalPath>,
+    /// Set when the runtime shuts down: suspended steps stop waiting.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Builds a [`Runtime`].
@@ -131,6 +138,7 @@ pub struct RuntimeBuilder {
     tenant_budgets: HashMap<String, MicroUsd>,
     guard_config: GuardConfig,
     model_guard: Option<Arc<dyn Guard>>,
+    approvals: Option<ApprovalConfig>,
 }
 
 /// Why a runtime could not start.
@@ -190,6 +198,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The approval path for tiers PROPOSE and CONFIRM: the watchdog's rules, the
+    /// operator keys whose signatures count, and how long a CONFIRM waits. Without one,
+    /// those tiers fail closed.
+    pub fn approvals(mut self, config: ApprovalConfig) -> Self {
+        self.approvals = Some(config);
+        self
+    }
+
     /// A classifier model that also judges untrusted content before agents see it.
     pub fn model_guard(mut self, guard: Arc<dyn Guard>) -> Self {
         self.model_guard = Some(guard);
@@ -234,6 +250,20 @@ impl RuntimeBuilder {
                 .await?;
         }
         let (notifications, _) = broadcast::channel(1024);
+        let approval = match self.approvals {
+            Some(config) => {
+                config
+                    .rules
+                    .validate()
+                    .map_err(|e| BuildError::Actor(e.to_string()))?;
+                let (watchdog, _) = Actor::spawn(None, Watchdog, config.rules.clone())
+                    .await
+                    .map_err(|e| BuildError::Actor(e.to_string()))?;
+                Some(ApprovalPath { watchdog, config })
+            }
+            None => None,
+        };
+        let proposals = ProposalStore::new(journal.clone(), self.clock.clone());
         let inner = Arc::new(Inner {
             dedup: Dedup::new(journal.clone(), self.clock.clone()),
             breakers: Breakers::new(journal.clone(), self.clock.clone(), self.breaker),
@@ -251,11 +281,15 @@ impl RuntimeBuilder {
             supervisor: Mutex::new(None),
             tenant_budgets: self.tenant_budgets,
             guards,
+            proposals,
+            approval,
+            closing: tokio::sync::watch::channel(false).0,
         });
         let (sup, _) = Actor::spawn(None, Supervisor, Arc::downgrade(&inner))
             .await
             .map_err(|e| BuildError::Actor(e.to_string()))?;
         *inner.supervisor.lock().unwrap_or_else(|p| p.into_inner()) = Some(sup);
+        inner.recover_proposals().await?;
         Ok(Runtime { inner })
     }
 }
@@ -276,6 +310,7 @@ impl Runtime {
             breaker: BreakerPolicy::default(),
             guard_config: GuardConfig::default(),
             model_guard: None,
+            approvals: None,
             tenant_budgets: HashMap::new(),
         }
     }
@@ -288,6 +323,34 @@ impl Runtime {
     /// The secrets store.
     pub fn secrets(&self) -> &SecretStore {
         &self.inner.secrets
+    }
+
+    /// Every proposal, oldest first.
+    pub fn proposals(&self) -> Result<Vec<Proposal>, StoreError> {
+        self.inner.proposals.list()
+    }
+
+    /// One proposal.
+    pub fn proposal(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
+        self.inner.proposals.get(id)
+    }
+
+    /// Approves a pending proposal with an operator's signature over its id and the
+    /// hash of its exact arguments. The waiting step then runs it once (or, if no step
+    /// waits any more, the runtime does).
+    pub async fn approve(&self, id: &str, approval: &Approval) -> Result<Proposal, ProposalError> {
+        self.inner.approve(id, approval).await
+    }
+
+    /// Rejects a pending proposal with an operator's signed decision.
+    pub async fn reject(&self, id: &str, decision: &Decision) -> Result<Proposal, ProposalError> {
+        self.inner.reject(id, decision).await
+    }
+
+    /// Cancels a committed PROPOSE action inside its rollback window: its compensation
+    /// runs and is recorded.
+    pub async fn cancel(&self, id: &str, decision: &Decision) -> Result<Proposal, ProposalError> {
+        self.inner.cancel(id, decision).await
     }
 
     /// The content guards (sanitizer, output guard, redaction under this runtime's key).
@@ -408,6 +471,10 @@ impl Runtime {
     /// Stops every agent, makes everything written so far durable and releases the
     /// data directory (another runtime may then open it).
     pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let _ = self.inner.closing.send(true);
+        if let Some(path) = &self.inner.approval {
+            path.watchdog.stop(None);
+        }
         let agents: Vec<_> = self
             .inner
             .agents

@@ -76,6 +76,10 @@ pub struct ToolManifest {
     /// Arguments guarded as output, if the tool sends text out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputArgs>,
+    /// PROPOSE: how long after it ran the action can be cancelled, seconds (default
+    /// 15 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_window_secs: Option<u64>,
 }
 
 impl ToolManifest {
@@ -93,7 +97,14 @@ impl ToolManifest {
             timeout_ms: 10_000,
             sensitive_args: BTreeMap::new(),
             output: None,
+            rollback_window_secs: None,
         }
+    }
+
+    /// PROPOSE: how long after it ran the action can be cancelled.
+    pub fn rollback_window(mut self, window: Duration) -> Self {
+        self.rollback_window_secs = Some(window.as_secs());
+        self
     }
 
     /// Declares `arg` sensitive: its value must not come from untrusted content.

@@ -10,6 +10,7 @@ mod crash;
 mod dedup;
 mod gate;
 mod guards;
+mod proposals;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

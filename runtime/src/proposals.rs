@@ -1,0 +1,1005 @@
+//! Proposals: the risky actions (tiers PROPOSE and CONFIRM) the gate holds for the
+//! watchdog and for people, fixed at creation, and their lifecycle in redb.
+//!
+//! ```text
+//! CONFIRM: pending → approved → executing → committed | failed
+//!                  → rejected | expired
+//! PROPOSE: executing → committed (cancellable until its rollback deadline) → rolled_back
+//!                    → failed
+//! either:  rejected by the watchdog before anything runs
+//! ```
+//!
+//! The tool, the exact arguments (and their hash, which approvals sign), the agent, its
+//! token and delegation chain, and each argument's provenance are fixed when the
+//! proposal is created; no later step changes them. Every transition is written
+//! durably with an audit entry before anyone is told of it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark_capabilities::{ApprovalError, ArgValue, Args, Tier, args_hash};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::audit::AuditRecord;
+use crate::clock::{Clock, unix_ms};
+use crate::error::StoreError;
+use crate::guard::Origin;
+use crate::journal::{Batch, Journal, Mode};
+use crate::watchdog::WatchdogVerdict;
+
+/// How long a PROPOSE action stays cancellable when its tool sets no window.
+pub const DEFAULT_ROLLBACK_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// How long a CONFIRM proposal waits for a person.
+pub const DEFAULT_CONFIRM_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// Where a proposal stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProposalState {
+    /// Waiting for an operator (CONFIRM).
+    Pending,
+    /// Approved by an operator; about to run.
+    Approved,
+    /// Refused by the watchdog or an operator.
+    Rejected,
+    /// No decision came in time.
+    Expired,
+    /// Its tool is running.
+    Executing,
+    /// Its tool ran; a PROPOSE action stays cancellable until its deadline.
+    Committed,
+    /// Cancelled inside its window; its compensation ran.
+    RolledBack,
+    /// Its tool failed, or a restart interrupted it (it is never run twice).
+    Failed,
+}
+
+impl ProposalState {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProposalState::Pending => "pending",
+            ProposalState::Approved => "approved",
+            ProposalState::Rejected => "rejected",
+            ProposalState::Expired => "expired",
+            ProposalState::Executing => "executing",
+            ProposalState::Committed => "committed",
+            ProposalState::RolledBack => "rolled_back",
+            ProposalState::Failed => "failed",
+        }
+    }
+
+    /// Whether the identical action may be proposed again.
+    fn releases_dedup(self) -> bool {
+        !matches!(
+            self,
+            ProposalState::Pending | ProposalState::Approved | ProposalState::Executing
+        )
+    }
+}
+
+impl std::fmt::Display for ProposalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One decision about a proposal, with who made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// `approve`, `reject`, `cancel`, `watchdog` or `expire`.
+    pub kind: String,
+    /// The operator's public key (hex), or `watchdog` / `runtime`.
+    pub by: String,
+    /// The reason given.
+    pub reason: String,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A risky action held for the watchdog and for people.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Its id.
+    pub id: String,
+    /// The proposing agent.
+    pub agent: String,
+    /// The budget account it is charged to.
+    pub account: String,
+    /// The agent's token id.
+    pub token_id: String,
+    /// The delegation chain, root first.
+    pub chain: Vec<String>,
+    /// The tool.
+    pub tool: String,
+    /// The exact arguments.
+    pub args: Value,
+    /// SHA-256 (hex) of the arguments as approvals sign them.
+    pub args_hash: String,
+    /// PROPOSE or CONFIRM.
+    pub tier: Tier,
+    /// Where each argument's value came from.
+    #[serde(default)]
+    pub provenance: BTreeMap<String, Origin>,
+    /// What the watchdog said.
+    pub verdict: WatchdogVerdict,
+    /// Where it stands.
+    pub state: ProposalState,
+    /// When it was made, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// CONFIRM: when it expires without a decision.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+    /// PROPOSE: until when the committed action can be cancelled.
+    #[serde(default)]
+    pub rollback_until_ms: Option<u64>,
+    /// Decisions, in order.
+    #[serde(default)]
+    pub decisions: Vec<DecisionRecord>,
+    /// The tool's result, once it ran.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// Why it failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl Proposal {
+    /// The arguments in the form approvals sign: one canonical JSON text (object keys
+    /// sorted), so an approval binds every byte of every argument.
+    pub fn approval_args(args: &Value) -> Args {
+        let mut a = Args::new();
+        a.insert("args".to_string(), ArgValue::Str(args.to_string()));
+        a
+    }
+
+    /// The hash approvals sign, hex.
+    pub fn hash_args(args: &Value) -> String {
+        hex::encode(args_hash(&Self::approval_args(args)))
+    }
+}
+
+/// Why a proposal operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposalError {
+    /// No proposal has that id.
+    #[error("no proposal `{0}`")]
+    NotFound(String),
+    /// The proposal is not in a state that allows the operation.
+    #[error("proposal `{id}` is {state}: it cannot be {action}")]
+    WrongState {
+        /// The proposal.
+        id: String,
+        /// Its state.
+        state: ProposalState,
+        /// What was attempted.
+        action: String,
+    },
+    /// The signed approval or decision does not hold.
+    #[error("refused for proposal `{id}`: {source}")]
+    Signature {
+        /// The proposal.
+        id: String,
+        /// What is wrong with the signature.
+        source: ApprovalError,
+    },
+    /// The rollback window has closed.
+    #[error(
+        "proposal `{id}` can no longer be cancelled: its rollback window closed at {closed_at}"
+    )]
+    WindowClosed {
+        /// The proposal.
+        id: String,
+        /// When, RFC 3339.
+        closed_at: String,
+    },
+    /// The compensation failed; the action stays committed.
+    #[error("the compensation `{tool}` of proposal `{id}` failed: {reason}")]
+    CompensationFailed {
+        /// The proposal.
+        id: String,
+        /// The compensating tool.
+        tool: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The runtime has no approval path.
+    #[error("no approval path is configured: set Runtime::builder().approvals(..)")]
+    NoApprovalPath,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn digest(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The proposals of one runtime, in its database.
+pub(crate) struct ProposalStore {
+    journal: Journal,
+    clock: Arc<dyn Clock>,
+    lock: tokio::sync::Mutex<()>,
+    watchers: Mutex<HashMap<String, watch::Sender<ProposalState>>>,
+}
+
+impl ProposalStore {
+    pub fn new(journal: Journal, clock: Arc<dyn Clock>) -> Self {
+        ProposalStore {
+            journal,
+            clock,
+            lock: tokio::sync::Mutex::new(()),
+            watchers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(id: &str) -> String {
+        format!("proposal/{id}")
+    }
+
+    fn open_key(agent: &str, tool: &str, args_hash: &str) -> String {
+        format!("proposal-open/{}", digest(&[agent, tool, args_hash]))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
+        self.journal
+            .kv_get(&Self::key(id))?
+            .map(|b| serde_json::from_slice(&b).map_err(StoreError::from_display))
+            .transpose()
+    }
+
+    /// Every proposal, oldest first.
+    pub fn list(&self) -> Result<Vec<Proposal>, StoreError> {
+        let mut out: Vec<Proposal> = self
+            .journal
+            .kv_scan("proposal/")?
+            .into_iter()
+            .map(|(_, b)| serde_json::from_slice(&b).map_err(StoreError::from_display))
+            .collect::<Result<_, _>>()?;
+        out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Stores a new proposal, unless the same agent already has the identical action
+    /// open: then returns the open one's id instead.
+    pub async fn create(&self, p: &Proposal) -> Result<Result<(), String>, StoreError> {
+        let _guard = self.lock.lock().await;
+        let open = Self::open_key(&p.agent, &p.tool, &p.args_hash);
+        if !p.state.releases_dedup()
+            && let Some(existing) = self.journal.kv_get(&open)?
+        {
+            return Ok(Err(String::from_utf8_lossy(&existing).into_owned()));
+        }
+        let mut kv = vec![(
+            Self::key(&p.id),
+            Some(serde_json::to_vec(p).map_err(StoreError::from_display)?),
+        )];
+        if !p.state.releases_dedup() {
+            kv.push((open, Some(p.id.as_bytes().to_vec())));
+        }
+        let record = audit_of("proposal.created", p, json!({}));
+        self.journal
+            .write(
+                Batch {
+                    audit: vec![record],
+                    kv,
+                },
+                Mode::Durable,
+                self.clock.now(),
+            )
+            .await?;
+        self.notify(p);
+        Ok(Ok(()))
+    }
+
+    /// Moves a proposal from one of `from` to a new state, durably, with an audit
+    /// entry of `event`.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[ProposalState],
+        action: &str,
+        event: &str,
+        change: impl FnOnce(&mut Proposal),
+    ) -> Result<Proposal, ProposalError> {
+        let _guard = self.lock.lock().await;
+        let mut p = self
+            .get(id)?
+            .ok_or_else(|| ProposalError::NotFound(id.to_string()))?;
+        if !from.contains(&p.state) {
+            return Err(ProposalError::WrongState {
+                id: id.to_string(),
+                state: p.state,
+                action: action.to_string(),
+            });
+        }
+        change(&mut p);
+        let mut kv = vec![(
+            Self::key(id),
+            Some(serde_json::to_vec(&p).map_err(StoreError::from_display)?),
+        )];
+        if p.state.releases_dedup() {
+            kv.push((Self::open_key(&p.agent, &p.tool, &p.args_hash), None));
+        }
+        let record = audit_of(event, &p, json!({"decision": p.decisions.last()}));
+        self.journal
+            .write(
+                Batch {
+                    audit: vec![record],
+                    kv,
+                },
+                Mode::Durable,
+                self.clock.now(),
+            )
+            .await?;
+        self.notify(&p);
+        Ok(p)
+    }
+
+    fn notify(&self, p: &Proposal) {
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = w.get(&p.id) {
+            let _ = tx.send(p.state);
+        }
+        if p.state.releases_dedup() {
+            w.remove(&p.id);
+        }
+    }
+
+    /// A receiver of the proposal's state changes.
+    pub fn watch(&self, id: &str, current: ProposalState) -> watch::Receiver<ProposalState> {
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        w.entry(id.to_string())
+            .or_insert_with(|| watch::channel(current).0)
+            .subscribe()
+    }
+
+    /// Whether someone (an agent's suspended step) waits on the proposal.
+    pub fn has_waiter(&self, id: &str) -> bool {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        unix_ms(self.clock.now())
+    }
+}
+
+fn audit_of(kind: &str, p: &Proposal, extra: Value) -> AuditRecord {
+    let mut detail = json!({
+        "proposal": p.id, "tool": p.tool, "tier": p.tier, "state": p.state,
+        "args_hash": p.args_hash,
+    });
+    if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), extra) {
+        d.extend(extra);
+    }
+    AuditRecord {
+        kind: kind.to_string(),
+        agent: p.agent.clone(),
+        token_id: p.token_id.clone(),
+        chain: p.chain.clone(),
+        detail,
+        ledger: None,
+    }
+}
+
+/// A fresh proposal id.
+pub(crate) fn new_id() -> String {
+    format!("p-{:016x}", rand::random::<u64>())
+}
+
+/// How risky actions get approved: the watchdog's rules, the operators whose keys
+/// count, and how long a CONFIRM waits.
+#[derive(Clone, Debug)]
+pub struct ApprovalConfig {
+    /// The watchdog's business rules.
+    pub rules: crate::watchdog::WatchdogRules,
+    /// Operator public keys whose approvals and decisions are accepted.
+    pub operators: Vec<bulwark_capabilities::PublicKey>,
+    /// How long a CONFIRM proposal waits for a decision.
+    pub confirm_expiry: Duration,
+}
+
+impl ApprovalConfig {
+    /// Approvals by `operators`, no business rules yet, 24 h to decide.
+    pub fn new(operators: Vec<bulwark_capabilities::PublicKey>) -> Self {
+        ApprovalConfig {
+            rules: crate::watchdog::WatchdogRules::default(),
+            operators,
+            confirm_expiry: DEFAULT_CONFIRM_EXPIRY,
+        }
+    }
+
+    /// Sets the watchdog's rules.
+    pub fn rules(mut self, rules: crate::watchdog::WatchdogRules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// Sets how long a CONFIRM waits.
+    pub fn confirm_expiry(mut self, expiry: Duration) -> Self {
+        self.confirm_expiry = expiry;
+        self
+    }
+}
+
+/// A running approval path.
+pub(crate) struct ApprovalPath {
+    pub watchdog: ractor::ActorRef<crate::watchdog::WatchdogMsg>,
+    pub config: ApprovalConfig,
+}
+
+use crate::error::GateError;
+use crate::gate::{Identity, run_handler};
+use crate::runtime::Inner;
+use crate::tools::{ToolInput, ToolManifest};
+use crate::watchdog::{ProposalFacts, WatchdogMsg};
+use bulwark_capabilities::{Approval, Decision, DecisionKind};
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+impl Inner {
+    /// Creates the proposal for a PROPOSE or CONFIRM call, has the watchdog validate
+    /// it, and — for CONFIRM — waits for a person. Returns the proposal, now executing.
+    pub(crate) async fn open_proposal(
+        &self,
+        who: &Identity,
+        tool: &str,
+        args: &Value,
+        tier: Tier,
+        origins: &BTreeMap<String, Origin>,
+    ) -> Result<Proposal, GateError> {
+        let Some(path) = &self.approval else {
+            return Err(GateError::ApprovalPathNotConfigured {
+                tool: tool.to_string(),
+                tier,
+            });
+        };
+        let now = self.clock.now();
+        let now_ms = unix_ms(now);
+        let facts = ProposalFacts {
+            agent: who.agent.clone(),
+            tool: tool.to_string(),
+            args: args
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            hour: ((now_ms / 3_600_000) % 24) as u8,
+            at_ms: now_ms,
+        };
+        let verdict = match path
+            .watchdog
+            .call(|reply| WatchdogMsg::Validate { facts, reply }, None)
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(v)) => v,
+            // Fail closed: no watchdog, no risky action.
+            _ => WatchdogVerdict::Reject {
+                rule: "the watchdog did not answer".into(),
+            },
+        };
+        let mut p = Proposal {
+            id: new_id(),
+            agent: who.agent.clone(),
+            account: who.account.clone(),
+            token_id: who.token.id(),
+            chain: who.chain.clone(),
+            tool: tool.to_string(),
+            args: args.clone(),
+            args_hash: Proposal::hash_args(args),
+            tier,
+            provenance: origins.clone(),
+            verdict: verdict.clone(),
+            state: match (&verdict, tier) {
+                (WatchdogVerdict::Reject { .. }, _) => ProposalState::Rejected,
+                (WatchdogVerdict::Pass, Tier::Confirm) => ProposalState::Pending,
+                _ => ProposalState::Executing,
+            },
+            created_ms: now_ms,
+            expires_ms: (tier == Tier::Confirm)
+                .then(|| now_ms + path.config.confirm_expiry.as_millis() as u64),
+            rollback_until_ms: None,
+            decisions: Vec::new(),
+            result: None,
+            error: None,
+        };
+        if let WatchdogVerdict::Reject { rule } = &verdict {
+            p.decisions.push(DecisionRecord {
+                kind: "watchdog".into(),
+                by: "watchdog".into(),
+                reason: rule.clone(),
+                at_ms: now_ms,
+            });
+        }
+        if let Err(existing) = self.proposals.create(&p).await? {
+            return Err(GateError::ProposalOpen {
+                tool: tool.to_string(),
+                proposal: existing,
+            });
+        }
+        if let WatchdogVerdict::Reject { rule } = verdict {
+            return Err(GateError::WatchdogRejected {
+                tool: tool.to_string(),
+                proposal: p.id,
+                rule,
+            });
+        }
+        if tier != Tier::Confirm {
+            return Ok(p);
+        }
+        let _ = self.notifications.send(crate::gate::Notification {
+            agent: who.agent.clone(),
+            tool: tool.to_string(),
+            tier,
+            args: json!({"proposal": p.id, "args": args}),
+        });
+        self.await_decision(&p).await
+    }
+
+    /// Suspends the calling step until the proposal is decided, expires, or the
+    /// runtime shuts down.
+    async fn await_decision(&self, p: &Proposal) -> Result<Proposal, GateError> {
+        let mut rx = self.proposals.watch(&p.id, p.state);
+        let mut closing = self.closing.subscribe();
+        let left_ms = p
+            .expires_ms
+            .unwrap_or(0)
+            .saturating_sub(self.proposals.now_ms());
+        let deadline = tokio::time::sleep(Duration::from_millis(left_ms));
+        tokio::pin!(deadline);
+        loop {
+            let state = *rx.borrow_and_update();
+            match state {
+                ProposalState::Approved => {
+                    let p = self
+                        .proposals
+                        .transition(
+                            &p.id,
+                            &[ProposalState::Approved],
+                            "executed",
+                            "proposal.executing",
+                            |p| p.state = ProposalState::Executing,
+                        )
+                        .await?;
+                    return Ok(p);
+                }
+                ProposalState::Rejected => {
+                    let reason = self
+                        .proposals
+                        .get(&p.id)?
+                        .and_then(|p| p.decisions.last().map(|d| d.reason.clone()))
+                        .unwrap_or_default();
+                    return Err(GateError::ProposalRejected {
+                        tool: p.tool.clone(),
+                        proposal: p.id.clone(),
+                        reason,
+                    });
+                }
+                ProposalState::Expired => {
+                    return Err(GateError::ProposalExpired {
+                        tool: p.tool.clone(),
+                        proposal: p.id.clone(),
+                    });
+                }
+                _ => {}
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        // The store dropped the channel: the proposal reached a final state.
+                        rx = self.proposals.watch(&p.id, self.proposals.get(&p.id)?.map_or(ProposalState::Failed, |p| p.state));
+                    }
+                }
+                _ = &mut deadline => {
+                    self.expire(&p.id).await?;
+                }
+                _ = closing.changed() => {
+                    return Err(GateError::ShuttingDown { proposal: p.id.clone() });
+                }
+            }
+        }
+    }
+
+    async fn expire(&self, id: &str) -> Result<(), ProposalError> {
+        let now_ms = self.proposals.now_ms();
+        match self
+            .proposals
+            .transition(
+                id,
+                &[ProposalState::Pending],
+                "expired",
+                "proposal.expired",
+                |p| {
+                    p.state = ProposalState::Expired;
+                    p.decisions.push(DecisionRecord {
+                        kind: "expire".into(),
+                        by: "runtime".into(),
+                        reason: "no decision before the deadline".into(),
+                        at_ms: now_ms,
+                    });
+                },
+            )
+            .await
+        {
+            Ok(_) | Err(ProposalError::WrongState { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the outcome of a proposal's tool run.
+    pub(crate) async fn finish_proposal(
+        &self,
+        p: &Proposal,
+        outcome: &Result<crate::tools::ToolOutput, GateError>,
+        manifest: &ToolManifest,
+    ) -> Result<(), GateError> {
+        let now_ms = self.proposals.now_ms();
+        let window = manifest
+            .rollback_window_secs
+            .map_or(DEFAULT_ROLLBACK_WINDOW, Duration::from_secs);
+        let (result, error) = match outcome {
+            Ok(out) => (Some(out.value.clone()), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let tier = p.tier;
+        self.proposals
+            .transition(
+                &p.id,
+                &[ProposalState::Executing],
+                "finished",
+                if error.is_none() {
+                    "proposal.committed"
+                } else {
+                    "proposal.failed"
+                },
+                |p| {
+                    p.state = if error.is_none() {
+                        ProposalState::Committed
+                    } else {
+                        ProposalState::Failed
+                    };
+                    p.result = result;
+                    p.error = error;
+                    if tier == Tier::Propose && p.state == ProposalState::Committed {
+                        p.rollback_until_ms = Some(now_ms + window.as_millis() as u64);
+                    }
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn path(&self) -> Result<&ApprovalPath, ProposalError> {
+        self.approval.as_ref().ok_or(ProposalError::NoApprovalPath)
+    }
+
+    pub(crate) async fn approve(
+        self: &Arc<Self>,
+        id: &str,
+        approval: &Approval,
+    ) -> Result<Proposal, ProposalError> {
+        let path = self.path()?;
+        let p = self
+            .proposals
+            .get(id)?
+            .ok_or_else(|| ProposalError::NotFound(id.to_string()))?;
+        let operator = approval
+            .verify(
+                &p.id,
+                &Proposal::approval_args(&p.args),
+                &path.config.operators,
+                self.clock.now(),
+            )
+            .map_err(|source| ProposalError::Signature {
+                id: id.to_string(),
+                source,
+            })?;
+        let now_ms = self.proposals.now_ms();
+        if p.expires_ms.is_some_and(|e| e <= now_ms) && p.state == ProposalState::Pending {
+            self.expire(id).await?;
+        }
+        let p = self
+            .proposals
+            .transition(
+                id,
+                &[ProposalState::Pending],
+                "approved",
+                "proposal.approved",
+                |p| {
+                    p.state = ProposalState::Approved;
+                    p.decisions.push(DecisionRecord {
+                        kind: "approve".into(),
+                        by: operator.to_hex(),
+                        reason: String::new(),
+                        at_ms: now_ms,
+                    });
+                },
+            )
+            .await?;
+        if !self.proposals.has_waiter(id) {
+            // No step waits any more (a restart, a stopped agent): the runtime runs it.
+            let inner = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = inner.execute_detached(&id).await {
+                    tracing::warn!(proposal = %id, error = %e, "approved proposal failed to run");
+                }
+            });
+        }
+        Ok(p)
+    }
+
+    pub(crate) async fn reject(
+        &self,
+        id: &str,
+        decision: &Decision,
+    ) -> Result<Proposal, ProposalError> {
+        let path = self.path()?;
+        let operator = decision
+            .verify(
+                DecisionKind::Reject,
+                id,
+                &path.config.operators,
+                self.clock.now(),
+            )
+            .map_err(|source| ProposalError::Signature {
+                id: id.to_string(),
+                source,
+            })?;
+        let now_ms = self.proposals.now_ms();
+        let reason = decision.reason.clone();
+        self.proposals
+            .transition(
+                id,
+                &[ProposalState::Pending],
+                "rejected",
+                "proposal.rejected",
+                |p| {
+                    p.state = ProposalState::Rejected;
+                    p.decisions.push(DecisionRecord {
+                        kind: "reject".into(),
+                        by: operator.to_hex(),
+                        reason,
+                        at_ms: now_ms,
+                    });
+                },
+            )
+            .await
+    }
+
+    pub(crate) async fn cancel(
+        &self,
+        id: &str,
+        decision: &Decision,
+    ) -> Result<Proposal, ProposalError> {
+        let path = self.path()?;
+        let operator = decision
+            .verify(
+                DecisionKind::Cancel,
+                id,
+                &path.config.operators,
+                self.clock.now(),
+            )
+            .map_err(|source| ProposalError::Signature {
+                id: id.to_string(),
+                source,
+            })?;
+        let p = self
+            .proposals
+            .get(id)?
+            .ok_or_else(|| ProposalError::NotFound(id.to_string()))?;
+        if p.state != ProposalState::Committed || p.tier != Tier::Propose {
+            return Err(ProposalError::WrongState {
+                id: id.to_string(),
+                state: p.state,
+                action: "cancelled (only a committed PROPOSE action can be)".into(),
+            });
+        }
+        let now_ms = self.proposals.now_ms();
+        let until = p.rollback_until_ms.unwrap_or(0);
+        if now_ms >= until {
+            return Err(ProposalError::WindowClosed {
+                id: id.to_string(),
+                closed_at: rfc3339(until),
+            });
+        }
+        let registered = self.tools.get(&p.tool);
+        let compensation = registered
+            .as_ref()
+            .and_then(|r| r.tool.manifest.compensation.clone())
+            .ok_or_else(|| ProposalError::CompensationFailed {
+                id: id.to_string(),
+                tool: "(none)".into(),
+                reason: format!("`{}` has no compensation", p.tool),
+            })?;
+        let comp =
+            self.tools
+                .get(&compensation)
+                .ok_or_else(|| ProposalError::CompensationFailed {
+                    id: id.to_string(),
+                    tool: compensation.clone(),
+                    reason: "the compensating tool is not registered".into(),
+                })?;
+        let input = ToolInput {
+            agent: p.agent.clone(),
+            args: p.args.clone(),
+            secrets: BTreeMap::new(),
+        };
+        let out =
+            run_handler(&comp, input)
+                .await
+                .map_err(|e| ProposalError::CompensationFailed {
+                    id: id.to_string(),
+                    tool: compensation.clone(),
+                    reason: e.to_string(),
+                })?;
+        let reason = decision.reason.clone();
+        self.proposals
+            .transition(
+                id,
+                &[ProposalState::Committed],
+                "cancelled",
+                "proposal.rolled_back",
+                |p| {
+                    p.state = ProposalState::RolledBack;
+                    p.decisions.push(DecisionRecord {
+                        kind: "cancel".into(),
+                        by: operator.to_hex(),
+                        reason: format!(
+                            "{reason} (compensation `{compensation}` returned {})",
+                            out.value
+                        ),
+                        at_ms: now_ms,
+                    });
+                },
+            )
+            .await
+    }
+
+    /// Runs an approved proposal no step waits for: once, charged to its account,
+    /// with its intent durable before the tool runs.
+    pub(crate) async fn execute_detached(&self, id: &str) -> Result<(), GateError> {
+        let p = self
+            .proposals
+            .transition(
+                id,
+                &[ProposalState::Approved],
+                "executed",
+                "proposal.executing",
+                |p| p.state = ProposalState::Executing,
+            )
+            .await?;
+        let registered = self
+            .tools
+            .get(&p.tool)
+            .ok_or_else(|| GateError::UnknownTool(p.tool.clone()))?;
+        let manifest = registered.tool.manifest.clone();
+        let reserved = manifest.max_cost.micros();
+        let intent = AuditRecord {
+            kind: "tool.call".into(),
+            agent: p.agent.clone(),
+            token_id: p.token_id.clone(),
+            chain: p.chain.clone(),
+            detail: json!({"tool": p.tool, "args": p.args, "tier": p.tier, "proposal": p.id,
+                           "reserved_micro_usd": reserved, "run_by": "runtime"}),
+            ledger: None,
+        };
+        let agent = p.agent.clone();
+        let reservation = match self.reserve_for(
+            &p.account,
+            |reason| AuditRecord::new("budget.denied", &agent, json!({"reason": reason})),
+            reserved,
+            false,
+            intent,
+            self.clock.now(),
+        ) {
+            Ok(r) => r,
+            Err(denial) => {
+                let e: GateError = denial.into();
+                self.finish_proposal(
+                    &p,
+                    &Err(GateError::ToolFailed {
+                        tool: p.tool.clone(),
+                        reason: e.to_string(),
+                    }),
+                    &manifest,
+                )
+                .await?;
+                return Err(e);
+            }
+        };
+        reservation
+            .durable
+            .await
+            .unwrap_or(Err(StoreError::WriterGone))?;
+        let mut secrets = BTreeMap::new();
+        for secret in &manifest.secrets {
+            if let Ok(v) = self.secrets.get(secret) {
+                secrets.insert(secret.clone(), v.to_string());
+            }
+        }
+        let input = ToolInput {
+            agent: p.agent.clone(),
+            args: p.args.clone(),
+            secrets,
+        };
+        let outcome = run_handler(&registered, input).await;
+        let actual = match &outcome {
+            Ok(out) => out.cost.micros(),
+            Err(_) => reserved,
+        };
+        let done = AuditRecord {
+            kind: if outcome.is_ok() {
+                "tool.result"
+            } else {
+                "tool.failed"
+            }
+            .into(),
+            agent: p.agent.clone(),
+            token_id: p.token_id.clone(),
+            chain: p.chain.clone(),
+            detail: match &outcome {
+                Ok(out) => json!({"tool": p.tool, "result": out.value, "proposal": p.id}),
+                Err(e) => json!({"tool": p.tool, "error": e.to_string(), "proposal": p.id}),
+            },
+            ledger: None,
+        };
+        self.settle(reservation.id, actual, done, self.clock.now());
+        self.finish_proposal(&p, &outcome, &manifest).await?;
+        outcome.map(|_| ())
+    }
+
+    /// After a restart: pending proposals stay pending (or expire if their deadline
+    /// passed), an action interrupted while executing is marked failed (it may have
+    /// run, so it never runs again), and approved-but-not-run actions run once.
+    pub(crate) async fn recover_proposals(self: &Arc<Self>) -> Result<(), StoreError> {
+        let now_ms = self.proposals.now_ms();
+        for p in self.proposals.list()? {
+            match p.state {
+                ProposalState::Pending if p.expires_ms.is_some_and(|e| e <= now_ms) => {
+                    if let Err(ProposalError::Store(e)) = self.expire(&p.id).await {
+                        return Err(e);
+                    }
+                }
+                ProposalState::Executing => {
+                    let r = self
+                        .proposals
+                        .transition(&p.id, &[ProposalState::Executing], "failed", "proposal.failed", |p| {
+                            p.state = ProposalState::Failed;
+                            p.error = Some("interrupted by a restart before its result was recorded; it may have run, so it is not run again".into());
+                        })
+                        .await;
+                    if let Err(ProposalError::Store(e)) = r {
+                        return Err(e);
+                    }
+                }
+                ProposalState::Approved if self.approval.is_some() => {
+                    let inner = self.clone();
+                    let id = p.id.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = inner.execute_detached(&id).await {
+                            tracing::warn!(proposal = %id, error = %e, "approved proposal failed to run after restart");
+                        }
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

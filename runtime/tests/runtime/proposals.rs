@@ -1,0 +1,478 @@
+//! PROPOSE and CONFIRM with the approval path: the watchdog, the proposal lifecycle,
+//! signed operator approvals and decisions, rollback windows, expiry, and restarts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bulwark_capabilities::{Approval, Decision, DecisionKind, KeyPair, Tier};
+use bulwark_runtime::{
+    AgentHandle, AgentSpec, AmountLimit, ApprovalConfig, BrainAction, ManualClock, Proposal,
+    ProposalError, ProposalState, Runtime, ScriptedBrain, Tool, ToolManifest, ToolOutput,
+    WatchdogRules,
+};
+use serde_json::{Value, json};
+
+use bulwark_runtime::Clock;
+
+use crate::{Harness, t0};
+
+struct Counters {
+    payouts: AtomicUsize,
+    refunds: AtomicUsize,
+    reversals: AtomicUsize,
+}
+
+struct Setup {
+    h: Harness,
+    operator: KeyPair,
+    counters: Arc<Counters>,
+    expiry: Duration,
+}
+
+async fn build(
+    dir: &std::path::Path,
+    root: &KeyPair,
+    clock: Arc<ManualClock>,
+    operator: &KeyPair,
+    expiry: Duration,
+    counters: Arc<Counters>,
+) -> Runtime {
+    let rules = WatchdogRules {
+        amount_limits: vec![AmountLimit {
+            tool: "payout".into(),
+            arg: "amount".into(),
+            max: 10_000,
+        }],
+        ..WatchdogRules::default()
+    };
+    let rt = Runtime::builder()
+        .data_dir(dir)
+        .root_public_key(root.public())
+        .clock(clock)
+        .approvals(
+            ApprovalConfig::new(vec![operator.public()])
+                .rules(rules)
+                .confirm_expiry(expiry),
+        )
+        .build()
+        .await
+        .unwrap();
+    crate::register_tools(&rt);
+    let c = counters.clone();
+    rt.tools()
+        .register(Tool::native(
+            ToolManifest::new("payout", "Pays a supplier").tier(Tier::Confirm),
+            move |_| {
+                let c = c.clone();
+                async move {
+                    c.payouts.fetch_add(1, Ordering::SeqCst);
+                    Ok(ToolOutput::new(json!("paid")))
+                }
+            },
+        ))
+        .unwrap();
+    let c = counters.clone();
+    rt.tools()
+        .register(Tool::native(
+            ToolManifest::new("refund_order", "Refunds an order")
+                .tier(Tier::Propose)
+                .compensation("reverse_refund")
+                .rollback_window(Duration::from_secs(600)),
+            move |_| {
+                let c = c.clone();
+                async move {
+                    c.refunds.fetch_add(1, Ordering::SeqCst);
+                    Ok(ToolOutput::new(json!("refunded")))
+                }
+            },
+        ))
+        .unwrap();
+    let c = counters;
+    rt.tools()
+        .register(Tool::native(
+            ToolManifest::new("reverse_refund", "Takes a refund back"),
+            move |input| {
+                let c = c.clone();
+                async move {
+                    c.reversals.fetch_add(1, Ordering::SeqCst);
+                    Ok(ToolOutput::new(json!({"reversed": input.args["order"]})))
+                }
+            },
+        ))
+        .unwrap();
+    rt
+}
+
+impl Setup {
+    async fn new(expiry: Duration) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let root = KeyPair::generate();
+        let clock = Arc::new(ManualClock::new(t0()));
+        let operator = KeyPair::generate();
+        let counters = Arc::new(Counters {
+            payouts: AtomicUsize::new(0),
+            refunds: AtomicUsize::new(0),
+            reversals: AtomicUsize::new(0),
+        });
+        let rt = build(
+            dir.path(),
+            &root,
+            clock.clone(),
+            &operator,
+            expiry,
+            counters.clone(),
+        )
+        .await;
+        Setup {
+            h: Harness {
+                dir,
+                root,
+                clock,
+                rt,
+            },
+            operator,
+            counters,
+            expiry,
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.h.rt.shutdown().await.unwrap();
+        self.h.rt = build(
+            self.h.dir.path(),
+            &self.h.root,
+            self.h.clock.clone(),
+            &self.operator,
+            self.expiry,
+            self.counters.clone(),
+        )
+        .await;
+    }
+
+    async fn agent(&self, name: &str, actions: Vec<BrainAction>) -> AgentHandle {
+        let spec = AgentSpec::new(name);
+        let token = self.h.token(
+            &spec.key,
+            name,
+            &[("payout", Tier::Auto), ("refund_order", Tier::Auto)],
+            "10",
+        );
+        self.h
+            .rt
+            .spawn_agent(spec, token, Arc::new(ScriptedBrain::new(actions)))
+            .await
+            .unwrap()
+    }
+
+    fn approve_sig(&self, p: &Proposal) -> Approval {
+        Approval::sign(
+            &self.operator,
+            &p.id,
+            &Proposal::approval_args(&p.args),
+            t0() + Duration::from_secs(3600),
+        )
+    }
+
+    async fn wait_for(&self, state: ProposalState) -> Proposal {
+        for _ in 0..400 {
+            if let Some(p) = self
+                .h
+                .rt
+                .proposals()
+                .unwrap()
+                .into_iter()
+                .find(|p| p.state == state)
+            {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "no proposal became {state}: {:?}",
+            self.h.rt.proposals().unwrap()
+        );
+    }
+}
+
+fn pay(amount: i64) -> Vec<BrainAction> {
+    vec![
+        BrainAction::CallTool {
+            tool: "payout".into(),
+            args: json!({"to": "ACME GmbH", "amount": amount}),
+        },
+        BrainAction::Finish {
+            answer: "done".into(),
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_rejects_with_the_rule_that_failed() {
+    let s = Setup::new(Duration::from_secs(60)).await;
+    let a = s.agent("ap", pay(50_000)).await;
+    let out = a.run("pay the big invoice").await.unwrap();
+    let denied: Vec<_> = out.denied().collect();
+    assert_eq!(denied.len(), 1);
+    assert!(
+        denied[0].detail.contains("the watchdog rejected `payout`")
+            && denied[0]
+                .detail
+                .contains("payout.amount must be at most 10000 (got 50000)"),
+        "{}",
+        denied[0].detail
+    );
+    let p = &s.h.rt.proposals().unwrap()[0];
+    assert_eq!(p.state, ProposalState::Rejected);
+    assert_eq!(p.decisions[0].by, "watchdog");
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_waits_for_a_signed_approval_and_runs_exactly_once() {
+    let s = Arc::new(Setup::new(Duration::from_secs(60)).await);
+    let a = s.agent("ap", pay(900)).await;
+    let run = tokio::spawn(async move { a.run("pay invoice 7").await });
+    let p = s.wait_for(ProposalState::Pending).await;
+    assert_eq!(p.tier, Tier::Confirm);
+    assert_eq!(p.args, json!({"to": "ACME GmbH", "amount": 900}));
+    assert_eq!(
+        s.counters.payouts.load(Ordering::SeqCst),
+        0,
+        "nothing runs before approval"
+    );
+
+    // Refused approvals: an unknown key, other arguments, another proposal's approval.
+    let stranger = Approval::sign(
+        &KeyPair::generate(),
+        &p.id,
+        &Proposal::approval_args(&p.args),
+        t0() + Duration::from_secs(3600),
+    );
+    assert!(matches!(
+        s.h.rt.approve(&p.id, &stranger).await,
+        Err(ProposalError::Signature { .. })
+    ));
+    let other_args = Approval::sign(
+        &s.operator,
+        &p.id,
+        &Proposal::approval_args(&json!({"to": "ACME GmbH", "amount": 9000})),
+        t0() + Duration::from_secs(3600),
+    );
+    let err = s.h.rt.approve(&p.id, &other_args).await.unwrap_err();
+    assert!(err.to_string().contains("arguments"), "{err}");
+    assert_eq!(
+        s.h.rt.proposal(&p.id).unwrap().unwrap().state,
+        ProposalState::Pending
+    );
+
+    let approval = s.approve_sig(&p);
+    s.h.rt.approve(&p.id, &approval).await.unwrap();
+    let out = run.await.unwrap().unwrap();
+    assert_eq!(out.denied().count(), 0, "{:?}", out.actions);
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 1);
+    let done = s.h.rt.proposal(&p.id).unwrap().unwrap();
+    assert_eq!(done.state, ProposalState::Committed);
+    assert_eq!(done.decisions[0].by, s.operator.public().to_hex());
+
+    // Replaying the approval changes nothing, and cannot approve another proposal.
+    assert!(matches!(
+        s.h.rt.approve(&p.id, &approval).await,
+        Err(ProposalError::WrongState { .. })
+    ));
+    let b = s.agent("ap2", pay(800)).await;
+    let s2 = s.clone();
+    let run = tokio::spawn(async move { b.run("pay invoice 8").await });
+    let p2 = s2.wait_for(ProposalState::Pending).await;
+    let replay = s.h.rt.approve(&p2.id, &approval).await.unwrap_err();
+    assert!(replay.to_string().contains(&p.id), "{replay}");
+    s.h.rt
+        .reject(
+            &p2.id,
+            &Decision::sign(
+                &s.operator,
+                DecisionKind::Reject,
+                &p2.id,
+                "duplicate invoice",
+                t0(),
+            ),
+        )
+        .await
+        .unwrap();
+    let out = run.await.unwrap().unwrap();
+    let denied: Vec<_> = out.denied().collect();
+    assert!(
+        denied[0].detail.contains("an operator rejected `payout`")
+            && denied[0].detail.contains("duplicate invoice"),
+        "{}",
+        denied[0].detail
+    );
+    assert_eq!(
+        s.counters.payouts.load(Ordering::SeqCst),
+        1,
+        "the rejected one never ran"
+    );
+
+    // Every decision is audited with the operator's key id.
+    let entries = s.h.rt.audit_tail(1000).await.unwrap();
+    let approved = entries
+        .iter()
+        .find(|e| e.record.kind == "proposal.approved")
+        .unwrap();
+    assert_eq!(
+        approved.record.detail["decision"]["by"],
+        s.operator.public().to_hex()
+    );
+    assert!(entries.iter().any(|e| e.record.kind == "proposal.rejected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_expires_without_a_decision() {
+    let s = Setup::new(Duration::from_millis(300)).await;
+    let a = s.agent("ap", pay(100)).await;
+    let out = a.run("pay").await.unwrap();
+    let denied: Vec<_> = out.denied().collect();
+    assert!(
+        denied[0].detail.contains("expired without a decision"),
+        "{}",
+        denied[0].detail
+    );
+    let p = &s.h.rt.proposals().unwrap()[0];
+    assert_eq!(p.state, ProposalState::Expired);
+    // A late approval is refused.
+    assert!(matches!(
+        s.h.rt.approve(&p.id, &s.approve_sig(p)).await,
+        Err(ProposalError::WrongState { .. })
+    ));
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 0);
+}
+
+fn refund() -> Vec<BrainAction> {
+    vec![
+        BrainAction::CallTool {
+            tool: "refund_order".into(),
+            args: json!({"order": "A-17"}),
+        },
+        BrainAction::Finish {
+            answer: "refunded".into(),
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propose_runs_and_can_be_cancelled_inside_its_window_only() {
+    let s = Setup::new(Duration::from_secs(60)).await;
+    let a = s.agent("support", refund()).await;
+    let out = a.run("refund A-17").await.unwrap();
+    assert_eq!(out.denied().count(), 0, "{:?}", out.actions);
+    assert_eq!(s.counters.refunds.load(Ordering::SeqCst), 1);
+    let p = s.h.rt.proposals().unwrap()[0].clone();
+    assert_eq!(p.state, ProposalState::Committed);
+    assert_eq!(
+        p.rollback_until_ms,
+        Some(bulwark_runtime_ms(t0()) + 600_000)
+    );
+
+    // A cancel signed by a stranger, or signed as a rejection, is refused.
+    let stranger = Decision::sign(&KeyPair::generate(), DecisionKind::Cancel, &p.id, "x", t0());
+    assert!(s.h.rt.cancel(&p.id, &stranger).await.is_err());
+    let wrong_kind = Decision::sign(&s.operator, DecisionKind::Reject, &p.id, "x", t0());
+    assert!(s.h.rt.cancel(&p.id, &wrong_kind).await.is_err());
+
+    s.h.clock.advance(Duration::from_secs(300));
+    let cancel = Decision::sign(
+        &s.operator,
+        DecisionKind::Cancel,
+        &p.id,
+        "customer kept the item",
+        s.h.clock.now(),
+    );
+    let rolled = s.h.rt.cancel(&p.id, &cancel).await.unwrap();
+    assert_eq!(rolled.state, ProposalState::RolledBack);
+    assert_eq!(s.counters.reversals.load(Ordering::SeqCst), 1);
+    assert!(rolled.decisions[0].reason.contains("reverse_refund"));
+    // Cancelling again does nothing more.
+    assert!(s.h.rt.cancel(&p.id, &cancel).await.is_err());
+    assert_eq!(s.counters.reversals.load(Ordering::SeqCst), 1);
+
+    // A second refund, left alone past its window, stays committed.
+    let b = s.agent("support-2", refund()).await;
+    b.run("refund A-17 again").await.unwrap();
+    let p2 =
+        s.h.rt
+            .proposals()
+            .unwrap()
+            .into_iter()
+            .find(|x| x.agent == "support-2")
+            .unwrap();
+    s.h.clock.advance(Duration::from_secs(601));
+    let late = Decision::sign(
+        &s.operator,
+        DecisionKind::Cancel,
+        &p2.id,
+        "too late",
+        s.h.clock.now(),
+    );
+    let err = s.h.rt.cancel(&p2.id, &late).await.unwrap_err();
+    assert!(matches!(err, ProposalError::WindowClosed { .. }), "{err}");
+    assert_eq!(
+        s.h.rt.proposal(&p2.id).unwrap().unwrap().state,
+        ProposalState::Committed
+    );
+    assert_eq!(s.counters.reversals.load(Ordering::SeqCst), 1);
+}
+
+fn bulwark_runtime_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_keep_pending_proposals_and_never_run_an_action_twice() {
+    let mut s = Setup::new(Duration::from_secs(3600)).await;
+    let a = s.agent("ap", pay(700)).await;
+    let run = tokio::spawn(async move { a.run("pay invoice 9").await });
+    let p = s.wait_for(ProposalState::Pending).await;
+
+    // Shut down while the step waits: the step ends, the proposal stays pending.
+    s.restart().await;
+    let out = run.await.unwrap();
+    // The run ends with the runtime: either its step reports the shutdown, or the
+    // run's own bookkeeping finds the store closed.
+    assert!(
+        format!("{out:?}").contains("shutting down") || out.is_err(),
+        "{out:?}"
+    );
+    assert_eq!(
+        s.h.rt.proposal(&p.id).unwrap().unwrap().state,
+        ProposalState::Pending
+    );
+
+    // The same agent proposing the same action again gets the open proposal back.
+    let again = s.agent("ap", pay(700)).await;
+    let out = again.run("pay invoice 9 (retry)").await.unwrap();
+    let denied: Vec<_> = out.denied().collect();
+    assert!(
+        denied[0].detail.contains(&format!("proposal {}", p.id)),
+        "{}",
+        denied[0].detail
+    );
+
+    // Approved after the restart with no step waiting: the runtime runs it, once.
+    s.h.rt.approve(&p.id, &s.approve_sig(&p)).await.unwrap();
+    let done = s.wait_for(ProposalState::Committed).await;
+    assert_eq!(done.id, p.id);
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 1);
+    s.restart().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        s.counters.payouts.load(Ordering::SeqCst),
+        1,
+        "committed actions never run twice"
+    );
+    assert_eq!(
+        s.h.rt.proposal(&p.id).unwrap().unwrap().state,
+        ProposalState::Committed
+    );
+    let v: Value = serde_json::to_value(s.h.rt.proposal(&p.id).unwrap().unwrap()).unwrap();
+    assert_eq!(v["result"], "paid");
+}
