@@ -411,6 +411,33 @@ pub struct ApprovalConfig {
     pub operators: Vec<bulwark_capabilities::PublicKey>,
     /// How long a CONFIRM proposal waits for a decision.
     pub confirm_expiry: Duration,
+    /// Where new proposals that need a person are announced (Slack-compatible JSON).
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// A webhook told of every proposal that needs a person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// The URL posted to, e.g. a Slack incoming webhook.
+    pub url: String,
+    /// Attempts before giving up (default 5).
+    pub attempts: u32,
+    /// The first retry's delay; each retry doubles it (default 500 ms).
+    pub backoff: Duration,
+    /// Where operators decide, named in the message (e.g. the dashboard's URL).
+    pub dashboard_url: Option<String>,
+}
+
+impl WebhookConfig {
+    /// Posts to `url`, 5 attempts, backoff from 500 ms.
+    pub fn new(url: impl Into<String>) -> Self {
+        WebhookConfig {
+            url: url.into(),
+            attempts: 5,
+            backoff: Duration::from_millis(500),
+            dashboard_url: None,
+        }
+    }
 }
 
 impl ApprovalConfig {
@@ -420,7 +447,14 @@ impl ApprovalConfig {
             rules: crate::watchdog::WatchdogRules::default(),
             operators,
             confirm_expiry: DEFAULT_CONFIRM_EXPIRY,
+            webhook: None,
         }
+    }
+
+    /// Announces proposals that need a person to a webhook.
+    pub fn webhook(mut self, webhook: WebhookConfig) -> Self {
+        self.webhook = Some(webhook);
+        self
     }
 
     /// Sets the watchdog's rules.
@@ -548,6 +582,9 @@ impl Inner {
             tier,
             args: json!({"proposal": p.id, "args": args}),
         });
+        if let Some(hook) = &path.config.webhook {
+            self.announce(hook.clone(), &p);
+        }
         self.await_decision(&p).await
     }
 
@@ -682,6 +719,63 @@ impl Inner {
             )
             .await?;
         Ok(())
+    }
+
+    /// Posts a Slack-compatible message about `p` to the webhook, retrying with
+    /// backoff; the outcome is audited. Runs in the background: a slow receiver never
+    /// holds up the runtime.
+    fn announce(&self, hook: WebhookConfig, p: &Proposal) {
+        let where_ = hook
+            .dashboard_url
+            .as_deref()
+            .map(|u| format!(" Decide at {u}"))
+            .unwrap_or_default();
+        let expires = p.expires_ms.map(rfc3339).unwrap_or_default();
+        let text = format!(
+            "Bulwark: agent `{}` asks to run `{}` ({}), proposal `{}`, expires {expires}. Arguments: {}.{where_}",
+            p.agent, p.tool, p.tier, p.id, p.args
+        );
+        let body = json!({"text": text, "proposal": p.id, "agent": p.agent, "tool": p.tool,
+                          "tier": p.tier, "args": p.args, "args_hash": p.args_hash,
+                          "expires_at": expires});
+        let journal = self.journal.clone();
+        let clock = self.clock.clone();
+        let (agent, id) = (p.agent.clone(), p.id.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build();
+            let mut delay = hook.backoff;
+            let mut last = String::from("no attempt made");
+            let mut delivered = false;
+            let mut attempts = 0;
+            if let Ok(client) = client {
+                for attempt in 1..=hook.attempts.max(1) {
+                    attempts = attempt;
+                    match client.post(&hook.url).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            delivered = true;
+                            break;
+                        }
+                        Ok(r) => last = format!("HTTP {}", r.status()),
+                        Err(e) => last = e.to_string(),
+                    }
+                    if attempt < hook.attempts {
+                        tokio::time::sleep(delay).await;
+                        delay = delay.saturating_mul(2);
+                    }
+                }
+            }
+            let detail = if delivered {
+                json!({"proposal": id, "delivered": true, "attempts": attempts})
+            } else {
+                json!({"proposal": id, "delivered": false, "attempts": attempts, "error": last})
+            };
+            journal.defer(
+                Batch::audit(AuditRecord::new("proposal.webhook", &agent, detail)),
+                clock.now(),
+            );
+        });
     }
 
     fn path(&self) -> Result<&ApprovalPath, ProposalError> {

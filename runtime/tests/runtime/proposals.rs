@@ -476,3 +476,88 @@ async fn restarts_keep_pending_proposals_and_never_run_an_action_twice() {
     let v: Value = serde_json::to_value(s.h.rt.proposal(&p.id).unwrap().unwrap()).unwrap();
     assert_eq!(v["result"], "paid");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_hears_of_each_proposal_needing_a_person_with_retries() {
+    use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+    let received: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let app =
+        Router::new()
+            .route(
+                "/hook",
+                post(
+                    |State(seen): State<Arc<std::sync::Mutex<Vec<Value>>>>,
+                     Json(body): Json<Value>| async move {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(body);
+                        // The first two deliveries fail, as a flaky receiver would.
+                        if seen.len() <= 2 {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::OK
+                        }
+                    },
+                ),
+            )
+            .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = KeyPair::generate();
+    let operator = KeyPair::generate();
+    let mut hook = bulwark_runtime::WebhookConfig::new(format!("http://{addr}/hook"));
+    hook.backoff = Duration::from_millis(20);
+    hook.dashboard_url = Some("http://127.0.0.1:8080/".into());
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .root_public_key(root.public())
+        .clock(Arc::new(ManualClock::new(t0())))
+        .approvals(
+            ApprovalConfig::new(vec![operator.public()])
+                .confirm_expiry(Duration::from_millis(400))
+                .webhook(hook),
+        )
+        .build()
+        .await
+        .unwrap();
+    crate::register_tools(&rt);
+    let h = Harness {
+        dir,
+        root,
+        clock: Arc::new(ManualClock::new(t0())),
+        rt,
+    };
+    let a = h
+        .agent(
+            "ap",
+            &[("pay", Tier::Auto)],
+            "1",
+            crate::calls(&[("pay", json!({"to": "x", "amount": 5}))]),
+        )
+        .await;
+    a.run("pay").await.unwrap();
+    for _ in 0..100 {
+        if received.lock().unwrap().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 3, "two failures, then delivered: {got:?}");
+    let p = &h.rt.proposals().unwrap()[0];
+    let text = got[2]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&p.id) && text.contains("`pay`") && text.contains("http://127.0.0.1:8080/"),
+        "{text}"
+    );
+    assert_eq!(got[2]["args_hash"], p.args_hash);
+    let entries = h.rt.audit_tail(1000).await.unwrap();
+    let delivered = entries
+        .iter()
+        .find(|e| e.record.kind == "proposal.webhook")
+        .unwrap();
+    assert_eq!(delivered.record.detail["attempts"], 3);
+    assert_eq!(delivered.record.detail["delivered"], true);
+}
