@@ -325,6 +325,11 @@ impl Runtime {
         &self.inner.secrets
     }
 
+    /// The runtime's clock reading.
+    pub fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
     /// Every proposal, oldest first.
     pub fn proposals(&self) -> Result<Vec<Proposal>, StoreError> {
         self.inner.proposals.list()

@@ -1,0 +1,418 @@
+//! The dashboard, in a real browser: headless Chromium, driven over WebDriver by
+//! fantoccini, loads the operator's key, signs an approval of a pending CONFIRM
+//! proposal with WebCrypto Ed25519, and the action runs exactly once. Plus the API's
+//! refusals, over plain HTTP.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bulwark_capabilities::{KeyPair, MicroUsd, RootGrant, Tier, Token};
+use bulwark_node::dashboard::{DashboardConfig, DashboardError, serve};
+use bulwark_runtime::{
+    AgentSpec, ApprovalConfig, BrainAction, ProposalState, Runtime, ScriptedBrain, Tool,
+    ToolManifest, ToolOutput,
+};
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::json;
+
+/// A chromedriver process, killed when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn chromedriver() -> String {
+    for path in ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"] {
+        if std::path::Path::new(path).exists() {
+            return path.to_string();
+        }
+    }
+    panic!(
+        "chromedriver is not installed: run ./scripts/test, which installs Debian's chromium and chromium-driver"
+    );
+}
+
+struct World {
+    rt: Runtime,
+    root: KeyPair,
+    operator: KeyPair,
+    paid: Arc<AtomicUsize>,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = KeyPair::generate();
+    let operator = KeyPair::generate();
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .root_public_key(root.public())
+        .approvals(ApprovalConfig::new(vec![operator.public()]))
+        .build()
+        .await
+        .expect("runtime");
+    let paid = Arc::new(AtomicUsize::new(0));
+    let counter = paid.clone();
+    rt.tools()
+        .register(Tool::native(
+            ToolManifest::new("pay_invoice", "Pays a supplier invoice").tier(Tier::Confirm),
+            move |_| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Ok(ToolOutput::new(json!("paid")))
+                }
+            },
+        ))
+        .expect("register");
+    World {
+        rt,
+        root,
+        operator,
+        paid,
+        _dir: dir,
+    }
+}
+
+/// An accounts-payable agent whose step proposes a payment and waits for a person.
+async fn start_payment(w: &World) -> tokio::task::JoinHandle<bulwark_runtime::Outcome> {
+    let spec = AgentSpec::new("accounts-payable");
+    let grant = RootGrant::new(
+        "acme",
+        "accounts-payable",
+        spec.key.public(),
+        MicroUsd::from_usd(10).expect("usd"),
+        std::time::SystemTime::now() + Duration::from_secs(3600),
+        2,
+    )
+    .tool("pay_invoice", Tier::Auto);
+    let token = Token::mint(&w.root, grant).expect("mint");
+    let brain = Arc::new(ScriptedBrain::new(vec![
+        BrainAction::CallTool {
+            tool: "pay_invoice".into(),
+            args: json!({"invoice": "INV-2231", "iban": "DE89370400440532013000", "amount": 18_750}),
+        },
+        BrainAction::Finish {
+            answer: "paid".into(),
+        },
+    ]));
+    let agent = w.rt.spawn_agent(spec, token, brain).await.expect("spawn");
+    tokio::spawn(async move { agent.run("pay INV-2231").await.expect("run") })
+}
+
+async fn pending(rt: &Runtime) -> bulwark_runtime::Proposal {
+    for _ in 0..500 {
+        if let Some(p) = rt
+            .proposals()
+            .expect("list")
+            .into_iter()
+            .find(|p| p.state == ProposalState::Pending)
+        {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no proposal became pending");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_approves_in_a_real_browser_and_the_action_runs_once() {
+    let w = world().await;
+    let run = start_payment(&w).await;
+    let p = pending(&w.rt).await;
+    let dash = serve(w.rt.clone(), DashboardConfig::default())
+        .await
+        .expect("dashboard");
+
+    let port = free_port();
+    let profile = tempfile::tempdir().expect("profile dir");
+    let _driver = Driver(
+        Command::new(chromedriver())
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900",
+                        format!("--user-data-dir={}", profile.path().display())]}),
+    );
+    // WebDriver speaks plain HTTP on loopback; fantoccini still wants a TLS provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut client = None;
+    for _ in 0..100 {
+        match ClientBuilder::rustls()
+            .expect("tls")
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => {
+                client = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let client = client.expect("chromedriver accepts a session within 10 s");
+
+    client.goto(&dash.url()).await.expect("page loads");
+    // The operator's key file, as `bulwark keygen` writes it.
+    let key_path = profile.path().join("operator.key");
+    w.operator.save(&key_path).expect("save key");
+    let key_text = std::fs::read_to_string(&key_path).expect("read key");
+    client
+        .find(Locator::Id("key"))
+        .await
+        .expect("key box")
+        .send_keys(key_text.trim())
+        .await
+        .expect("type key");
+    client
+        .find(Locator::Id("load-key"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    // The key is imported by WebCrypto (asynchronously): wait until the page names
+    // the operator.
+    let mut loaded = String::new();
+    for _ in 0..100 {
+        loaded = client
+            .find(Locator::Id("operator"))
+            .await
+            .expect("operator label")
+            .text()
+            .await
+            .unwrap_or_default();
+        if loaded.starts_with("operator ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let message = client
+        .find(Locator::Id("message"))
+        .await
+        .expect("message")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(
+        loaded.starts_with(&format!("operator {}", &w.operator.public().to_hex()[..16])),
+        "the key did not load: {loaded:?}; the page says: {message}"
+    );
+    let approve = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id(&format!("approve-{}", p.id)))
+        .await
+        .expect("the pending proposal is listed with an approve button");
+    // The row shows the agent, the tool and the arguments the operator approves.
+    let row = client
+        .find(Locator::Id(&format!("row-{}", p.id)))
+        .await
+        .expect("row")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        row.contains("accounts-payable") && row.contains("pay_invoice") && row.contains("INV-2231"),
+        "{row}"
+    );
+    approve.click().await.expect("approve");
+    for _ in 0..100 {
+        if w.rt
+            .proposal(&p.id)
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.state != ProposalState::Pending)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let message = client
+        .find(Locator::Id("message"))
+        .await
+        .expect("message")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert_ne!(
+        w.rt.proposal(&p.id).ok().flatten().map(|p| p.state),
+        Some(ProposalState::Pending),
+        "the approval did not land; the page says: {message}"
+    );
+
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the waiting step resumes")
+        .expect("run");
+    assert_eq!(outcome.denied().count(), 0, "{:?}", outcome.actions);
+    assert_eq!(
+        w.paid.load(Ordering::SeqCst),
+        1,
+        "the action ran exactly once"
+    );
+    let done = w.rt.proposal(&p.id).expect("get").expect("exists");
+    assert_eq!(done.state, ProposalState::Committed);
+    assert_eq!(done.decisions[0].by, w.operator.public().to_hex());
+
+    // The page shows the new state; keep a screenshot with the test's output.
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath(&format!(
+            "//td[@id='state-{}' and text()='committed']",
+            p.id
+        )))
+        .await
+        .expect("the page shows the action committed");
+    let png = client.screenshot().await.expect("screenshot");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-approved.png");
+    std::fs::write(&out, png).expect("write screenshot");
+    println!("screenshot: {}", out.display());
+    client.close().await.expect("close");
+    dash.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_forged_and_malformed_decisions_and_guards_its_binding() {
+    let w = world().await;
+    let run = start_payment(&w).await;
+    let p = pending(&w.rt).await;
+    let dash = serve(
+        w.rt.clone(),
+        DashboardConfig {
+            bearer: Some("correct horse battery staple".into()),
+            ..DashboardConfig::default()
+        },
+    )
+    .await
+    .expect("dashboard");
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}api/proposals{path}", dash.url());
+
+    // Without the token, nothing.
+    let r = http.get(url("")).send().await.expect("get");
+    assert_eq!(r.status(), 401);
+    let auth = "Bearer correct horse battery staple";
+    let list: serde_json::Value = http
+        .get(url(""))
+        .header("authorization", auth)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list[0]["id"], p.id.as_str());
+    assert!(list[0]["time_left_ms"].as_u64().expect("time left") > 0);
+
+    // Malformed, forged (unknown key) and wrong-arguments approvals are refused.
+    let post = |path: String, body: String| {
+        http.post(url(&path))
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = post(format!("/{}/approve", p.id), "{not json".into())
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 400);
+    let forged = bulwark_capabilities::Approval::sign(
+        &KeyPair::generate(),
+        &p.id,
+        &bulwark_runtime::Proposal::approval_args(&p.args),
+        std::time::SystemTime::now() + Duration::from_secs(600),
+    );
+    let r = post(
+        format!("/{}/approve", p.id),
+        serde_json::to_string(&forged).expect("json"),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 403);
+    let other = bulwark_capabilities::Approval::sign(
+        &w.operator,
+        &p.id,
+        &bulwark_runtime::Proposal::approval_args(&json!({"invoice": "INV-2231", "amount": 1})),
+        std::time::SystemTime::now() + Duration::from_secs(600),
+    );
+    let r = post(
+        format!("/{}/approve", p.id),
+        serde_json::to_string(&other).expect("json"),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 403);
+    let r = http
+        .get(url("/p-nope"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+
+    // A signed rejection ends it; nothing was paid.
+    let reject = bulwark_capabilities::Decision::sign(
+        &w.operator,
+        bulwark_capabilities::DecisionKind::Reject,
+        &p.id,
+        "not our supplier",
+        std::time::SystemTime::now(),
+    );
+    let r = post(
+        format!("/{}/reject", p.id),
+        serde_json::to_string(&reject).expect("json"),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 200);
+    let outcome = run.await.expect("run");
+    assert!(
+        outcome
+            .denied()
+            .any(|a| a.detail.contains("not our supplier"))
+    );
+    assert_eq!(w.paid.load(Ordering::SeqCst), 0);
+    dash.stop();
+
+    // Beyond loopback the dashboard needs a real token.
+    let open = serve(
+        w.rt.clone(),
+        DashboardConfig {
+            bind: "0.0.0.0:0".parse().expect("addr"),
+            bearer: None,
+        },
+    )
+    .await;
+    assert!(matches!(open, Err(DashboardError::Unprotected(_))));
+    let weak = serve(
+        w.rt.clone(),
+        DashboardConfig {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            bearer: Some("short".into()),
+        },
+    )
+    .await;
+    assert!(matches!(weak, Err(DashboardError::WeakToken)));
+}
