@@ -7,6 +7,7 @@
 mod audit;
 mod guard;
 mod keys;
+mod proposals;
 mod token;
 
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     /// Scan text for prompt injection; redact personal data and secrets.
     #[command(subcommand)]
     Guard(guard::GuardCommand),
+    /// List proposals; approve, reject or cancel them with an operator key.
+    #[command(subcommand)]
+    Proposals(proposals::ProposalsCommand),
 }
 
 /// What a command concluded; errors are reported by `main`.
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Token(cmd) => token::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Guard(cmd) => guard::run(cmd),
+        Command::Proposals(cmd) => proposals::run(cmd),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

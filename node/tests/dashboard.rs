@@ -89,6 +89,13 @@ async fn world() -> World {
 
 /// An accounts-payable agent whose step proposes a payment and waits for a person.
 async fn start_payment(w: &World) -> tokio::task::JoinHandle<bulwark_runtime::Outcome> {
+    start_payment_on(&w.rt, &w.root).await
+}
+
+async fn start_payment_on(
+    rt: &Runtime,
+    root: &KeyPair,
+) -> tokio::task::JoinHandle<bulwark_runtime::Outcome> {
     let spec = AgentSpec::new("accounts-payable");
     let grant = RootGrant::new(
         "acme",
@@ -99,7 +106,7 @@ async fn start_payment(w: &World) -> tokio::task::JoinHandle<bulwark_runtime::Ou
         2,
     )
     .tool("pay_invoice", Tier::Auto);
-    let token = Token::mint(&w.root, grant).expect("mint");
+    let token = Token::mint(root, grant).expect("mint");
     let brain = Arc::new(ScriptedBrain::new(vec![
         BrainAction::CallTool {
             tool: "pay_invoice".into(),
@@ -109,7 +116,7 @@ async fn start_payment(w: &World) -> tokio::task::JoinHandle<bulwark_runtime::Ou
             answer: "paid".into(),
         },
     ]));
-    let agent = w.rt.spawn_agent(spec, token, brain).await.expect("spawn");
+    let agent = rt.spawn_agent(spec, token, brain).await.expect("spawn");
     tokio::spawn(async move { agent.run("pay INV-2231").await.expect("run") })
 }
 
@@ -415,4 +422,195 @@ async fn the_api_refuses_forged_and_malformed_decisions_and_guards_its_binding()
     )
     .await;
     assert!(matches!(weak, Err(DashboardError::WeakToken)));
+}
+
+fn bulwark(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the bulwark binary runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_and_decides_against_a_running_dashboard() {
+    let w = world().await;
+    let run = start_payment(&w).await;
+    let p = pending(&w.rt).await;
+    let dash = serve(w.rt.clone(), DashboardConfig::default())
+        .await
+        .expect("dashboard");
+    let keys = tempfile::tempdir().expect("dir");
+    let op_key = keys.path().join("op.key");
+    w.operator.save(&op_key).expect("save");
+    let stranger_key = keys.path().join("stranger.key");
+    KeyPair::generate().save(&stranger_key).expect("save");
+    let url = dash.url();
+    let (op, stranger) = (
+        op_key.to_string_lossy().to_string(),
+        stranger_key.to_string_lossy().to_string(),
+    );
+
+    let listed = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || bulwark(&["proposals", "list", "--url", &url])
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        text.contains(&p.id) && text.contains("pending") && text.contains("pay_invoice"),
+        "{text}"
+    );
+
+    // A key the runtime does not trust is refused (exit 3), and nothing runs.
+    let refused = tokio::task::spawn_blocking({
+        let (url, id) = (url.clone(), p.id.clone());
+        move || {
+            bulwark(&[
+                "proposals",
+                "approve",
+                &id,
+                "--operator-key",
+                &stranger,
+                "--url",
+                &url,
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a trusted"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(w.paid.load(Ordering::SeqCst), 0);
+
+    let approved = tokio::task::spawn_blocking({
+        let (url, id) = (url.clone(), p.id.clone());
+        move || {
+            bulwark(&[
+                "proposals",
+                "approve",
+                &id,
+                "--operator-key",
+                &op,
+                "--url",
+                &url,
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("resumes")
+        .expect("run");
+    assert_eq!(outcome.denied().count(), 0);
+    assert_eq!(w.paid.load(Ordering::SeqCst), 1);
+    dash.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_queued_in_a_stopped_data_directory_apply_verified_at_the_next_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let root = KeyPair::generate();
+    let operator = KeyPair::generate();
+    let paid = Arc::new(AtomicUsize::new(0));
+    let open = |paid: Arc<AtomicUsize>| {
+        let (dir, root, operator) = (dir.path().to_path_buf(), root.public(), operator.public());
+        async move {
+            let rt = Runtime::builder()
+                .data_dir(&dir)
+                .root_public_key(root)
+                .approvals(ApprovalConfig::new(vec![operator]))
+                .build()
+                .await
+                .expect("runtime");
+            rt.tools()
+                .register(Tool::native(
+                    ToolManifest::new("pay_invoice", "Pays").tier(Tier::Confirm),
+                    move |_| {
+                        let paid = paid.clone();
+                        async move {
+                            paid.fetch_add(1, Ordering::SeqCst);
+                            Ok(ToolOutput::new(json!("paid")))
+                        }
+                    },
+                ))
+                .expect("register");
+            rt
+        }
+    };
+    let rt = open(paid.clone()).await;
+    let run = start_payment_on(&rt, &root).await;
+    let p = pending(&rt).await;
+    rt.shutdown().await.expect("shutdown");
+    // The waiting step ends with the runtime; the proposal stays pending.
+    let _ = run.await;
+
+    let keys = tempfile::tempdir().expect("dir");
+    let op_key = keys.path().join("op.key");
+    operator.save(&op_key).expect("save");
+    let data = dir.path().to_string_lossy().to_string();
+    let listed = bulwark(&["proposals", "list", "--data-dir", &data, "--json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&p.id));
+    let queued = bulwark(&[
+        "proposals",
+        "approve",
+        &p.id,
+        "--operator-key",
+        &op_key.to_string_lossy(),
+        "--data-dir",
+        &data,
+    ]);
+    assert!(
+        queued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&queued.stderr)
+    );
+    assert!(String::from_utf8_lossy(&queued.stdout).contains("queued"));
+    assert_eq!(paid.load(Ordering::SeqCst), 0, "nothing is decided offline");
+
+    // The next start verifies the queued approval and runs the action once.
+    let rt = open(paid.clone()).await;
+    for _ in 0..200 {
+        if rt
+            .proposal(&p.id)
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.state == ProposalState::Committed)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rt.proposal(&p.id).expect("get").expect("exists").state,
+        ProposalState::Committed
+    );
+    assert_eq!(paid.load(Ordering::SeqCst), 1);
+    rt.shutdown().await.expect("shutdown");
 }

@@ -47,7 +47,7 @@ pub use ledger::{
 };
 pub use proposals::{
     ApprovalConfig, DEFAULT_CONFIRM_EXPIRY, DEFAULT_ROLLBACK_WINDOW, DecisionRecord, Proposal,
-    ProposalError, ProposalState, WebhookConfig,
+    ProposalError, ProposalState, SignedDecision, WebhookConfig, queue_decision, read_proposals,
 };
 pub use runtime::{
     AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_INBOX, Runtime, RuntimeBuilder,

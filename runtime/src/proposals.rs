@@ -1094,6 +1094,126 @@ impl Inner {
                 _ => {}
             }
         }
+        if self.approval.is_some() {
+            self.apply_inbox().await?;
+        }
+        Ok(())
+    }
+}
+
+/// An operator's signed decision, as queued for a runtime that is not running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum SignedDecision {
+    /// An approval.
+    Approve(Approval),
+    /// A rejection.
+    Reject(Decision),
+    /// A cancellation inside the rollback window.
+    Cancel(Decision),
+}
+
+impl SignedDecision {
+    fn proposal_id(&self) -> &str {
+        match self {
+            SignedDecision::Approve(a) => &a.proposal_id,
+            SignedDecision::Reject(d) | SignedDecision::Cancel(d) => &d.proposal_id,
+        }
+    }
+}
+
+const INBOX: &str = "proposal-inbox/";
+
+/// The proposals of a runtime's data directory, read while no runtime has it open
+/// (a running runtime holds the database: ask its dashboard instead).
+pub fn read_proposals(data_dir: &std::path::Path) -> Result<Vec<Proposal>, StoreError> {
+    let db = open_offline(data_dir)?;
+    let txn = db.begin_read().map_err(StoreError::from_display)?;
+    let table = txn
+        .open_table(crate::journal::KV)
+        .map_err(StoreError::from_display)?;
+    let mut out = Vec::new();
+    for row in table
+        .range("proposal/"..)
+        .map_err(StoreError::from_display)?
+    {
+        let (k, v) = row.map_err(StoreError::from_display)?;
+        if !k.value().starts_with("proposal/") {
+            break;
+        }
+        out.push(serde_json::from_slice::<Proposal>(v.value()).map_err(StoreError::from_display)?);
+    }
+    out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// Queues a signed decision in a data directory no runtime has open. The runtime
+/// verifies it against its operator keys and applies it when it next starts; nothing
+/// is decided here.
+pub fn queue_decision(
+    data_dir: &std::path::Path,
+    decision: &SignedDecision,
+) -> Result<(), StoreError> {
+    let db = open_offline(data_dir)?;
+    let txn = db.begin_write().map_err(StoreError::from_display)?;
+    {
+        let mut table = txn
+            .open_table(crate::journal::KV)
+            .map_err(StoreError::from_display)?;
+        let key = format!(
+            "{INBOX}{}/{:016x}",
+            decision.proposal_id(),
+            rand::random::<u64>()
+        );
+        let value = serde_json::to_vec(decision).map_err(StoreError::from_display)?;
+        table
+            .insert(key.as_str(), value.as_slice())
+            .map_err(StoreError::from_display)?;
+    }
+    txn.commit().map_err(StoreError::from_display)
+}
+
+fn open_offline(data_dir: &std::path::Path) -> Result<redb::Database, StoreError> {
+    let path = data_dir.join(crate::journal::DB_FILE);
+    if !path.exists() {
+        return Err(StoreError::Missing(path));
+    }
+    redb::Database::open(&path).map_err(|e| {
+        StoreError::from_display(format!(
+            "{e} (is a runtime running on {}? then use its dashboard)",
+            data_dir.display()
+        ))
+    })
+}
+
+impl Inner {
+    /// Applies decisions queued while the runtime was stopped, each verified as if
+    /// it had arrived now; refused ones are audited and dropped.
+    pub(crate) async fn apply_inbox(self: &Arc<Self>) -> Result<(), StoreError> {
+        for (key, bytes) in self.journal.kv_scan(INBOX)? {
+            let outcome = match serde_json::from_slice::<SignedDecision>(&bytes) {
+                Ok(SignedDecision::Approve(a)) => {
+                    self.approve(&a.proposal_id, &a).await.map(|_| ())
+                }
+                Ok(SignedDecision::Reject(d)) => self.reject(&d.proposal_id, &d).await.map(|_| ()),
+                Ok(SignedDecision::Cancel(d)) => self.cancel(&d.proposal_id, &d).await.map(|_| ()),
+                Err(e) => Err(ProposalError::Store(StoreError::from_display(e))),
+            };
+            let mut batch = Batch {
+                kv: vec![(key.clone(), None)],
+                ..Batch::default()
+            };
+            if let Err(e) = &outcome {
+                batch.audit.push(AuditRecord::new(
+                    "proposal.queued_decision_refused",
+                    "runtime",
+                    json!({"entry": key, "reason": e.to_string()}),
+                ));
+            }
+            self.journal
+                .write(batch, Mode::Durable, self.clock.now())
+                .await?;
+        }
         Ok(())
     }
 }

@@ -1,0 +1,267 @@
+//! `bulwark proposals`: list, show, approve, reject and cancel proposals, signing with
+//! an operator key, against a running runtime's dashboard (`--url`) or a stopped
+//! runtime's data directory (`--data-dir`, where decisions are queued and applied —
+//! verified — when the runtime next starts).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use bulwark_capabilities::{Approval, Decision, DecisionKind, KeyPair};
+use bulwark_runtime::{Proposal, SignedDecision};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::Outcome;
+
+#[derive(Args, Clone)]
+pub struct Target {
+    /// A stopped runtime's data directory.
+    #[arg(long, conflicts_with = "url")]
+    data_dir: Option<PathBuf>,
+    /// A running runtime's dashboard, e.g. http://127.0.0.1:8080/.
+    #[arg(long)]
+    url: Option<String>,
+    /// The dashboard's bearer token (or BULWARK_DASHBOARD_TOKEN).
+    #[arg(long, env = "BULWARK_DASHBOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ProposalsCommand {
+    /// The proposals, newest first (pending and cancellable ones unless --all).
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Every proposal, decided ones too.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One proposal in full.
+    Show {
+        /// The proposal id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Approve a pending proposal: signs its id and the hash of the arguments shown.
+    Approve {
+        /// The proposal id.
+        id: String,
+        /// The operator's private key file.
+        #[arg(long)]
+        operator_key: PathBuf,
+        /// How long the approval stays valid.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reject a pending proposal.
+    Reject {
+        /// The proposal id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// The operator's private key file.
+        #[arg(long)]
+        operator_key: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cancel a committed PROPOSE action inside its rollback window.
+    Cancel {
+        /// The proposal id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// The operator's private key file.
+        #[arg(long)]
+        operator_key: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn client(target: &Target) -> anyhow::Result<(reqwest::blocking::Client, String)> {
+    let url = target
+        .url
+        .clone()
+        .context("--url or --data-dir is required")?;
+    let base = if url.ends_with('/') {
+        url
+    } else {
+        format!("{url}/")
+    };
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    Ok((http, base))
+}
+
+fn authed(
+    req: reqwest::blocking::RequestBuilder,
+    target: &Target,
+) -> reqwest::blocking::RequestBuilder {
+    match &target.token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
+fn answer(resp: reqwest::blocking::Response) -> anyhow::Result<Value> {
+    let status = resp.status();
+    let body: Value = resp.json().unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "the dashboard refused ({status}): {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(body)
+}
+
+fn fetch_all(target: &Target) -> anyhow::Result<Vec<Value>> {
+    if let Some(dir) = &target.data_dir {
+        return bulwark_runtime::read_proposals(dir)?
+            .iter()
+            .map(|p| serde_json::to_value(p).map_err(Into::into))
+            .collect();
+    }
+    let (http, base) = client(target)?;
+    let v = answer(authed(http.get(format!("{base}api/proposals")), target).send()?)?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn fetch(target: &Target, id: &str) -> anyhow::Result<Proposal> {
+    let v = if target.data_dir.is_some() {
+        fetch_all(target)?
+            .into_iter()
+            .find(|p| p["id"] == id)
+            .with_context(|| format!("no proposal `{id}`"))?
+    } else {
+        let (http, base) = client(target)?;
+        answer(authed(http.get(format!("{base}api/proposals/{id}")), target).send()?)?
+    };
+    serde_json::from_value(v).context("the proposal does not parse")
+}
+
+fn line(p: &Value) -> String {
+    format!(
+        "{:<20} {:<10} {:<9} {:<20} {:<18} {}",
+        p["id"].as_str().unwrap_or(""),
+        p["state"].as_str().unwrap_or(""),
+        p["tier"].as_str().unwrap_or(""),
+        p["agent"].as_str().unwrap_or(""),
+        p["tool"].as_str().unwrap_or(""),
+        p["args"]
+    )
+}
+
+fn send(target: &Target, id: &str, decision: SignedDecision) -> anyhow::Result<Outcome> {
+    if let Some(dir) = &target.data_dir {
+        bulwark_runtime::queue_decision(dir, &decision)?;
+        println!(
+            "queued for {id}: the runtime verifies and applies it when it next starts on {}",
+            dir.display()
+        );
+        return Ok(Outcome::Success);
+    }
+    let (http, base) = client(target)?;
+    let (action, body) = match &decision {
+        SignedDecision::Approve(a) => ("approve", serde_json::to_value(a)?),
+        SignedDecision::Reject(d) => ("reject", serde_json::to_value(d)?),
+        SignedDecision::Cancel(d) => ("cancel", serde_json::to_value(d)?),
+    };
+    let resp = authed(
+        http.post(format!("{base}api/proposals/{id}/{action}"))
+            .json(&body),
+        target,
+    )
+    .send()?;
+    let status = resp.status();
+    let v: Value = resp.json().unwrap_or(Value::Null);
+    if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::CONFLICT {
+        return Ok(Outcome::Denied(
+            v["error"].as_str().unwrap_or("refused").to_string(),
+        ));
+    }
+    if !status.is_success() {
+        bail!(
+            "the dashboard refused ({status}): {}",
+            v["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    println!("{id}: {}", v["state"].as_str().unwrap_or("?"));
+    Ok(Outcome::Success)
+}
+
+pub fn run(cmd: ProposalsCommand) -> anyhow::Result<Outcome> {
+    match cmd {
+        ProposalsCommand::List { target, all, json } => {
+            let mut list = fetch_all(&target)?;
+            list.reverse();
+            for p in list.iter().filter(|p| {
+                all || p["state"] == "pending"
+                    || (p["state"] == "committed" && !p["rollback_until_ms"].is_null())
+            }) {
+                if json {
+                    println!("{p}");
+                } else {
+                    println!("{}", line(p));
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        ProposalsCommand::Show { id, target } => {
+            let p = fetch(&target, &id)?;
+            println!("{}", serde_json::to_string_pretty(&p)?);
+            Ok(Outcome::Success)
+        }
+        ProposalsCommand::Approve {
+            id,
+            operator_key,
+            ttl,
+            target,
+        } => {
+            let key = KeyPair::load(&operator_key)?;
+            let p = fetch(&target, &id)?;
+            let ttl = humantime::parse_duration(&ttl).with_context(|| format!("--ttl {ttl}"))?;
+            // The hash is computed here, from the arguments shown, never taken from the
+            // server: an approval covers exactly what the operator saw.
+            let approval = Approval::sign(
+                &key,
+                &p.id,
+                &Proposal::approval_args(&p.args),
+                SystemTime::now() + ttl,
+            );
+            eprintln!("approving {} by {}: {} {}", p.id, p.agent, p.tool, p.args);
+            send(&target, &id, SignedDecision::Approve(approval))
+        }
+        ProposalsCommand::Reject {
+            id,
+            reason,
+            operator_key,
+            target,
+        } => {
+            let key = KeyPair::load(&operator_key)?;
+            let d = Decision::sign(&key, DecisionKind::Reject, &id, &reason, SystemTime::now());
+            send(&target, &id, SignedDecision::Reject(d))
+        }
+        ProposalsCommand::Cancel {
+            id,
+            reason,
+            operator_key,
+            target,
+        } => {
+            let key = KeyPair::load(&operator_key)?;
+            let d = Decision::sign(&key, DecisionKind::Cancel, &id, &reason, SystemTime::now());
+            send(&target, &id, SignedDecision::Cancel(d))
+        }
+    }
+}
