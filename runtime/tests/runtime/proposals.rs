@@ -561,3 +561,70 @@ async fn a_webhook_hears_of_each_proposal_needing_a_person_with_retries() {
     assert_eq!(delivered.record.detail["attempts"], 3);
     assert_eq!(delivered.record.detail["delivered"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_interrupted_while_running_is_failed_at_restart_never_rerun() {
+    let mut s = Setup::new(Duration::from_secs(60)).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let count = started.clone();
+    s.h.rt
+        .tools()
+        .register(Tool::native(
+            ToolManifest::new("slow_refund", "Refunds slowly")
+                .tier(Tier::Propose)
+                .compensation("reverse_refund")
+                .timeout(Duration::from_secs(30)),
+            move |_| {
+                let count = count.clone();
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    Ok(ToolOutput::new(json!("refunded")))
+                }
+            },
+        ))
+        .unwrap();
+    let spec = AgentSpec::new("support");
+    let token =
+        s.h.token(&spec.key, "support", &[("slow_refund", Tier::Auto)], "10");
+    let a =
+        s.h.rt
+            .spawn_agent(
+                spec,
+                token,
+                Arc::new(ScriptedBrain::new(vec![BrainAction::CallTool {
+                    tool: "slow_refund".into(),
+                    args: json!({"order": "B-2"}),
+                }])),
+            )
+            .await
+            .unwrap();
+    let _run = tokio::spawn(async move { a.run("refund B-2").await });
+    let p = s.wait_for(ProposalState::Executing).await;
+    for _ in 0..200 {
+        if started.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(started.load(Ordering::SeqCst), 1);
+
+    // The process goes away mid-action; the next start cannot know whether it ran.
+    s.restart().await;
+    let after = s.h.rt.proposal(&p.id).unwrap().unwrap();
+    assert_eq!(after.state, ProposalState::Failed);
+    assert!(
+        after
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("it may have run, so it is not run again"),
+        "{after:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        1,
+        "never started a second time"
+    );
+}
