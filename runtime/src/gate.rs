@@ -253,19 +253,28 @@ impl Inner {
                 .iter()
                 .map(|a| args.get(a).map(Value::to_string).unwrap_or_default())
                 .collect();
-            let fresh = self
+            let fresh = match self
                 .dedup
                 .claim_channel(
                     &format!("{tool}:{channel}"),
                     &content.join("\u{0}"),
                     Duration::from_secs(d.window_secs),
                 )
-                .await?;
+                .await
+            {
+                Ok(fresh) => fresh,
+                Err(e) => return self.abandon(&proposal, e.into()).await,
+            };
             if !fresh {
-                return Err(GateError::DuplicateOnChannel {
-                    channel,
-                    window_secs: d.window_secs,
-                });
+                return self
+                    .abandon(
+                        &proposal,
+                        GateError::DuplicateOnChannel {
+                            channel,
+                            window_secs: d.window_secs,
+                        },
+                    )
+                    .await;
             }
             claimed_channel = Some((format!("{tool}:{channel}"), content.join("\u{0}")));
         }
@@ -288,13 +297,16 @@ impl Inner {
                 if let Some((channel, content)) = claimed_channel {
                     self.dedup.release_channel(&channel, &content).await?;
                 }
-                return Err(denial.into());
+                return self.abandon(&proposal, denial.into()).await;
             }
         };
-        reservation
+        if let Err(e) = reservation
             .durable
             .await
-            .unwrap_or(Err(crate::error::StoreError::WriterGone))?;
+            .unwrap_or(Err(crate::error::StoreError::WriterGone))
+        {
+            return self.abandon(&proposal, e.into()).await;
+        }
 
         // Secrets are decrypted only now, for a call that passed every check.
         let mut secrets = BTreeMap::new();
@@ -307,10 +319,15 @@ impl Inner {
                     let failed =
                         who.record("tool.failed", json!({"tool": tool, "error": e.to_string()}));
                     self.settle(reservation.id, 0, failed, self.clock.now());
-                    return Err(GateError::ToolFailed {
-                        tool: tool.to_string(),
-                        reason: e.to_string(),
-                    });
+                    return self
+                        .abandon(
+                            &proposal,
+                            GateError::ToolFailed {
+                                tool: tool.to_string(),
+                                reason: e.to_string(),
+                            },
+                        )
+                        .await;
                 }
             }
         }
@@ -348,6 +365,34 @@ impl Inner {
             tier,
             charged,
         })
+    }
+}
+
+impl Inner {
+    /// A proposal's call stopped before its tool ran: the proposal fails with the
+    /// reason (it is not left executing), and the error goes back to the caller.
+    async fn abandon<T>(
+        &self,
+        proposal: &Option<crate::proposals::Proposal>,
+        error: GateError,
+    ) -> Result<T, GateError> {
+        if let Some(p) = proposal {
+            let reason = format!("not run: {error}");
+            let _ = self
+                .proposals
+                .transition(
+                    &p.id,
+                    &[crate::proposals::ProposalState::Executing],
+                    "failed",
+                    "proposal.failed",
+                    |p| {
+                        p.state = crate::proposals::ProposalState::Failed;
+                        p.error = Some(reason);
+                    },
+                )
+                .await;
+        }
+        Err(error)
     }
 }
 

@@ -628,3 +628,52 @@ async fn an_action_interrupted_while_running_is_failed_at_restart_never_rerun() 
         "never started a second time"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_action_the_budget_cannot_pay_fails_and_is_not_left_executing() {
+    let s = Arc::new(Setup::new(Duration::from_secs(60)).await);
+    s.h.rt
+        .tools()
+        .register(Tool::native(
+            ToolManifest::new("costly_payout", "Pays, at a price")
+                .tier(Tier::Confirm)
+                .max_cost(bulwark_capabilities::MicroUsd::from_usd(5).unwrap()),
+            |_| async { Ok(ToolOutput::new(json!("paid"))) },
+        ))
+        .unwrap();
+    let spec = AgentSpec::new("poor");
+    // A one-dollar budget cannot reserve the tool's five.
+    let token =
+        s.h.token(&spec.key, "poor", &[("costly_payout", Tier::Auto)], "1");
+    let a =
+        s.h.rt
+            .spawn_agent(
+                spec,
+                token,
+                Arc::new(ScriptedBrain::new(vec![BrainAction::CallTool {
+                    tool: "costly_payout".into(),
+                    args: json!({"amount": 1}),
+                }])),
+            )
+            .await
+            .unwrap();
+    let run = tokio::spawn(async move { a.run("pay").await });
+    let p = s.wait_for(ProposalState::Pending).await;
+    s.h.rt.approve(&p.id, &s.approve_sig(&p)).await.unwrap();
+    let out = run.await.unwrap().unwrap();
+    assert!(
+        out.denied().any(|a| a.detail.contains("budget")),
+        "{:?}",
+        out.actions
+    );
+    let after = s.h.rt.proposal(&p.id).unwrap().unwrap();
+    assert_eq!(after.state, ProposalState::Failed);
+    assert!(
+        after
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("not run: "),
+        "{after:?}"
+    );
+}
