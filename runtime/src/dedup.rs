@@ -64,7 +64,8 @@ pub(crate) fn normalize(title: &str) -> String {
         .join(" ")
 }
 
-fn digest(parts: &[&str]) -> String {
+/// SHA-256 (hex) of length-prefixed parts: an unambiguous key for several strings.
+pub(crate) fn digest(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_be_bytes());

@@ -21,11 +21,11 @@ use std::time::Duration;
 use bulwark_capabilities::{ApprovalError, ArgValue, Args, Tier, args_hash};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::audit::AuditRecord;
 use crate::clock::{Clock, unix_ms};
+use crate::dedup::digest;
 use crate::error::StoreError;
 use crate::guard::Origin;
 use crate::journal::{Batch, Journal, Mode};
@@ -216,15 +216,6 @@ pub enum ProposalError {
     Store(#[from] StoreError),
 }
 
-fn digest(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_be_bytes());
-        h.update(p.as_bytes());
-    }
-    hex::encode(h.finalize())
-}
-
 /// The proposals of one runtime, in its database.
 pub(crate) struct ProposalStore {
     journal: Journal,
@@ -395,6 +386,9 @@ fn audit_of(kind: &str, p: &Proposal, extra: Value) -> AuditRecord {
         ledger: None,
     }
 }
+
+/// How many 50 ms waits an approved proposal gives its tool to be registered.
+const TOOL_WAIT_STEPS: usize = 1200;
 
 /// A fresh proposal id.
 pub(crate) fn new_id() -> String {
@@ -838,23 +832,28 @@ impl Inner {
         Ok(p)
     }
 
+    /// Checks an operator's signed decision of `kind` about proposal `id`.
+    fn verify_decision(
+        &self,
+        kind: DecisionKind,
+        id: &str,
+        decision: &Decision,
+    ) -> Result<bulwark_capabilities::PublicKey, ProposalError> {
+        let path = self.path()?;
+        decision
+            .verify(kind, id, &path.config.operators, self.clock.now())
+            .map_err(|source| ProposalError::Signature {
+                id: id.to_string(),
+                source,
+            })
+    }
+
     pub(crate) async fn reject(
         &self,
         id: &str,
         decision: &Decision,
     ) -> Result<Proposal, ProposalError> {
-        let path = self.path()?;
-        let operator = decision
-            .verify(
-                DecisionKind::Reject,
-                id,
-                &path.config.operators,
-                self.clock.now(),
-            )
-            .map_err(|source| ProposalError::Signature {
-                id: id.to_string(),
-                source,
-            })?;
+        let operator = self.verify_decision(DecisionKind::Reject, id, decision)?;
         let now_ms = self.proposals.now_ms();
         let reason = decision.reason.clone();
         self.proposals
@@ -881,18 +880,7 @@ impl Inner {
         id: &str,
         decision: &Decision,
     ) -> Result<Proposal, ProposalError> {
-        let path = self.path()?;
-        let operator = decision
-            .verify(
-                DecisionKind::Cancel,
-                id,
-                &path.config.operators,
-                self.clock.now(),
-            )
-            .map_err(|source| ProposalError::Signature {
-                id: id.to_string(),
-                source,
-            })?;
+        let operator = self.verify_decision(DecisionKind::Cancel, id, decision)?;
         let p = self
             .proposals
             .get(id)?
@@ -968,6 +956,37 @@ impl Inner {
     /// Runs an approved proposal no step waits for: once, charged to its account,
     /// with its intent durable before the tool runs.
     pub(crate) async fn execute_detached(&self, id: &str) -> Result<(), GateError> {
+        let tool = self
+            .proposals
+            .get(id)?
+            .ok_or_else(|| ProposalError::NotFound(id.to_string()))?
+            .tool;
+        // At start the runtime recovers before the program has registered its tools:
+        // give it a while to do so.
+        let mut registered = self.tools.get(&tool);
+        for _ in 0..TOOL_WAIT_STEPS {
+            if registered.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            registered = self.tools.get(&tool);
+        }
+        let Some(registered) = registered else {
+            let reason = format!("not run: no tool `{tool}` was registered within a minute");
+            self.proposals
+                .transition(
+                    id,
+                    &[ProposalState::Approved],
+                    "failed",
+                    "proposal.failed",
+                    |p| {
+                        p.state = ProposalState::Failed;
+                        p.error = Some(reason);
+                    },
+                )
+                .await?;
+            return Err(GateError::UnknownTool(tool));
+        };
         let p = self
             .proposals
             .transition(
@@ -978,10 +997,6 @@ impl Inner {
                 |p| p.state = ProposalState::Executing,
             )
             .await?;
-        let registered = self
-            .tools
-            .get(&p.tool)
-            .ok_or_else(|| GateError::UnknownTool(p.tool.clone()))?;
         let manifest = registered.tool.manifest.clone();
         let reserved = manifest.max_cost.micros();
         let intent = AuditRecord {

@@ -436,12 +436,9 @@ async fn restarts_keep_pending_proposals_and_never_run_an_action_twice() {
     // Shut down while the step waits: the step ends, the proposal stays pending.
     s.restart().await;
     let out = run.await.unwrap();
-    // The run ends with the runtime: either its step reports the shutdown, or the
-    // run's own bookkeeping finds the store closed.
-    assert!(
-        format!("{out:?}").contains("shutting down") || out.is_err(),
-        "{out:?}"
-    );
+    // The run ends with the runtime, without success: its step reports the shutdown,
+    // its actor is stopped, or its bookkeeping finds the store closed.
+    assert!(out.as_ref().map_or(true, |o| !o.succeeded()), "{out:?}");
     assert_eq!(
         s.h.rt.proposal(&p.id).unwrap().unwrap().state,
         ProposalState::Pending
