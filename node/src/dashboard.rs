@@ -15,7 +15,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bulwark_capabilities::{Approval, Decision};
-use bulwark_runtime::{Proposal, ProposalError, ProposalState, Runtime};
+use bulwark_runtime::{Proposal, ProposalError, ProposalState, Runtime, SignedDecision};
 use serde_json::{Value, json};
 
 const PAGE: &str = include_str!("dashboard.html");
@@ -120,9 +120,7 @@ fn router(state: AppState) -> Router {
         .route("/", get(page))
         .route("/api/proposals", get(list))
         .route("/api/proposals/{id}", get(show))
-        .route("/api/proposals/{id}/approve", post(approve))
-        .route("/api/proposals/{id}/reject", post(reject))
-        .route("/api/proposals/{id}/cancel", post(cancel))
+        .route("/api/proposals/{id}/{action}", post(decide))
         .with_state(state)
 }
 
@@ -248,47 +246,27 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-async fn approve(
+/// Approve, reject or cancel: the body is the operator's signed approval or decision.
+async fn decide(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(e) = authorized(&s, &headers) {
         return e.into_response();
     }
-    match parse::<Approval>(&body) {
-        Ok(a) => outcome(s.rt.approve(&id, &a).await, &s.rt),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn reject(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(e) = authorized(&s, &headers) {
-        return e.into_response();
-    }
-    match parse::<Decision>(&body) {
-        Ok(d) => outcome(s.rt.reject(&id, &d).await, &s.rt),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn cancel(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(e) = authorized(&s, &headers) {
-        return e.into_response();
-    }
-    match parse::<Decision>(&body) {
-        Ok(d) => outcome(s.rt.cancel(&id, &d).await, &s.rt),
+    let decision = match action.as_str() {
+        "approve" => parse::<Approval>(&body).map(SignedDecision::Approve),
+        "reject" => parse::<Decision>(&body).map(SignedDecision::Reject),
+        "cancel" => parse::<Decision>(&body).map(SignedDecision::Cancel),
+        other => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no action `{other}`: approve, reject or cancel"),
+        )),
+    };
+    match decision {
+        Ok(d) => outcome(s.rt.decide(&id, &d).await, &s.rt),
         Err(e) => e.into_response(),
     }
 }

@@ -1202,16 +1202,25 @@ fn open_offline(data_dir: &std::path::Path) -> Result<redb::Database, StoreError
 }
 
 impl Inner {
+    /// Applies one signed approval, rejection or cancellation.
+    pub(crate) async fn decide(
+        self: &Arc<Self>,
+        id: &str,
+        decision: &SignedDecision,
+    ) -> Result<Proposal, ProposalError> {
+        match decision {
+            SignedDecision::Approve(a) => self.approve(id, a).await,
+            SignedDecision::Reject(d) => self.reject(id, d).await,
+            SignedDecision::Cancel(d) => self.cancel(id, d).await,
+        }
+    }
+
     /// Applies decisions queued while the runtime was stopped, each verified as if
     /// it had arrived now; refused ones are audited and dropped.
     pub(crate) async fn apply_inbox(self: &Arc<Self>) -> Result<(), StoreError> {
         for (key, bytes) in self.journal.kv_scan(INBOX)? {
             let outcome = match serde_json::from_slice::<SignedDecision>(&bytes) {
-                Ok(SignedDecision::Approve(a)) => {
-                    self.approve(&a.proposal_id, &a).await.map(|_| ())
-                }
-                Ok(SignedDecision::Reject(d)) => self.reject(&d.proposal_id, &d).await.map(|_| ()),
-                Ok(SignedDecision::Cancel(d)) => self.cancel(&d.proposal_id, &d).await.map(|_| ()),
+                Ok(d) => self.decide(d.proposal_id(), &d).await.map(|_| ()),
                 Err(e) => Err(ProposalError::Store(StoreError::from_display(e))),
             };
             let mut batch = Batch {

@@ -25,7 +25,9 @@ use crate::gate::{Identity, Notification};
 use crate::guard::{Guard, GuardConfig, Guards};
 use crate::journal::{Batch, Journal, Mode};
 use crate::ledger::{AccountView, LedgerCommand, LedgerOutcome, LedgerState};
-use crate::proposals::{ApprovalConfig, ApprovalPath, Proposal, ProposalError, ProposalStore};
+use crate::proposals::{
+    ApprovalConfig, ApprovalPath, Proposal, ProposalError, ProposalStore, SignedDecision,
+};
 use crate::secrets::{SecretError, SecretStore};
 use crate::tools::ToolRegistry;
 use crate::watchdog::Watchdog;
@@ -350,6 +352,15 @@ impl Runtime {
     /// Rejects a pending proposal with an operator's signed decision.
     pub async fn reject(&self, id: &str, decision: &Decision) -> Result<Proposal, ProposalError> {
         self.inner.reject(id, decision).await
+    }
+
+    /// Applies an operator's signed approval, rejection or cancellation.
+    pub async fn decide(
+        &self,
+        id: &str,
+        decision: &SignedDecision,
+    ) -> Result<Proposal, ProposalError> {
+        self.inner.decide(id, decision).await
     }
 
     /// Cancels a committed PROPOSE action inside its rollback window: its compensation
