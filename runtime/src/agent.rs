@@ -4,14 +4,24 @@
 //! step timeout), and the action goes through the runtime — tool calls through the
 //! gate, spawns through attenuation, messages by agent id. Results and messages
 //! re-enter the context marked untrusted. The loop ends on an answer, on the step
-//! limit, or on a budget the agent can no longer pay.
+//! limit, on a budget the agent can no longer pay, or on cancellation.
+//!
+//! A run executes in its own task, so the actor stays responsive while a step waits
+//! (for a CONFIRM decision, a child, the brain): it answers status requests, takes
+//! cancellation, queues further runs and stops on shutdown. Runs of one agent are
+//! serialized. Cancellation is honoured where it loses nothing: before each step,
+//! while the brain thinks (the reserved cost is settled), while a CONFIRM proposal
+//! waits (the proposal is withdrawn) and while a child runs (the child is cancelled
+//! too); a tool that already started runs to its end.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 
 use bulwark_capabilities::Tier;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::brain::{Brain, BrainAction, BrainView, ContextItem};
@@ -34,6 +44,7 @@ pub(crate) struct AgentArgs {
 pub(crate) enum AgentMsg {
     Run {
         context: Vec<ContextItem>,
+        scope: RunScope,
         reply: RpcReplyPort<Outcome>,
     },
     CallTool {
@@ -41,6 +52,134 @@ pub(crate) enum AgentMsg {
         args: serde_json::Value,
         reply: RpcReplyPort<Result<crate::gate::CallResult, GateError>>,
     },
+    Cancel {
+        reason: String,
+        reply: RpcReplyPort<bool>,
+    },
+    Status {
+        reply: RpcReplyPort<AgentStatus>,
+    },
+    /// The current run's task ended.
+    RunEnded,
+    /// The current run's task panicked: the actor fails and its supervisor restarts it.
+    RunPanicked(String),
+}
+
+/// The work a run belongs to: the agent that was given the task and the task itself.
+/// A child's runs carry its root's scope, so proposals group by the work they serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RunScope {
+    pub root_agent: String,
+    pub root_task: String,
+}
+
+/// What the current task serves; the gate reads it while a CONFIRM step waits.
+#[derive(Clone)]
+pub(crate) struct RunControl {
+    pub cancel: CancellationToken,
+    pub reason: Arc<Mutex<String>>,
+    pub scope: Option<RunScope>,
+    pub waiting: Arc<Mutex<Option<String>>>,
+}
+
+impl RunControl {
+    /// Why the run was cancelled, once it was.
+    pub(crate) fn cancelled(&self) -> Option<String> {
+        self.cancel.is_cancelled().then(|| {
+            self.reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
+    }
+}
+
+tokio::task_local! {
+    /// The run or direct call the current task serves.
+    pub(crate) static RUN: RunControl;
+}
+
+/// What an agent is doing, as its actor reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentStatus {
+    /// Whether a run is in progress.
+    pub running: bool,
+    /// Runs waiting behind it.
+    pub queued: usize,
+    /// Direct tool calls in progress.
+    pub calls: usize,
+    /// The CONFIRM proposal the current run waits on, if any.
+    pub waiting_on: Option<String>,
+}
+
+/// The actor's state: its arguments, the run in progress and the runs queued behind it.
+pub(crate) struct AgentState {
+    args: AgentArgs,
+    current: Option<RunControl>,
+    queue: VecDeque<(Vec<ContextItem>, RunScope, RpcReplyPort<Outcome>)>,
+    calls: Vec<RunControl>,
+    /// Cancels everything in progress when it fires; replaced after each cancellation.
+    generation: CancellationToken,
+    reason: Arc<Mutex<String>>,
+}
+
+impl AgentState {
+    fn control(&self, scope: Option<RunScope>) -> RunControl {
+        RunControl {
+            cancel: self.generation.child_token(),
+            reason: self.reason.clone(),
+            scope,
+            waiting: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn cancel_all(&mut self, reason: &str) -> bool {
+        self.calls.retain(|c| !c.cancel.is_cancelled());
+        let busy = self.current.is_some() || !self.calls.is_empty();
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_string();
+        self.generation.cancel();
+        self.generation = CancellationToken::new();
+        self.reason = Arc::new(Mutex::new(String::new()));
+        busy
+    }
+
+    /// Starts the next queued run unless one is in progress.
+    fn start_next(&mut self, me: &ActorRef<AgentMsg>) {
+        if self.current.is_some() {
+            return;
+        }
+        let Some((context, scope, reply)) = self.queue.pop_front() else {
+            return;
+        };
+        let Some(inner) = self.args.inner.upgrade() else {
+            return;
+        };
+        let control = self.control(Some(scope));
+        self.current = Some(control.clone());
+        let args = self.args.clone();
+        let me = me.clone();
+        let span = tracing::info_span!(
+            "agent_run",
+            agent = %args.identity.agent,
+            token_id = %args.identity.token.id()
+        );
+        let run = tokio::spawn(RUN.scope(
+            control,
+            async move { run_loop(&inner, &args, context).await }.instrument(span),
+        ));
+        tokio::spawn(async move {
+            match run.await {
+                Ok(outcome) => {
+                    let _ = reply.send(outcome);
+                    let _ = me.cast(AgentMsg::RunEnded);
+                }
+                Err(e) => {
+                    // The reply is dropped: the caller learns the run failed.
+                    let _ = me.cast(AgentMsg::RunPanicked(e.to_string()));
+                }
+            }
+        });
+    }
 }
 
 /// How a run ended.
@@ -55,6 +194,8 @@ pub enum Status {
     BudgetExhausted(String),
     /// The brain or a tool failed.
     Failed(String),
+    /// The run was cancelled, with the reason given.
+    Cancelled(String),
 }
 
 /// One action the agent attempted and what became of it.
@@ -122,47 +263,93 @@ pub(crate) struct AgentActor;
 
 impl Actor for AgentActor {
     type Msg = AgentMsg;
-    type State = AgentArgs;
+    type State = AgentState;
     type Arguments = AgentArgs;
 
     async fn pre_start(
         &self,
         _me: ActorRef<AgentMsg>,
         args: AgentArgs,
-    ) -> Result<AgentArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<AgentState, ActorProcessingErr> {
+        Ok(AgentState {
+            args,
+            current: None,
+            queue: VecDeque::new(),
+            calls: Vec::new(),
+            generation: CancellationToken::new(),
+            reason: Arc::new(Mutex::new(String::new())),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<AgentMsg>,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Work in progress ends at its next cancellation point; on shutdown a waiting
+        // CONFIRM step sees the runtime closing first and leaves its proposal pending.
+        state.cancel_all("the agent stopped");
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _me: ActorRef<AgentMsg>,
+        me: ActorRef<AgentMsg>,
         msg: AgentMsg,
-        state: &mut AgentArgs,
+        state: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AgentMsg::Run { context, reply } => {
-                let Some(inner) = state.inner.upgrade() else {
-                    return Ok(());
-                };
-                let span = tracing::info_span!(
-                    "agent_run",
-                    agent = %state.identity.agent,
-                    token_id = %state.identity.token.id()
-                );
-                // Boxed: an idle actor's task then holds only the mailbox wait, not the
-                // whole reason/act loop's state.
-                let outcome = Box::pin(run_loop(&inner, state, context).instrument(span)).await;
-                let _ = reply.send(outcome);
+            AgentMsg::Run {
+                context,
+                scope,
+                reply,
+            } => {
+                state.queue.push_back((context, scope, reply));
+                state.start_next(&me);
+            }
+            AgentMsg::RunEnded => {
+                state.current = None;
+                state.start_next(&me);
+            }
+            AgentMsg::RunPanicked(e) => {
+                state.current = None;
+                return Err(format!("the run panicked: {e}").into());
             }
             AgentMsg::CallTool { tool, args, reply } => {
-                let result = match state.inner.upgrade() {
-                    // The embedding program calls directly: its arguments are its own.
-                    Some(inner) => {
-                        Box::pin(inner.call_tool(&state.identity, &tool, args, None)).await
-                    }
-                    None => Err(GateError::UnknownAgent(state.identity.agent.clone())),
+                state.calls.retain(|c| !c.cancel.is_cancelled());
+                let Some(inner) = state.args.inner.upgrade() else {
+                    let _ = reply.send(Err(GateError::UnknownAgent(
+                        state.args.identity.agent.clone(),
+                    )));
+                    return Ok(());
                 };
-                let _ = reply.send(result);
+                let control = state.control(None);
+                state.calls.push(control.clone());
+                let identity = state.args.identity.clone();
+                tokio::spawn(RUN.scope(control.clone(), async move {
+                    // The embedding program calls directly: its arguments are its own.
+                    let result = Box::pin(inner.call_tool(&identity, &tool, args, None)).await;
+                    let _ = reply.send(result);
+                    // Marks the call finished for status and cancellation.
+                    control.cancel.cancel();
+                }));
+            }
+            AgentMsg::Cancel { reason, reply } => {
+                let busy = state.cancel_all(&reason);
+                let _ = reply.send(busy);
+            }
+            AgentMsg::Status { reply } => {
+                state.calls.retain(|c| !c.cancel.is_cancelled());
+                let waiting_on = state
+                    .current
+                    .as_ref()
+                    .and_then(|c| c.waiting.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                let _ = reply.send(AgentStatus {
+                    running: state.current.is_some(),
+                    queued: state.queue.len(),
+                    calls: state.calls.len(),
+                    waiting_on,
+                });
             }
         }
         Ok(())
@@ -204,6 +391,8 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         tool_failures: 0,
     };
     let tools = visible_tools(inner, who);
+    let control = RUN.try_with(Clone::clone).ok();
+    let cancelled = || control.as_ref().and_then(RunControl::cancelled);
     // What this run has seen, for argument provenance: the task and what a parent
     // passed are trusted; everything admitted below is not.
     let mut provenance = Provenance::new();
@@ -213,6 +402,9 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         }
     }
     for step in 0..state.spec.max_steps {
+        if let Some(reason) = cancelled() {
+            return cancel_run(inner, who, out, reason);
+        }
         out.steps = step + 1;
         // Messages that arrived since the last step.
         let arrived: Vec<Envelope> =
@@ -274,17 +466,29 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
             step,
         };
         let step_span = tracing::info_span!("agent_step", agent = %who.agent, step, economy);
-        let reply = tokio::time::timeout(state.spec.step_timeout, state.brain.step(&view))
-            .instrument(step_span)
-            .await;
+        let thinking = tokio::time::timeout(state.spec.step_timeout, state.brain.step(&view))
+            .instrument(step_span);
+        let reply = match &control {
+            Some(c) => tokio::select! {
+                r = thinking => Some(r),
+                () = c.cancel.cancelled() => None,
+            },
+            None => Some(thinking.await),
+        };
         let (action, cost, error) = match reply {
-            Ok(Ok(r)) => (Some(r.action), r.cost.micros(), None),
-            Ok(Err(e)) => (
+            // Cancelled while the brain thought: the reserved cost is charged in full.
+            None => (
+                None,
+                state.brain.max_step_cost(economy).micros(),
+                Some("cancelled".to_string()),
+            ),
+            Some(Ok(Ok(r))) => (Some(r.action), r.cost.micros(), None),
+            Some(Ok(Err(e))) => (
                 None,
                 state.brain.max_step_cost(economy).micros(),
                 Some(e.to_string()),
             ),
-            Err(_) => (
+            Some(Err(_)) => (
                 None,
                 state.brain.max_step_cost(economy).micros(),
                 Some(format!(
@@ -299,6 +503,9 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         );
         out.charged += inner.settle(reservation.id, cost, done, inner.clock.now());
         let Some(action) = action else {
+            if let Some(reason) = cancelled() {
+                return cancel_run(inner, who, out, reason);
+            }
             out.status = Status::Failed(error.unwrap_or_default());
             return out;
         };
@@ -379,8 +586,29 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
                 let spawned = inner.spawn_requested(who, &req).await;
                 match spawned {
                     Ok(child) => {
-                        let child_outcome =
-                            Box::pin(inner.run(child.id(), &req.task, req.pass.clone())).await;
+                        let scope = control.as_ref().and_then(|c| c.scope.clone());
+                        let child_run = Box::pin(inner.run_scoped(
+                            child.id(),
+                            &req.task,
+                            req.pass.clone(),
+                            scope,
+                        ));
+                        let child_outcome = match &control {
+                            Some(c) => {
+                                tokio::pin!(child_run);
+                                tokio::select! {
+                                    o = &mut child_run => o,
+                                    () = c.cancel.cancelled() => {
+                                        // The child is cancelled with its parent; its
+                                        // outcome is still awaited so nothing is lost.
+                                        let reason = c.cancelled().unwrap_or_default();
+                                        let _ = child.cancel(&reason).await;
+                                        child_run.await
+                                    }
+                                }
+                            }
+                            None => child_run.await,
+                        };
                         let summary = match &child_outcome {
                             Ok(o) => o
                                 .answer()
@@ -443,6 +671,19 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
             }
         }
     }
+    out
+}
+
+/// Ends a run that was cancelled, with an audit entry.
+fn cancel_run(inner: &Inner, who: &Identity, mut out: Outcome, reason: String) -> Outcome {
+    let record = who.record(
+        "agent.cancelled",
+        json!({"reason": reason, "steps": out.steps}),
+    );
+    inner
+        .journal
+        .defer(crate::journal::Batch::audit(record), inner.clock.now());
+    out.status = Status::Cancelled(reason);
     out
 }
 

@@ -154,6 +154,14 @@ pub enum GateError {
         /// The proposal.
         proposal: String,
     },
+    /// The run was cancelled while the step waited; the proposal was withdrawn.
+    #[error("the run was cancelled ({reason}); proposal {proposal} was withdrawn")]
+    RunCancelled {
+        /// The proposal.
+        proposal: String,
+        /// Why the run was cancelled.
+        reason: String,
+    },
     /// The runtime is shutting down while the step waited; the proposal stays pending.
     #[error("the runtime is shutting down; proposal {proposal} stays pending")]
     ShuttingDown {

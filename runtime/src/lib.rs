@@ -30,7 +30,7 @@ pub mod telemetry;
 mod tools;
 mod watchdog;
 
-pub use agent::{ActionRecord, Outcome, Status};
+pub use agent::{ActionRecord, AgentStatus, Outcome, Status};
 pub use audit::{AuditEntry, AuditReader, AuditRecord, Verification};
 pub use brain::{
     Brain, BrainAction, BrainError, BrainReply, BrainView, ContextItem, OpenAiBrain, OpenAiConfig,
@@ -46,8 +46,9 @@ pub use ledger::{
     AccountView, ECONOMY_THRESHOLD_PERCENT, LedgerCommand, LedgerOutcome, LedgerState,
 };
 pub use proposals::{
-    ApprovalConfig, DEFAULT_CONFIRM_EXPIRY, DEFAULT_ROLLBACK_WINDOW, DecisionRecord, Proposal,
-    ProposalError, ProposalState, SignedDecision, WebhookConfig, queue_decision, read_proposals,
+    ApprovalConfig, BatchOutcome, DEFAULT_CONFIRM_EXPIRY, DEFAULT_ROLLBACK_WINDOW, DecisionRecord,
+    MAX_BATCH, Proposal, ProposalError, ProposalGroup, ProposalState, SignedDecision,
+    WebhookConfig, queue_decision, read_proposals,
 };
 pub use runtime::{
     AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_INBOX, Runtime, RuntimeBuilder,

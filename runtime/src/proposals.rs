@@ -146,6 +146,19 @@ pub struct Proposal {
     /// Why it failed, if it did.
     #[serde(default)]
     pub error: Option<String>,
+    /// The task of the work it serves, as given to the root agent (`None` for a call
+    /// the embedding program made directly).
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Proposals of one root agent, task and tool share a group; an operator may
+    /// decide a group's pending proposals together (see [`ToolManifest::batch_approval`]).
+    ///
+    /// [`ToolManifest::batch_approval`]: crate::ToolManifest::batch_approval
+    #[serde(default)]
+    pub group: String,
+    /// Whether the tool allows decisions over a batch, fixed at creation.
+    #[serde(default)]
+    pub batchable: bool,
 }
 
 impl Proposal {
@@ -170,6 +183,14 @@ pub enum ProposalError {
     /// No proposal has that id.
     #[error("no proposal `{0}`")]
     NotFound(String),
+    /// A batch decision does not hold as a whole; nothing in it was applied.
+    #[error("batch decision for group `{group}` refused: {reason}")]
+    Batch {
+        /// The group.
+        group: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The proposal is not in a state that allows the operation.
     #[error("proposal `{id}` is {state}: it cannot be {action}")]
     WrongState {
@@ -477,6 +498,13 @@ use crate::tools::{ToolInput, ToolManifest};
 use crate::watchdog::{ProposalFacts, WatchdogMsg};
 use bulwark_capabilities::{Approval, Decision, DecisionKind};
 
+/// The group of proposals made by one root agent's work on one task with one tool.
+pub(crate) fn group_id(root_agent: &str, task: Option<&str>, tool: &str) -> String {
+    let mut id = digest(&["group", root_agent, task.unwrap_or("\u{0}direct"), tool]);
+    id.truncate(16);
+    id
+}
+
 fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
@@ -521,6 +549,18 @@ impl Inner {
                 rule: "the watchdog did not answer".into(),
             },
         };
+        let control = crate::agent::RUN.try_with(Clone::clone).ok();
+        let scope = control
+            .as_ref()
+            .and_then(|c| c.scope.clone())
+            .unwrap_or_else(|| crate::agent::RunScope {
+                root_agent: who.chain.first().unwrap_or(&who.agent).clone(),
+                root_task: String::new(),
+            });
+        let task = control
+            .as_ref()
+            .and_then(|c| c.scope.as_ref())
+            .map(|s| s.root_task.clone());
         let mut p = Proposal {
             id: new_id(),
             agent: who.agent.clone(),
@@ -545,6 +585,12 @@ impl Inner {
             decisions: Vec::new(),
             result: None,
             error: None,
+            group: group_id(&scope.root_agent, task.as_deref(), tool),
+            task,
+            batchable: self
+                .tools
+                .get(tool)
+                .is_some_and(|t| t.tool.manifest().batch_approval),
         };
         if let WatchdogVerdict::Reject { rule } = &verdict {
             p.decisions.push(DecisionRecord {
@@ -585,8 +631,31 @@ impl Inner {
     /// Suspends the calling step until the proposal is decided, expires, or the
     /// runtime shuts down.
     async fn await_decision(&self, p: &Proposal) -> Result<Proposal, GateError> {
+        let control = crate::agent::RUN.try_with(Clone::clone).ok();
+        if let Some(c) = &control {
+            *c.waiting.lock().unwrap_or_else(|p| p.into_inner()) = Some(p.id.clone());
+        }
+        let result = self.await_decision_inner(p, control.as_ref()).await;
+        if let Some(c) = &control {
+            *c.waiting.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        result
+    }
+
+    async fn await_decision_inner(
+        &self,
+        p: &Proposal,
+        control: Option<&crate::agent::RunControl>,
+    ) -> Result<Proposal, GateError> {
         let mut rx = self.proposals.watch(&p.id, p.state);
         let mut closing = self.closing.subscribe();
+        let cancelled = async {
+            match control {
+                Some(c) => c.cancel.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cancelled);
         let left_ms = p
             .expires_ms
             .unwrap_or(0)
@@ -630,6 +699,15 @@ impl Inner {
                 _ => {}
             }
             tokio::select! {
+                // Shutdown first: a proposal waiting when the runtime stops stays pending.
+                biased;
+                _ = closing.changed() => {
+                    return Err(GateError::ShuttingDown { proposal: p.id.clone() });
+                }
+                () = &mut cancelled => {
+                    let reason = control.and_then(crate::agent::RunControl::cancelled).unwrap_or_default();
+                    return Err(self.withdraw(p, reason).await);
+                }
                 changed = rx.changed() => {
                     if changed.is_err() {
                         // The store dropped the channel: the proposal reached a final state.
@@ -639,10 +717,40 @@ impl Inner {
                 _ = &mut deadline => {
                     self.expire(&p.id).await?;
                 }
-                _ = closing.changed() => {
-                    return Err(GateError::ShuttingDown { proposal: p.id.clone() });
-                }
             }
+        }
+    }
+
+    /// The waiting run was cancelled: its proposal, pending or approved but not yet
+    /// run, is withdrawn so that no later decision runs it.
+    async fn withdraw(&self, p: &Proposal, reason: String) -> GateError {
+        let now_ms = self.proposals.now_ms();
+        let why = format!("withdrawn: the run was cancelled ({reason})");
+        let outcome = self
+            .proposals
+            .transition(
+                &p.id,
+                &[ProposalState::Pending, ProposalState::Approved],
+                "withdrawn",
+                "proposal.withdrawn",
+                |p| {
+                    p.state = ProposalState::Failed;
+                    p.error = Some(why.clone());
+                    p.decisions.push(DecisionRecord {
+                        kind: "withdraw".into(),
+                        by: "runtime".into(),
+                        reason: reason.clone(),
+                        at_ms: now_ms,
+                    });
+                },
+            )
+            .await;
+        match outcome {
+            Ok(_) | Err(ProposalError::WrongState { .. }) => GateError::RunCancelled {
+                proposal: p.id.clone(),
+                reason,
+            },
+            Err(e) => e.into(),
         }
     }
 
@@ -1137,6 +1245,66 @@ impl SignedDecision {
     }
 }
 
+/// The most proposals one batch decision may cover.
+pub const MAX_BATCH: usize = 500;
+
+/// The pending proposals of one group, as an operator sees them to decide together.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProposalGroup {
+    /// The group id.
+    pub group: String,
+    /// The agent that was given the task.
+    pub root_agent: String,
+    /// The task (`None` for calls the embedding program made directly).
+    pub task: Option<String>,
+    /// The tool.
+    pub tool: String,
+    /// Whether the tool allows one decision over the group.
+    pub batchable: bool,
+    /// The pending proposals, oldest first.
+    pub pending: Vec<Proposal>,
+}
+
+/// What a batch decision did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BatchOutcome {
+    /// The group.
+    pub group: String,
+    /// The operator's key, hex.
+    pub operator: String,
+    /// The proposals decided, in their new state.
+    pub decided: Vec<Proposal>,
+    /// Proposals that changed state while the batch was applied (e.g. expired), with
+    /// the reason; they were left as they were.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Groups pending proposals by root agent, task and tool, oldest group first.
+pub(crate) fn pending_groups(all: Vec<Proposal>) -> Vec<ProposalGroup> {
+    let mut groups: Vec<ProposalGroup> = Vec::new();
+    for p in all
+        .into_iter()
+        .filter(|p| p.state == ProposalState::Pending)
+    {
+        match groups.iter_mut().find(|g| g.group == p.group) {
+            Some(g) => g.pending.push(p),
+            None => groups.push(ProposalGroup {
+                group: p.group.clone(),
+                root_agent: p.chain.first().unwrap_or(&p.agent).clone(),
+                task: p.task.clone(),
+                tool: p.tool.clone(),
+                batchable: p.batchable,
+                pending: vec![p],
+            }),
+        }
+    }
+    for g in &mut groups {
+        g.pending.sort_by_key(|p| p.created_ms);
+    }
+    groups.sort_by_key(|g| g.pending.first().map_or(0, |p| p.created_ms));
+    groups
+}
+
 const INBOX: &str = "proposal-inbox/";
 
 /// The proposals of a runtime's data directory, read while no runtime has it open
@@ -1213,6 +1381,114 @@ impl Inner {
             SignedDecision::Reject(d) => self.reject(id, d).await,
             SignedDecision::Cancel(d) => self.cancel(id, d).await,
         }
+    }
+
+    /// One operator decision over several pending proposals of one group: every
+    /// approval or rejection is still signed per proposal (over its id and, for an
+    /// approval, the hash of its exact arguments), all by the same operator, all of one
+    /// kind. The whole batch is verified before anything is applied; then each
+    /// proposal is decided and audited as usual, under one `proposal.batch` entry.
+    pub(crate) async fn decide_batch(
+        self: &Arc<Self>,
+        group: &str,
+        decisions: &[SignedDecision],
+    ) -> Result<BatchOutcome, ProposalError> {
+        let refuse = |reason: String| ProposalError::Batch {
+            group: group.to_string(),
+            reason,
+        };
+        if decisions.is_empty() || decisions.len() > MAX_BATCH {
+            return Err(refuse(format!(
+                "a batch holds 1 to {MAX_BATCH} decisions, not {}",
+                decisions.len()
+            )));
+        }
+        let path = self.path()?;
+        let approve = matches!(decisions[0], SignedDecision::Approve(_));
+        let mut operator = None;
+        let mut root_agent = String::new();
+        let mut ids = Vec::with_capacity(decisions.len());
+        for d in decisions {
+            let id = d.proposal_id();
+            if ids.iter().any(|i: &String| i == id) {
+                return Err(refuse(format!("proposal `{id}` appears twice")));
+            }
+            let p = self
+                .proposals
+                .get(id)?
+                .ok_or_else(|| ProposalError::NotFound(id.to_string()))?;
+            if p.group != group {
+                return Err(refuse(format!("proposal `{id}` is in group `{}`", p.group)));
+            }
+            root_agent = p.chain.first().unwrap_or(&p.agent).clone();
+            if !p.batchable {
+                return Err(refuse(format!(
+                    "tool `{}` does not allow batch decisions; decide `{id}` on its own",
+                    p.tool
+                )));
+            }
+            if p.state != ProposalState::Pending {
+                return Err(ProposalError::WrongState {
+                    id: id.to_string(),
+                    state: p.state,
+                    action: "decided in a batch".into(),
+                });
+            }
+            let key = match (d, approve) {
+                (SignedDecision::Approve(a), true) => a
+                    .verify(
+                        &p.id,
+                        &Proposal::approval_args(&p.args),
+                        &path.config.operators,
+                        self.clock.now(),
+                    )
+                    .map_err(|source| ProposalError::Signature {
+                        id: id.to_string(),
+                        source,
+                    })?,
+                (SignedDecision::Reject(r), false) => {
+                    self.verify_decision(DecisionKind::Reject, id, r)?
+                }
+                _ => {
+                    return Err(refuse(
+                        "a batch is all approvals or all rejections".to_string(),
+                    ));
+                }
+            };
+            match &operator {
+                None => operator = Some(key),
+                Some(o) if *o == key => {}
+                Some(_) => return Err(refuse("every decision must be by one operator".into())),
+            }
+            ids.push(id.to_string());
+        }
+        let operator = operator.map(|k| k.to_hex()).unwrap_or_default();
+        let record = AuditRecord::new(
+            "proposal.batch",
+            &root_agent,
+            json!({"group": group, "by": operator,
+                   "decision": if approve { "approve" } else { "reject" }, "proposals": ids}),
+        );
+        self.journal
+            .write(Batch::audit(record), Mode::Durable, self.clock.now())
+            .await?;
+        let mut out = BatchOutcome {
+            group: group.to_string(),
+            operator,
+            decided: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for d in decisions {
+            match self.decide(d.proposal_id(), d).await {
+                Ok(p) => out.decided.push(p),
+                Err(e @ ProposalError::WrongState { .. }) => {
+                    out.skipped
+                        .push((d.proposal_id().to_string(), e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Applies decisions queued while the runtime was stopped, each verified as if

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use crate::agent::{AgentActor, AgentArgs, AgentMsg, Outcome};
+use crate::agent::{AgentActor, AgentArgs, AgentMsg, AgentStatus, Outcome, RunScope};
 use crate::audit::{AuditEntry, AuditRecord, Verification};
 use crate::brain::{Brain, ContextItem, SpawnRequest};
 use crate::breaker::{BreakerPolicy, BreakerState, Breakers};
@@ -26,7 +26,8 @@ use crate::guard::{Guard, GuardConfig, Guards};
 use crate::journal::{Batch, Journal, Mode};
 use crate::ledger::{AccountView, LedgerCommand, LedgerOutcome, LedgerState};
 use crate::proposals::{
-    ApprovalConfig, ApprovalPath, Proposal, ProposalError, ProposalStore, SignedDecision,
+    ApprovalConfig, ApprovalPath, BatchOutcome, Proposal, ProposalError, ProposalGroup,
+    ProposalStore, SignedDecision,
 };
 use crate::secrets::{SecretError, SecretStore};
 use crate::tools::ToolRegistry;
@@ -369,6 +370,25 @@ impl Runtime {
         self.inner.cancel(id, decision).await
     }
 
+    /// The pending proposals grouped by root agent, task and tool: what an operator
+    /// may decide together where the tool allows it.
+    pub fn proposal_groups(&self) -> Result<Vec<ProposalGroup>, StoreError> {
+        Ok(crate::proposals::pending_groups(
+            self.inner.proposals.list()?,
+        ))
+    }
+
+    /// One operator decision over several pending proposals of `group`: all
+    /// approvals or all rejections, each signed per proposal by the same operator.
+    /// Verified as a whole before any is applied.
+    pub async fn decide_batch(
+        &self,
+        group: &str,
+        decisions: &[SignedDecision],
+    ) -> Result<BatchOutcome, ProposalError> {
+        self.inner.decide_batch(group, decisions).await
+    }
+
     /// The content guards (sanitizer, output guard, redaction under this runtime's key).
     pub fn guards(&self) -> &Guards {
         &self.inner.guards
@@ -574,9 +594,51 @@ impl AgentHandle {
         }
     }
 
-    /// Runs a task through the agent's bounded reason/act loop.
+    /// Runs a task through the agent's bounded reason/act loop. Runs of one agent are
+    /// serialized: a run asked for while another is in progress waits its turn.
     pub async fn run(&self, task: &str) -> Result<Outcome, RunError> {
         self.inner.run(&self.id, task, Vec::new()).await
+    }
+
+    /// Cancels the agent's run in progress (and its direct tool calls, and its
+    /// children's runs) with `reason`; the run ends with [`Status::Cancelled`] at its
+    /// next cancellation point. A CONFIRM proposal it waits on is withdrawn, so a later
+    /// approval runs nothing. Runs queued behind it still run. Returns whether
+    /// anything was in progress.
+    ///
+    /// [`Status::Cancelled`]: crate::agent::Status::Cancelled
+    pub async fn cancel(&self, reason: &str) -> Result<bool, RunError> {
+        let reason = reason.to_string();
+        match self
+            .actor()?
+            .call(|reply| AgentMsg::Cancel { reason, reply }, None)
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(busy)) => Ok(busy),
+            _ => Err(RunError::NoSuchAgent(self.id.clone())),
+        }
+    }
+
+    /// What the agent is doing. The actor answers even while a run waits.
+    pub async fn status(&self) -> Result<AgentStatus, RunError> {
+        match self
+            .actor()?
+            .call(|reply| AgentMsg::Status { reply }, None)
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(s)) => Ok(s),
+            _ => Err(RunError::NoSuchAgent(self.id.clone())),
+        }
+    }
+
+    fn actor(&self) -> Result<ActorRef<AgentMsg>, RunError> {
+        self.inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.id)
+            .map(|e| e.actor.clone())
+            .ok_or_else(|| RunError::NoSuchAgent(self.id.clone()))
     }
 
     /// Spawns a child: its token is derived from this agent's by attenuation (refused
@@ -814,6 +876,17 @@ impl Inner {
         task: &str,
         passed: Vec<String>,
     ) -> Result<Outcome, RunError> {
+        self.run_scoped(agent, task, passed, None).await
+    }
+
+    /// Runs a task; `scope` is the root's work when a parent runs a child.
+    pub(crate) async fn run_scoped(
+        self: &Arc<Self>,
+        agent: &str,
+        task: &str,
+        passed: Vec<String>,
+        scope: Option<RunScope>,
+    ) -> Result<Outcome, RunError> {
         if let Err(state) = self.breakers.check(agent, task)? {
             return Err(RunError::BreakerOpen {
                 agent: agent.to_string(),
@@ -843,16 +916,30 @@ impl Inner {
             text: task.to_string(),
         }];
         context.extend(passed.into_iter().map(|text| ContextItem::Passed { text }));
+        let scope = scope.unwrap_or_else(|| RunScope {
+            root_agent: agent.to_string(),
+            root_task: task.to_string(),
+        });
         let result = actor
-            .call(|reply| AgentMsg::Run { context, reply }, None)
+            .call(
+                |reply| AgentMsg::Run {
+                    context,
+                    scope,
+                    reply,
+                },
+                None,
+            )
             .await;
         let outcome = match result {
             Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
             _ => Outcome::failed(agent, "the agent failed during the run and was restarted"),
         };
-        self.breakers
-            .record(agent, task, outcome.succeeded())
-            .await?;
+        // A cancelled run says nothing about the agent's health.
+        if !matches!(outcome.status, crate::agent::Status::Cancelled(_)) {
+            self.breakers
+                .record(agent, task, outcome.succeeded())
+                .await?;
+        }
         if !outcome.succeeded() {
             self.dedup.release_task(agent, task).await?;
         }

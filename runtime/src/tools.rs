@@ -80,6 +80,11 @@ pub struct ToolManifest {
     /// 15 minutes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_window_secs: Option<u64>,
+    /// CONFIRM: whether an operator may approve or reject this tool's pending
+    /// proposals of one group with a single decision (off by default; meant for
+    /// low-risk actions that arrive many at a time).
+    #[serde(default)]
+    pub batch_approval: bool,
 }
 
 impl ToolManifest {
@@ -98,7 +103,14 @@ impl ToolManifest {
             sensitive_args: BTreeMap::new(),
             output: None,
             rollback_window_secs: None,
+            batch_approval: false,
         }
+    }
+
+    /// Lets an operator decide this tool's pending proposals of one group together.
+    pub fn batch_approval(mut self) -> Self {
+        self.batch_approval = true;
+        self
     }
 
     /// PROPOSE: how long after it ran the action can be cancelled.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bulwark_capabilities::{Approval, Decision, DecisionKind, KeyPair, Tier};
 use bulwark_runtime::{
     AgentHandle, AgentSpec, AmountLimit, ApprovalConfig, BrainAction, ManualClock, Proposal,
-    ProposalError, ProposalState, Runtime, ScriptedBrain, Tool, ToolManifest, ToolOutput,
-    WatchdogRules,
+    ProposalError, ProposalState, Runtime, ScriptedBrain, SignedDecision, Tool, ToolManifest,
+    ToolOutput, WatchdogRules,
 };
 use serde_json::{Value, json};
 
@@ -18,6 +18,7 @@ use bulwark_runtime::Clock;
 use crate::{Harness, t0};
 
 struct Counters {
+    reminders: AtomicUsize,
     payouts: AtomicUsize,
     refunds: AtomicUsize,
     reversals: AtomicUsize,
@@ -88,6 +89,21 @@ async fn build(
             },
         ))
         .unwrap();
+    let c = counters.clone();
+    rt.tools()
+        .register(Tool::native(
+            ToolManifest::new("send_reminder", "Sends a payment reminder")
+                .tier(Tier::Confirm)
+                .batch_approval(),
+            move |_| {
+                let c = c.clone();
+                async move {
+                    c.reminders.fetch_add(1, Ordering::SeqCst);
+                    Ok(ToolOutput::new(json!("sent")))
+                }
+            },
+        ))
+        .unwrap();
     let c = counters;
     rt.tools()
         .register(Tool::native(
@@ -111,6 +127,7 @@ impl Setup {
         let clock = Arc::new(ManualClock::new(t0()));
         let operator = KeyPair::generate();
         let counters = Arc::new(Counters {
+            reminders: AtomicUsize::new(0),
             payouts: AtomicUsize::new(0),
             refunds: AtomicUsize::new(0),
             reversals: AtomicUsize::new(0),
@@ -155,7 +172,11 @@ impl Setup {
         let token = self.h.token(
             &spec.key,
             name,
-            &[("payout", Tier::Auto), ("refund_order", Tier::Auto)],
+            &[
+                ("payout", Tier::Auto),
+                ("refund_order", Tier::Auto),
+                ("send_reminder", Tier::Auto),
+            ],
             "10",
         );
         self.h
@@ -673,4 +694,258 @@ async fn an_approved_action_the_budget_cannot_pay_fails_and_is_not_left_executin
             .starts_with("not run: "),
         "{after:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_confirm_step_leaves_the_actor_responsive_and_cancellable() {
+    let s = Arc::new(Setup::new(Duration::from_secs(60)).await);
+    // The first run is cancelled after its first action; the second runs the rest.
+    let mut script = pay(900);
+    script.truncate(1);
+    script.extend(pay(700));
+    let a = s.agent("ap", script).await;
+    let a2 = a.clone();
+    let run = tokio::spawn(async move { a2.run("pay invoice 9").await });
+    let p = s.wait_for(ProposalState::Pending).await;
+    assert_eq!(p.task.as_deref(), Some("pay invoice 9"));
+
+    // The actor answers while the step waits, and queues a second run behind it.
+    let status = a.status().await.unwrap();
+    assert!(status.running);
+    assert_eq!(status.waiting_on.as_deref(), Some(p.id.as_str()));
+    let a3 = a.clone();
+    let queued = tokio::spawn(async move { a3.run("pay invoice 10").await });
+    let mut seen_queued = false;
+    for _ in 0..200 {
+        if a.status().await.unwrap().queued == 1 {
+            seen_queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen_queued, "the second run waits its turn");
+
+    // Cancelling ends the waiting run and withdraws its proposal.
+    assert!(a.cancel("the invoice was paid by hand").await.unwrap());
+    let out = run.await.unwrap().unwrap();
+    assert_eq!(
+        out.status,
+        bulwark_runtime::Status::Cancelled("the invoice was paid by hand".into())
+    );
+    let withdrawn = s.h.rt.proposal(&p.id).unwrap().unwrap();
+    assert_eq!(withdrawn.state, ProposalState::Failed);
+    assert!(
+        withdrawn
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("withdrawn"),
+        "{withdrawn:?}"
+    );
+    // A late approval runs nothing.
+    assert!(matches!(
+        s.h.rt.approve(&p.id, &s.approve_sig(&p)).await,
+        Err(ProposalError::WrongState { .. })
+    ));
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 0);
+
+    // The queued run goes on and, approved, pays exactly once.
+    let mut p2 = None;
+    for _ in 0..400 {
+        p2 =
+            s.h.rt
+                .proposals()
+                .unwrap()
+                .into_iter()
+                .find(|q| q.state == ProposalState::Pending && q.id != p.id);
+        if p2.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let p2 = p2.expect("the queued run proposes");
+    assert_eq!(p2.task.as_deref(), Some("pay invoice 10"));
+    s.h.rt.approve(&p2.id, &s.approve_sig(&p2)).await.unwrap();
+    let out = queued.await.unwrap().unwrap();
+    assert!(out.succeeded(), "{out:?}");
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 1);
+    assert!(!a.cancel("nothing to cancel").await.unwrap());
+
+    let entries = s.h.rt.audit_tail(1000).await.unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.record.kind == "proposal.withdrawn")
+    );
+    assert!(entries.iter().any(|e| e.record.kind == "agent.cancelled"));
+    assert!(matches!(
+        s.h.rt.verify_audit().await.unwrap(),
+        bulwark_runtime::Verification::Intact(_)
+    ));
+}
+
+async fn pending_reminders(s: &Setup, n: usize) -> Vec<Proposal> {
+    for _ in 0..400 {
+        let pending: Vec<_> =
+            s.h.rt
+                .proposals()
+                .unwrap()
+                .into_iter()
+                .filter(|p| p.state == ProposalState::Pending && p.tool == "send_reminder")
+                .collect();
+        if pending.len() == n {
+            return pending;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{n} reminders never became pending");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_operator_decision_covers_a_batch_only_where_the_tool_allows_it() {
+    let s = Arc::new(Setup::new(Duration::from_secs(60)).await);
+    let a = s.agent("collector", vec![]).await;
+    let mut calls = Vec::new();
+    for customer in ["c1", "c2", "c3"] {
+        let a = a.clone();
+        calls.push(tokio::spawn(async move {
+            a.call_tool("send_reminder", json!({"customer": customer}))
+                .await
+        }));
+    }
+    let pending = pending_reminders(&s, 3).await;
+    let groups = s.h.rt.proposal_groups().unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let g = &groups[0];
+    assert!(g.batchable);
+    assert_eq!(g.root_agent, "collector");
+    assert_eq!(g.tool, "send_reminder");
+    assert_eq!(g.pending.len(), 3);
+    assert!(pending.iter().all(|p| p.group == g.group));
+
+    let approvals: Vec<SignedDecision> = g
+        .pending
+        .iter()
+        .map(|p| SignedDecision::Approve(s.approve_sig(p)))
+        .collect();
+
+    // Refused as a whole, with nothing applied: one approval for other arguments,
+    // one by another operator's key, a duplicate, a proposal of another group, mixed kinds.
+    let mut forged = approvals.clone();
+    forged[1] = SignedDecision::Approve(Approval::sign(
+        &s.operator,
+        &g.pending[1].id,
+        &Proposal::approval_args(&json!({"customer": "attacker"})),
+        t0() + Duration::from_secs(3600),
+    ));
+    let mut stranger = approvals.clone();
+    stranger[2] = SignedDecision::Approve(Approval::sign(
+        &KeyPair::generate(),
+        &g.pending[2].id,
+        &Proposal::approval_args(&g.pending[2].args),
+        t0() + Duration::from_secs(3600),
+    ));
+    let mut twice = approvals.clone();
+    twice[2] = twice[0].clone();
+    let mut mixed = approvals.clone();
+    mixed[2] = SignedDecision::Reject(Decision::sign(
+        &s.operator,
+        DecisionKind::Reject,
+        &g.pending[2].id,
+        "no",
+        t0(),
+    ));
+    for (what, batch) in [
+        ("other arguments", forged),
+        ("unknown key", stranger),
+        ("duplicate", twice),
+        ("mixed kinds", mixed),
+    ] {
+        let err = s.h.rt.decide_batch(&g.group, &batch).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProposalError::Signature { .. } | ProposalError::Batch { .. }
+            ),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            s.h.rt.proposal_groups().unwrap()[0].pending.len(),
+            3,
+            "{what}"
+        );
+    }
+    assert!(matches!(
+        s.h.rt.decide_batch("0000000000000000", &approvals).await,
+        Err(ProposalError::Batch { .. })
+    ));
+    assert_eq!(s.counters.reminders.load(Ordering::SeqCst), 0);
+
+    // Approved together: each ran exactly once, under one batch audit entry.
+    let out = s.h.rt.decide_batch(&g.group, &approvals).await.unwrap();
+    assert_eq!(out.decided.len(), 3);
+    assert_eq!(out.operator, s.operator.public().to_hex());
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(s.counters.reminders.load(Ordering::SeqCst), 3);
+    let entries = s.h.rt.audit_tail(1000).await.unwrap();
+    let batch = entries
+        .iter()
+        .find(|e| e.record.kind == "proposal.batch")
+        .unwrap();
+    assert_eq!(batch.record.detail["by"], s.operator.public().to_hex());
+    assert_eq!(batch.record.agent, "collector");
+    assert_eq!(
+        batch.record.detail["proposals"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.record.kind == "proposal.approved")
+            .count(),
+        3
+    );
+
+    // A tool that does not allow it: every proposal needs its own decision.
+    let b = s.agent("ap", vec![]).await;
+    let mut calls = Vec::new();
+    for amount in [100, 200] {
+        let b = b.clone();
+        calls.push(tokio::spawn(async move {
+            b.call_tool("payout", json!({"to": "ACME GmbH", "amount": amount}))
+                .await
+        }));
+    }
+    let mut payouts = Vec::new();
+    for _ in 0..400 {
+        payouts =
+            s.h.rt
+                .proposal_groups()
+                .unwrap()
+                .into_iter()
+                .filter(|g| g.tool == "payout")
+                .collect();
+        if payouts.first().is_some_and(|g| g.pending.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let g = &payouts[0];
+    assert!(!g.batchable);
+    let approvals: Vec<SignedDecision> = g
+        .pending
+        .iter()
+        .map(|p| SignedDecision::Approve(s.approve_sig(p)))
+        .collect();
+    let err = s.h.rt.decide_batch(&g.group, &approvals).await.unwrap_err();
+    assert!(err.to_string().contains("does not allow batch"), "{err}");
+    for p in &g.pending {
+        s.h.rt.approve(&p.id, &s.approve_sig(p)).await.unwrap();
+    }
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 2);
 }
