@@ -121,6 +121,8 @@ fn router(state: AppState) -> Router {
         .route("/api/proposals", get(list))
         .route("/api/proposals/{id}", get(show))
         .route("/api/proposals/{id}/{action}", post(decide))
+        .route("/api/groups", get(groups))
+        .route("/api/groups/{group}/{action}", post(decide_group))
         .with_state(state)
 }
 
@@ -232,10 +234,14 @@ fn outcome(result: Result<Proposal, ProposalError>, rt: &Runtime) -> Response {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.len() > 64 * 1024 {
+    parse_limited(body, 64 * 1024)
+}
+
+fn parse_limited<T: serde::de::DeserializeOwned>(body: &[u8], max: usize) -> Result<T, ApiError> {
+    if body.len() > max {
         return Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "the body is over 64 KiB".into(),
+            format!("the body is over {} KiB", max / 1024),
         ));
     }
     serde_json::from_slice(body).map_err(|e| {
@@ -268,5 +274,85 @@ async fn decide(
     match decision {
         Ok(d) => outcome(s.rt.decide(&id, &d).await, &s.rt),
         Err(e) => e.into_response(),
+    }
+}
+
+/// The pending proposals grouped by root agent, task and tool.
+async fn groups(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorized(&s, &headers) {
+        return e.into_response();
+    }
+    match s.rt.proposal_groups() {
+        Ok(groups) => {
+            let now = now_ms(&s.rt);
+            let out: Vec<Value> = groups
+                .iter()
+                .map(|g| {
+                    json!({
+                        "group": g.group,
+                        "root_agent": g.root_agent,
+                        "task": g.task,
+                        "tool": g.tool,
+                        "batchable": g.batchable,
+                        "pending": g.pending.iter().map(|p| view(p, now)).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            Json(out).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// One decision over a group: the body is the list of per-proposal signed
+/// approvals (or rejections), all by one operator.
+async fn decide_group(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((group, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = authorized(&s, &headers) {
+        return e.into_response();
+    }
+    // About 400 bytes per signed decision.
+    let max = bulwark_runtime::MAX_BATCH * 1024;
+    let decisions = match action.as_str() {
+        "approve" => parse_limited::<Vec<Approval>>(&body, max).map(|v| {
+            v.into_iter()
+                .map(SignedDecision::Approve)
+                .collect::<Vec<_>>()
+        }),
+        "reject" => parse_limited::<Vec<Decision>>(&body, max).map(|v| {
+            v.into_iter()
+                .map(SignedDecision::Reject)
+                .collect::<Vec<_>>()
+        }),
+        other => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no group action `{other}`: approve or reject"),
+        )),
+    };
+    let decisions = match decisions {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
+    match s.rt.decide_batch(&group, &decisions).await {
+        Ok(out) => {
+            let now = now_ms(&s.rt);
+            Json(json!({
+                "group": out.group,
+                "operator": out.operator,
+                "decided": out.decided.iter().map(|p| view(p, now)).collect::<Vec<_>>(),
+                "skipped": out.skipped,
+            }))
+            .into_response()
+        }
+        Err(e @ ProposalError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ (ProposalError::Signature { .. } | ProposalError::Batch { .. })) => {
+            error(StatusCode::FORBIDDEN, e)
+        }
+        Err(e @ ProposalError::WrongState { .. }) => error(StatusCode::CONFLICT, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

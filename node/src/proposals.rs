@@ -39,6 +39,9 @@ pub enum ProposalsCommand {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// The pending proposals grouped by root agent, task and tool.
+        #[arg(long)]
+        groups: bool,
     },
     /// One proposal in full.
     Show {
@@ -48,9 +51,15 @@ pub enum ProposalsCommand {
         target: Target,
     },
     /// Approve a pending proposal: signs its id and the hash of the arguments shown.
+    /// With `--group`, one decision over every pending proposal of a group (where the
+    /// tool allows batches), each still signed over its own arguments.
     Approve {
         /// The proposal id.
-        id: String,
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        id: Option<String>,
+        /// A group id, as `list --groups` shows it.
+        #[arg(long)]
+        group: Option<String>,
         /// The operator's private key file.
         #[arg(long)]
         operator_key: PathBuf,
@@ -60,10 +69,14 @@ pub enum ProposalsCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Reject a pending proposal.
+    /// Reject a pending proposal (or, with `--group`, every pending one of a group).
     Reject {
         /// The proposal id.
-        id: String,
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        id: Option<String>,
+        /// A group id, as `list --groups` shows it.
+        #[arg(long)]
+        group: Option<String>,
         /// Why.
         #[arg(long)]
         reason: String,
@@ -151,6 +164,122 @@ fn fetch(target: &Target, id: &str) -> anyhow::Result<Proposal> {
     serde_json::from_value(v).context("the proposal does not parse")
 }
 
+/// The pending proposals of `group`, oldest first.
+fn group_members(target: &Target, group: &str) -> anyhow::Result<Vec<Proposal>> {
+    let mut members: Vec<Proposal> = fetch_all(target)?
+        .into_iter()
+        .filter(|p| p["state"] == "pending" && p["group"] == group)
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .context("a proposal does not parse")?;
+    if members.is_empty() {
+        bail!("no pending proposals in group `{group}`");
+    }
+    members.sort_by_key(|p| p.created_ms);
+    Ok(members)
+}
+
+fn send_group(
+    target: &Target,
+    group: &str,
+    decisions: Vec<SignedDecision>,
+) -> anyhow::Result<Outcome> {
+    if let Some(dir) = &target.data_dir {
+        // Queued one by one: each is verified on its own when the runtime starts.
+        for d in &decisions {
+            bulwark_runtime::queue_decision(dir, d)?;
+        }
+        println!(
+            "queued {} decisions for group {group}: the runtime verifies and applies them when it next starts on {}",
+            decisions.len(),
+            dir.display()
+        );
+        return Ok(Outcome::Success);
+    }
+    let (http, base) = client(target)?;
+    let approve = matches!(decisions.first(), Some(SignedDecision::Approve(_)));
+    let body: Vec<Value> = decisions
+        .iter()
+        .map(|d| match d {
+            SignedDecision::Approve(a) => serde_json::to_value(a),
+            SignedDecision::Reject(d) | SignedDecision::Cancel(d) => serde_json::to_value(d),
+        })
+        .collect::<Result<_, _>>()?;
+    let action = if approve { "approve" } else { "reject" };
+    let resp = authed(
+        http.post(format!("{base}api/groups/{group}/{action}"))
+            .json(&body),
+        target,
+    )
+    .send()?;
+    let status = resp.status();
+    let v: Value = resp.json().unwrap_or(Value::Null);
+    if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::CONFLICT {
+        return Ok(Outcome::Denied(
+            v["error"].as_str().unwrap_or("refused").to_string(),
+        ));
+    }
+    if !status.is_success() {
+        bail!(
+            "the dashboard refused ({status}): {}",
+            v["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    for p in v["decided"].as_array().into_iter().flatten() {
+        println!(
+            "{}: {}",
+            p["id"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?")
+        );
+    }
+    for s in v["skipped"].as_array().into_iter().flatten() {
+        println!(
+            "skipped {}: {}",
+            s[0].as_str().unwrap_or("?"),
+            s[1].as_str().unwrap_or("?")
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+fn print_groups(list: &[Value], json: bool) {
+    let mut groups: Vec<(String, Vec<&Value>)> = Vec::new();
+    for p in list.iter().filter(|p| p["state"] == "pending") {
+        let g = p["group"].as_str().unwrap_or("").to_string();
+        match groups.iter_mut().find(|(k, _)| *k == g) {
+            Some((_, v)) => v.push(p),
+            None => groups.push((g, vec![p])),
+        }
+    }
+    for (g, members) in groups {
+        let first = members[0];
+        let root = first["chain"][0]
+            .as_str()
+            .unwrap_or(first["agent"].as_str().unwrap_or(""));
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"group": g, "root_agent": root, "task": first["task"],
+                    "tool": first["tool"], "batchable": first["batchable"],
+                    "pending": members.iter().map(|p| &p["id"]).collect::<Vec<_>>()})
+            );
+        } else {
+            println!(
+                "{g:<16} {:<3} pending {:<18} by {:<16} batch: {:<3} task: {}",
+                members.len(),
+                first["tool"].as_str().unwrap_or(""),
+                root,
+                if first["batchable"] == true {
+                    "yes"
+                } else {
+                    "no"
+                },
+                first["task"].as_str().unwrap_or("(direct calls)")
+            );
+        }
+    }
+}
+
 fn line(p: &Value) -> String {
     format!(
         "{:<20} {:<10} {:<9} {:<20} {:<18} {}",
@@ -203,8 +332,17 @@ fn send(target: &Target, id: &str, decision: SignedDecision) -> anyhow::Result<O
 
 pub fn run(cmd: ProposalsCommand) -> anyhow::Result<Outcome> {
     match cmd {
-        ProposalsCommand::List { target, all, json } => {
+        ProposalsCommand::List {
+            target,
+            all,
+            json,
+            groups,
+        } => {
             let mut list = fetch_all(&target)?;
+            if groups {
+                print_groups(&list, json);
+                return Ok(Outcome::Success);
+            }
             list.reverse();
             for p in list.iter().filter(|p| {
                 all || p["state"] == "pending"
@@ -225,13 +363,34 @@ pub fn run(cmd: ProposalsCommand) -> anyhow::Result<Outcome> {
         }
         ProposalsCommand::Approve {
             id,
+            group,
             operator_key,
             ttl,
             target,
         } => {
             let key = KeyPair::load(&operator_key)?;
-            let p = fetch(&target, &id)?;
             let ttl = humantime::parse_duration(&ttl).with_context(|| format!("--ttl {ttl}"))?;
+            let id = match (id, group) {
+                (Some(id), _) => id,
+                (None, Some(group)) => {
+                    let members = group_members(&target, &group)?;
+                    let decisions = members
+                        .iter()
+                        .map(|p| {
+                            eprintln!("approving {} by {}: {} {}", p.id, p.agent, p.tool, p.args);
+                            SignedDecision::Approve(Approval::sign(
+                                &key,
+                                &p.id,
+                                &Proposal::approval_args(&p.args),
+                                SystemTime::now() + ttl,
+                            ))
+                        })
+                        .collect();
+                    return send_group(&target, &group, decisions);
+                }
+                (None, None) => bail!("a proposal id or --group is required"),
+            };
+            let p = fetch(&target, &id)?;
             // The hash is computed here, from the arguments shown, never taken from the
             // server: an approval covers exactly what the operator saw.
             let approval = Approval::sign(
@@ -245,11 +404,31 @@ pub fn run(cmd: ProposalsCommand) -> anyhow::Result<Outcome> {
         }
         ProposalsCommand::Reject {
             id,
+            group,
             reason,
             operator_key,
             target,
         } => {
             let key = KeyPair::load(&operator_key)?;
+            let id = match (id, group) {
+                (Some(id), _) => id,
+                (None, Some(group)) => {
+                    let decisions = group_members(&target, &group)?
+                        .iter()
+                        .map(|p| {
+                            SignedDecision::Reject(Decision::sign(
+                                &key,
+                                DecisionKind::Reject,
+                                &p.id,
+                                &reason,
+                                SystemTime::now(),
+                            ))
+                        })
+                        .collect();
+                    return send_group(&target, &group, decisions);
+                }
+                (None, None) => bail!("a proposal id or --group is required"),
+            };
             let d = Decision::sign(&key, DecisionKind::Reject, &id, &reason, SystemTime::now());
             send(&target, &id, SignedDecision::Reject(d))
         }

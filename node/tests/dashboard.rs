@@ -50,6 +50,7 @@ struct World {
     root: KeyPair,
     operator: KeyPair,
     paid: Arc<AtomicUsize>,
+    reminded: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
@@ -78,11 +79,28 @@ async fn world() -> World {
             },
         ))
         .expect("register");
+    let reminded = Arc::new(AtomicUsize::new(0));
+    let counter = reminded.clone();
+    rt.tools()
+        .register(Tool::native(
+            ToolManifest::new("send_reminder", "Sends a payment reminder")
+                .tier(Tier::Confirm)
+                .batch_approval(),
+            move |_| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Ok(ToolOutput::new(json!("sent")))
+                }
+            },
+        ))
+        .expect("register");
     World {
         rt,
         root,
         operator,
         paid,
+        reminded,
         _dir: dir,
     }
 }
@@ -118,6 +136,50 @@ async fn start_payment_on(
     ]));
     let agent = rt.spawn_agent(spec, token, brain).await.expect("spawn");
     tokio::spawn(async move { agent.run("pay INV-2231").await.expect("run") })
+}
+
+/// A collections agent on whose behalf the program sends one reminder per customer;
+/// each waits for a person. Returns the calls and the group they share.
+async fn start_reminders(
+    w: &World,
+    customers: &[&str],
+) -> (Vec<tokio::task::JoinHandle<()>>, String) {
+    let spec = AgentSpec::new(format!("collector-{}", customers.join("-")));
+    let grant = RootGrant::new(
+        "acme",
+        &spec.id,
+        spec.key.public(),
+        MicroUsd::from_usd(10).expect("usd"),
+        std::time::SystemTime::now() + Duration::from_secs(3600),
+        2,
+    )
+    .tool("send_reminder", Tier::Auto);
+    let token = Token::mint(&w.root, grant).expect("mint");
+    let agent =
+        w.rt.spawn_agent(spec, token, Arc::new(ScriptedBrain::new(vec![])))
+            .await
+            .expect("spawn");
+    let mut calls = Vec::new();
+    for c in customers {
+        let (agent, c) = (agent.clone(), c.to_string());
+        calls.push(tokio::spawn(async move {
+            agent
+                .call_tool("send_reminder", json!({"customer": c}))
+                .await
+                .expect("the reminder is sent once approved");
+        }));
+    }
+    for _ in 0..500 {
+        let groups = w.rt.proposal_groups().expect("groups");
+        if let Some(g) = groups
+            .iter()
+            .find(|g| g.root_agent == agent.id() && g.pending.len() == customers.len())
+        {
+            return (calls, g.group.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the reminders never became pending");
 }
 
 async fn pending(rt: &Runtime) -> bulwark_runtime::Proposal {
@@ -296,6 +358,29 @@ async fn an_operator_approves_in_a_real_browser_and_the_action_runs_once() {
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-approved.png");
     std::fs::write(&out, png).expect("write screenshot");
     println!("screenshot: {}", out.display());
+
+    // Three reminders of one group, approved with one click: the browser signs each
+    // over its own arguments, and each is sent exactly once.
+    let (calls, group) = start_reminders(&w, &["c1", "c2", "c3"]).await;
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id(&format!("approve-group-{group}")))
+        .await
+        .expect("the group is offered for one decision")
+        .click()
+        .await
+        .expect("approve all");
+    for call in calls {
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("each waiting call resumes")
+            .expect("call");
+    }
+    assert_eq!(w.reminded.load(Ordering::SeqCst), 3);
+    let entries = w.rt.audit_tail(1000).await.expect("audit");
+    assert!(entries.iter().any(|e| e.record.kind == "proposal.batch"
+        && e.record.detail["by"] == w.operator.public().to_hex()));
     client.close().await.expect("close");
     dash.stop();
 }
@@ -525,6 +610,56 @@ async fn the_cli_lists_and_decides_against_a_running_dashboard() {
         .expect("run");
     assert_eq!(outcome.denied().count(), 0);
     assert_eq!(w.paid.load(Ordering::SeqCst), 1);
+
+    // A group: listed, refused to a stranger's key, then approved with one command.
+    let (calls, group) = start_reminders(&w, &["c7", "c8"]).await;
+    let listed = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || bulwark(&["proposals", "list", "--groups", "--url", &url])
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        text.contains(&group) && text.contains("2   pending send_reminder"),
+        "{text}"
+    );
+    for (key, code) in [(&stranger_key, Some(3)), (&op_key, Some(0))] {
+        let key = key.to_string_lossy().to_string();
+        let out = tokio::task::spawn_blocking({
+            let (url, group) = (url.clone(), group.clone());
+            move || {
+                bulwark(&[
+                    "proposals",
+                    "approve",
+                    "--group",
+                    &group,
+                    "--operator-key",
+                    &key,
+                    "--url",
+                    &url,
+                ])
+            }
+        })
+        .await
+        .expect("join");
+        assert_eq!(
+            out.status.code(),
+            code,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if code == Some(3) {
+            assert_eq!(w.reminded.load(Ordering::SeqCst), 0);
+        }
+    }
+    for call in calls {
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("each waiting call resumes")
+            .expect("call");
+    }
+    assert_eq!(w.reminded.load(Ordering::SeqCst), 2);
     dash.stop();
 }
 
