@@ -8,6 +8,7 @@ mod audit;
 mod guard;
 mod keys;
 mod proposals;
+mod sandbox;
 mod token;
 
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ enum Command {
     /// List proposals; approve, reject or cancel them with an operator key.
     #[command(subcommand)]
     Proposals(proposals::ProposalsCommand),
+    /// Run Python, JavaScript or WebAssembly in the sandbox, with limits.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
 }
 
 /// What a command concluded; errors are reported by `main`.
@@ -59,6 +63,8 @@ pub enum Outcome {
     Success,
     /// Exit [`EXIT_DENIED`] with this reason on stderr.
     Denied(String),
+    /// Exit with this code and this one-line reason on stderr.
+    Exit(u8, String),
 }
 
 fn main() -> ExitCode {
@@ -70,12 +76,17 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Guard(cmd) => guard::run(cmd),
         Command::Proposals(cmd) => proposals::run(cmd),
+        Command::Sandbox(cmd) => sandbox::run(cmd),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Denied(reason)) => {
             eprintln!("denied: {reason}");
             ExitCode::from(EXIT_DENIED)
+        }
+        Ok(Outcome::Exit(code, reason)) => {
+            eprintln!("{reason}");
+            ExitCode::from(code)
         }
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -25,6 +25,7 @@ mod journal;
 mod ledger;
 mod proposals;
 mod runtime;
+pub mod sandbox;
 mod secrets;
 pub mod telemetry;
 mod tools;
