@@ -354,6 +354,17 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// Starts the pre-started Python interpreters (`warm_python` of them) in the
+    /// background. Must be called on a tokio runtime. Calls start them too.
+    pub fn warm_up(self: &Arc<Self>) {
+        warm::fill(self);
+    }
+
+    /// How many pre-started Python interpreters are ready.
+    pub fn warm_ready(&self) -> usize {
+        self.warm.ready()
+    }
+
     /// The engine (for benchmarks that compare against raw wasmtime).
     pub fn engine(&self) -> &Engine {
         &self.engine

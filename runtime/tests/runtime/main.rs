@@ -11,6 +11,7 @@ mod dedup;
 mod gate;
 mod guards;
 mod proposals;
+mod sandbox;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
