@@ -144,6 +144,7 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<Outcome> {
         mounts,
         files: Vec::new(),
         limits,
+        host: None,
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);

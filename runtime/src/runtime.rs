@@ -323,6 +323,13 @@ impl Runtime {
         &self.inner.tools
     }
 
+    /// The gate as sandboxed code's host functions use it: calls go through the gate
+    /// as the calling agent (see [`crate::sandbox::SandboxTool::host_gate`]). Holds
+    /// the runtime weakly.
+    pub fn host_gate(&self) -> Arc<dyn crate::sandbox::HostGate> {
+        Arc::new(RuntimeGate(Arc::downgrade(&self.inner)))
+    }
+
     /// The secrets store.
     pub fn secrets(&self) -> &SecretStore {
         &self.inner.secrets
@@ -1003,4 +1010,46 @@ fn find_agent(inner: &Inner, cell: &ActorCell) -> Option<AgentArgs> {
 /// Decimal dollars for display.
 pub fn dollars(micros: u64) -> String {
     MicroUsd::new(micros).map_or_else(|| micros.to_string(), |m| m.to_string())
+}
+
+/// The runtime's gate, for sandbox host functions.
+struct RuntimeGate(Weak<Inner>);
+
+impl RuntimeGate {
+    fn identity(&self, agent: &str) -> Option<(Arc<Inner>, Arc<Identity>)> {
+        let inner = self.0.upgrade()?;
+        let identity = inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .map(|e| e.args.identity.clone())?;
+        Some((inner, identity))
+    }
+}
+
+impl crate::sandbox::HostGate for RuntimeGate {
+    fn grants(&self, agent: &str, tool: &str) -> bool {
+        self.identity(agent)
+            .is_some_and(|(_, who)| who.token.effective().tools.contains_key(tool))
+    }
+
+    fn call(
+        &self,
+        agent: &str,
+        tool: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, crate::sandbox::HostCallError> {
+        use crate::sandbox::HostCallError;
+        let (inner, who) = self
+            .identity(agent)
+            .ok_or_else(|| HostCallError::Denied(format!("no agent `{agent}`")))?;
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| HostCallError::Failed("no async runtime for the host call".into()))?;
+        match handle.block_on(inner.call_tool(&who, tool, args, None)) {
+            Ok(r) => Ok(r.value),
+            Err(e) if e.is_tool_failure() => Err(HostCallError::Failed(e.to_string())),
+            Err(e) => Err(HostCallError::Denied(e.to_string())),
+        }
+    }
 }

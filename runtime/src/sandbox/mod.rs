@@ -13,8 +13,10 @@
 //! [`SandboxError`]; what the guest does (exit codes, traps, limits hit) comes back as
 //! a [`RunReport`].
 
+mod host;
 mod interpreters;
 mod limits;
+mod tool;
 mod warm;
 
 use std::collections::HashMap;
@@ -33,8 +35,13 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+pub use host::{
+    BAD_MEMORY, DENIED, FAILED, HTTP_GET, HostAccess, HostCallError, HostGate, READ_SECRET,
+    TOO_LARGE, http_get_tool,
+};
 pub use interpreters::{Interpreter, Interpreters, PYTHON_SHA256, QUICKJS_SHA256};
 pub use limits::{LimitKind, Limits};
+pub use tool::{PoolConfig, SandboxTool, ScriptLanguage, ToolCode};
 
 use limits::Limiter;
 
@@ -176,6 +183,8 @@ pub struct RunRequest {
     pub files: Vec<(String, Vec<u8>)>,
     /// The limits.
     pub limits: Limits,
+    /// Host functions for a module, when the caller's token grants them.
+    pub host: Option<HostAccess>,
 }
 
 impl RunRequest {
@@ -188,6 +197,7 @@ impl RunRequest {
             mounts: Vec::new(),
             files: Vec::new(),
             limits: Limits::default(),
+            host: None,
         }
     }
 }
@@ -250,6 +260,7 @@ impl RunReport {
 /// The store's data.
 pub(crate) struct State {
     wasi: Option<WasiP1Ctx>,
+    host: Option<HostAccess>,
     limiter: Limiter,
     /// The epoch count at which the call is interrupted (`u64::MAX`: not armed yet).
     deadline: Arc<AtomicU64>,
@@ -268,8 +279,9 @@ struct Compiled {
 /// (`Arc`); calls may run concurrently up to the pool's size.
 pub struct Sandbox {
     engine: Engine,
-    linker: Linker<State>,
-    modules: Mutex<HashMap<[u8; 32], Arc<Compiled>>>,
+    /// One linker per set of host functions (see [`HostAccess`]).
+    linkers: Vec<Linker<State>>,
+    modules: Mutex<HashMap<([u8; 32], usize), Arc<Compiled>>>,
     interpreters: Mutex<Option<Interpreters>>,
     config: SandboxConfig,
     /// Ticks since the sandbox started; the ticker thread advances it with the epoch.
@@ -320,12 +332,17 @@ impl Sandbox {
             cfg.cache(Some(Cache::new(cc).map_err(engine_err)?));
         }
         let engine = Engine::new(&cfg).map_err(engine_err)?;
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| {
-            s.wasi
-                .get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
-        })
-        .map_err(engine_err)?;
+        let mut linkers = Vec::with_capacity(4);
+        for variant in 0..4 {
+            let mut linker: Linker<State> = Linker::new(&engine);
+            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| {
+                s.wasi
+                    .get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
+            })
+            .map_err(engine_err)?;
+            host::define(&mut linker, variant).map_err(engine_err)?;
+            linkers.push(linker);
+        }
         let now = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         {
@@ -343,7 +360,7 @@ impl Sandbox {
         }
         let sandbox = Arc::new(Sandbox {
             engine,
-            linker,
+            linkers,
             modules: Mutex::new(HashMap::new()),
             interpreters: Mutex::new(None),
             warm: warm::WarmPool::new(config.warm_python),
@@ -372,7 +389,11 @@ impl Sandbox {
 
     /// Compiles (or finds in the caches) a module and pre-links it.
     fn compiled(&self, bytes: &[u8]) -> Result<Arc<Compiled>, SandboxError> {
-        let key: [u8; 32] = Sha256::digest(bytes).into();
+        self.compiled_for(bytes, 0)
+    }
+
+    fn compiled_for(&self, bytes: &[u8], variant: usize) -> Result<Arc<Compiled>, SandboxError> {
+        let key = (<[u8; 32]>::from(Sha256::digest(bytes)), variant);
         if let Some(c) = self
             .modules
             .lock()
@@ -386,8 +407,7 @@ impl Sandbox {
         let wasi = module
             .imports()
             .any(|i| i.module() == "wasi_snapshot_preview1");
-        let pre = self
-            .linker
+        let pre = self.linkers[variant]
             .instantiate_pre(&module)
             .map_err(|e| SandboxError::Module(format!("{e:#}")))?;
         let c = Arc::new(Compiled { pre, wasi });
@@ -455,14 +475,14 @@ impl Sandbox {
                 module,
                 invoke: Some(func),
             } => {
-                let compiled = self.compiled(module)?;
+                let compiled = self.compiled_for(module, HostAccess::variant(req.host.as_ref()))?;
                 self.invoke(&compiled, func, &req.args, &limits, req)
             }
             Program::Wasm {
                 module,
                 invoke: None,
             } => {
-                let compiled = self.compiled(module)?;
+                let compiled = self.compiled_for(module, HostAccess::variant(req.host.as_ref()))?;
                 self.command(
                     &compiled,
                     vec!["module".into()],
@@ -504,6 +524,7 @@ impl Sandbox {
             &self.engine,
             State {
                 wasi,
+                host: None,
                 limiter: Limiter::new(limits),
                 deadline,
                 now: self.now.clone(),
@@ -563,6 +584,7 @@ impl Sandbox {
             None
         };
         let mut store = self.store(wasi, limits)?;
+        store.data_mut().host = req.host.clone();
         self.arm(store.data_mut(), limits);
         let instance = match compiled.pre.instantiate(&mut store) {
             Ok(i) => i,
@@ -599,6 +621,9 @@ impl Sandbox {
         let (ctx, scratch, pipes) =
             self.wasi_ctx(&argv, MemoryInputPipe::new(stdin), req, limits)?;
         let mut store = self.store(Some(ctx), limits)?;
+        if matches!(req.program, Program::Wasm { .. }) {
+            store.data_mut().host = req.host.clone();
+        }
         self.arm(store.data_mut(), limits);
         let report = self.start(compiled, &mut store, started, Some(pipes), limits);
         drop(scratch);

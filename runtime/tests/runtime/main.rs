@@ -12,6 +12,7 @@ mod gate;
 mod guards;
 mod proposals;
 mod sandbox;
+mod sandbox_tools;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
