@@ -270,6 +270,9 @@ pub(crate) struct State {
     fuel_at_start: Option<u64>,
 }
 
+/// A module's sha256 and the linker variant it was linked with.
+type ModuleKey = ([u8; 32], usize);
+
 struct Compiled {
     pre: InstancePre<State>,
     wasi: bool,
@@ -281,7 +284,7 @@ pub struct Sandbox {
     engine: Engine,
     /// One linker per set of host functions (see [`HostAccess`]).
     linkers: Vec<Linker<State>>,
-    modules: Mutex<HashMap<([u8; 32], usize), Arc<Compiled>>>,
+    modules: Mutex<HashMap<ModuleKey, Arc<Compiled>>>,
     interpreters: Mutex<Option<Interpreters>>,
     config: SandboxConfig,
     /// Ticks since the sandbox started; the ticker thread advances it with the epoch.
