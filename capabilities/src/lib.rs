@@ -36,6 +36,8 @@ pub use error::{ApprovalError, AttenuateError, KeyError, ParseError, TokenError}
 pub use holder::{ReplayGuard, SignedRequest};
 pub use keys::{KeyPair, PublicKey};
 pub use money::{MAX_MICRO_USD, MicroUsd};
-pub use spec::{Attenuation, MAX_CONSTRAINTS_PER_BLOCK, MAX_DEPTH_LIMIT, MAX_TOOLS, RootGrant};
+pub use spec::{
+    Attenuation, MAX_CONSTRAINTS_PER_BLOCK, MAX_DEPTH_LIMIT, MAX_TOOLS, RootGrant, SANDBOX_LIMITS,
+};
 pub use tier::Tier;
 pub use token::{Effective, EffectiveView, Inspection, Link, MAX_TOKEN_BYTES, Token};

@@ -178,7 +178,15 @@ pub struct Attenuation {
     /// argument the agent only saw in untrusted content.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub trusted_args: BTreeSet<String>,
+    /// Sandbox limits, `TOOL.LIMIT` → value, that the tool's calls must not exceed
+    /// (see [`SANDBOX_LIMITS`]); along a chain the smallest value holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sandbox_limits: BTreeMap<String, u64>,
 }
+
+/// The sandbox limits a delegation may tighten: linear memory (bytes), wall-clock
+/// deadline (milliseconds), fuel, and the cap on each of stdout and stderr (bytes).
+pub const SANDBOX_LIMITS: [&str; 4] = ["memory_bytes", "timeout_ms", "fuel", "output_bytes"];
 
 impl Attenuation {
     /// Delegates to `agent` holding `holder`, with nothing narrowed yet but the depth.
@@ -192,6 +200,7 @@ impl Attenuation {
             expires_at: None,
             constraints: Vec::new(),
             trusted_args: BTreeSet::new(),
+            sandbox_limits: BTreeMap::new(),
         }
     }
 
@@ -235,8 +244,39 @@ impl Attenuation {
         self
     }
 
+    /// Caps `tool`'s sandbox `limit` (one of [`SANDBOX_LIMITS`]) at `value`; a
+    /// second cap on the same limit keeps the smaller.
+    pub fn sandbox_limit(mut self, tool: &str, limit: &str, value: u64) -> Self {
+        let key = format!("{tool}.{limit}");
+        let v = self
+            .sandbox_limits
+            .get(&key)
+            .map_or(value, |v| (*v).min(value));
+        self.sandbox_limits.insert(key, v);
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ParseError> {
         validate_name("agent", &self.agent)?;
+        for (entry, value) in &self.sandbox_limits {
+            let bad = |reason: String| ParseError::Constraint {
+                input: format!("{entry}={value}"),
+                reason,
+            };
+            let Some((tool, limit)) = entry.split_once('.') else {
+                return Err(bad("a sandbox limit is written TOOL.LIMIT".into()));
+            };
+            validate_name("tool", tool)?;
+            if !SANDBOX_LIMITS.contains(&limit) {
+                return Err(bad(format!(
+                    "unknown sandbox limit `{limit}`; one of {}",
+                    SANDBOX_LIMITS.join(", ")
+                )));
+            }
+            if *value == 0 || i64::try_from(*value).is_err() {
+                return Err(bad("a sandbox limit is between 1 and 2^63 - 1".into()));
+            }
+        }
         if let Some(tools) = &self.only_tools {
             tools.iter().try_for_each(|t| validate_name("tool", t))?;
         }
@@ -309,6 +349,19 @@ impl Attenuation {
                 .fact(builder::fact(
                     "trusted_arg",
                     &[builder::string(tool), builder::string(arg)],
+                ))
+                .map_err(internal)?;
+        }
+        for (entry, value) in &self.sandbox_limits {
+            let (tool, limit) = entry.split_once('.').unwrap_or((entry, ""));
+            b = b
+                .fact(builder::fact(
+                    "sandbox_limit",
+                    &[
+                        builder::string(tool),
+                        builder::string(limit),
+                        builder::int(i64::try_from(*value).unwrap_or(i64::MAX)),
+                    ],
                 ))
                 .map_err(internal)?;
         }
@@ -441,6 +494,16 @@ impl Attenuation {
                 .str(tool)
                 .raw(", ")
                 .str(arg)
+                .raw(");\n");
+        }
+        for (entry, value) in &self.sandbox_limits {
+            let (tool, limit) = entry.split_once('.').unwrap_or((entry, ""));
+            s.raw("sandbox_limit(")
+                .str(tool)
+                .raw(", ")
+                .str(limit)
+                .raw(", ")
+                .int(i64::try_from(*value).unwrap_or(i64::MAX))
                 .raw(");\n");
         }
         for check in self.checks() {

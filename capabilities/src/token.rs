@@ -45,6 +45,9 @@ pub struct Effective {
     pub remaining_depth: u32,
     /// Per tool, arguments whose value must not come from untrusted content.
     pub trusted_args: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Per tool, sandbox limits (see [`crate::SANDBOX_LIMITS`]) at their smallest
+    /// along the chain.
+    pub sandbox_limits: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Effective {
@@ -55,6 +58,7 @@ impl Effective {
             expires_at: root.expires_at,
             remaining_depth: root.max_depth.saturating_sub(delegations.len() as u32),
             trusted_args: BTreeMap::new(),
+            sandbox_limits: BTreeMap::new(),
         };
         for d in delegations {
             if let Some(only) = &d.only_tools {
@@ -77,6 +81,13 @@ impl Effective {
                         .entry(tool.to_string())
                         .or_default()
                         .insert(arg.to_string());
+                }
+            }
+            for (entry, value) in &d.sandbox_limits {
+                if let Some((tool, limit)) = entry.split_once('.') {
+                    let limits = eff.sandbox_limits.entry(tool.to_string()).or_default();
+                    let v = limits.get(limit).map_or(*value, |v| (*v).min(*value));
+                    limits.insert(limit.to_string(), v);
                 }
             }
         }
@@ -125,6 +136,9 @@ pub struct EffectiveView {
     /// Arguments that must not come from untrusted content, `TOOL.ARG`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trusted_args: Vec<String>,
+    /// Sandbox limits, `TOOL.LIMIT` → value.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sandbox_limits: BTreeMap<String, u64>,
 }
 
 impl Token {
@@ -497,6 +511,11 @@ impl Inspection {
                     .iter()
                     .flat_map(|(t, args)| args.iter().map(move |a| format!("{t}.{a}")))
                     .collect(),
+                sandbox_limits: eff
+                    .sandbox_limits
+                    .iter()
+                    .flat_map(|(t, l)| l.iter().map(move |(k, v)| (format!("{t}.{k}"), *v)))
+                    .collect(),
             },
             revocation_ids: ids.iter().map(hex::encode).collect(),
             size_bytes,
@@ -527,6 +546,15 @@ impl fmt::Display for Inspection {
                 "  trusted arguments only: {}",
                 self.effective.trusted_args.join(", ")
             )?;
+        }
+        if !self.effective.sandbox_limits.is_empty() {
+            let limits: Vec<String> = self
+                .effective
+                .sandbox_limits
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            writeln!(f, "  sandbox limits: {}", limits.join(", "))?;
         }
         if self.effective.tools.is_empty() {
             writeln!(f, "  tools: none")?;

@@ -96,6 +96,10 @@ pub struct AttenuateArgs {
     /// page, another agent): TOOL.ARG. Repeatable.
     #[arg(long = "trusted-arg", value_name = "TOOL.ARG")]
     trusted_args: Vec<String>,
+    /// A cap on a sandboxed tool's limit: TOOL.LIMIT=VALUE with LIMIT one of
+    /// memory_bytes, timeout_ms, fuel, output_bytes. Repeatable.
+    #[arg(long = "sandbox-limit", value_name = "TOOL.LIMIT=VALUE")]
+    sandbox_limits: Vec<String>,
 }
 
 #[derive(Args)]
@@ -199,6 +203,15 @@ fn attenuate(a: AttenuateArgs) -> anyhow::Result<Outcome> {
             bail!("--trusted-arg {t}: expected TOOL.ARG");
         };
         att = att.trusted_arg(tool, arg);
+    }
+    for l in &a.sandbox_limits {
+        let parsed = l
+            .split_once('=')
+            .and_then(|(k, v)| Some((k.split_once('.')?, v.trim().parse::<u64>().ok()?)));
+        let Some(((tool, limit), value)) = parsed else {
+            bail!("--sandbox-limit {l}: expected TOOL.LIMIT=VALUE with a whole number");
+        };
+        att = att.sandbox_limit(tool, limit, value);
     }
     let child = parent.attenuate(&key, att)?;
     println!("{}", child.to_base64()?);

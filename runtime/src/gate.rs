@@ -335,6 +335,13 @@ impl Inner {
             agent: who.agent.clone(),
             args: args.clone(),
             secrets,
+            sandbox_limits: who
+                .token
+                .effective()
+                .sandbox_limits
+                .get(tool)
+                .cloned()
+                .unwrap_or_default(),
         };
         let outcome = run_handler(&registered, input).await;
 

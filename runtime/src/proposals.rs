@@ -754,6 +754,24 @@ impl Inner {
         }
     }
 
+    /// The sandbox limits the agent's token sets for `tool`, when the agent runs.
+    fn token_sandbox_limits(&self, agent: &str, tool: &str) -> BTreeMap<String, u64> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .and_then(|e| {
+                e.args
+                    .identity
+                    .token
+                    .effective()
+                    .sandbox_limits
+                    .get(tool)
+                    .cloned()
+            })
+            .unwrap_or_default()
+    }
+
     async fn expire(&self, id: &str) -> Result<(), ProposalError> {
         let now_ms = self.proposals.now_ms();
         match self
@@ -1029,6 +1047,7 @@ impl Inner {
             agent: p.agent.clone(),
             args: p.args.clone(),
             secrets: BTreeMap::new(),
+            sandbox_limits: self.token_sandbox_limits(&p.agent, &compensation),
         };
         let out =
             run_handler(&comp, input)
@@ -1154,6 +1173,7 @@ impl Inner {
             agent: p.agent.clone(),
             args: p.args.clone(),
             secrets,
+            sandbox_limits: self.token_sandbox_limits(&p.agent, &p.tool),
         };
         let outcome = run_handler(&registered, input).await;
         let actual = match &outcome {

@@ -190,6 +190,10 @@ pub struct ToolInput {
     pub args: Value,
     /// The secrets the manifest names, granted by the caller's token.
     pub secrets: BTreeMap<String, String>,
+    /// Sandbox limits the caller's token sets for this tool (limit → value; see
+    /// `bulwark_capabilities::SANDBOX_LIMITS`); a sandboxed tool tightens its own
+    /// limits with them.
+    pub sandbox_limits: BTreeMap<String, u64>,
 }
 
 /// What a tool returns.

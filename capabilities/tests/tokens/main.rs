@@ -64,6 +64,60 @@ pub fn request(agent: &str, tool: &str, args: &[(&str, ArgValue)]) -> Request {
 }
 
 #[test]
+fn sandbox_limits_survive_verification_and_only_tighten() {
+    use bulwark_capabilities::Attenuation;
+    let f = fixture();
+    let child = KeyPair::generate();
+    let t = f
+        .token
+        .attenuate(
+            &f.holder,
+            Attenuation::new("analyst", child.public())
+                .sandbox_limit("run_python", "memory_bytes", 64 << 20)
+                .sandbox_limit("run_python", "timeout_ms", 2_000),
+        )
+        .unwrap();
+    let back = Token::from_bytes(&t.to_bytes().unwrap(), &f.root.public()).unwrap();
+    assert_eq!(
+        back.effective().sandbox_limits["run_python"]["memory_bytes"],
+        64 << 20
+    );
+    // A grandchild asking for more gets the parent's cap; asking for less gets less.
+    let grandchild = KeyPair::generate();
+    let g = back
+        .attenuate(
+            &child,
+            Attenuation::new("sub", grandchild.public())
+                .sandbox_limit("run_python", "memory_bytes", 1 << 30)
+                .sandbox_limit("run_python", "timeout_ms", 500),
+        )
+        .unwrap();
+    let g = Token::from_bytes(&g.to_bytes().unwrap(), &f.root.public()).unwrap();
+    let limits = &g.effective().sandbox_limits["run_python"];
+    assert_eq!(limits["memory_bytes"], 64 << 20);
+    assert_eq!(limits["timeout_ms"], 500);
+    assert!(
+        g.inspect().to_string().contains(
+            "sandbox limits: run_python.memory_bytes=67108864, run_python.timeout_ms=500"
+        ),
+        "{}",
+        g.inspect()
+    );
+    // Unknown limits, zero and values Datalog cannot hold are refused.
+    for (limit, value) in [("cpu", 5), ("fuel", 0), ("fuel", u64::MAX)] {
+        let bad = Attenuation::new("x", KeyPair::generate().public()).sandbox_limit(
+            "run_python",
+            limit,
+            value,
+        );
+        assert!(
+            f.token.attenuate(&f.holder, bad).is_err(),
+            "{limit}={value}"
+        );
+    }
+}
+
+#[test]
 fn trusted_arguments_survive_verification_and_only_accumulate() {
     use bulwark_capabilities::Attenuation;
     let f = fixture();

@@ -112,6 +112,16 @@ impl Interpreter {
     fn path_in(self, dir: &Path) -> PathBuf {
         dir.join(self.file())
     }
+
+    /// The pinned sha256 as bytes.
+    pub(crate) fn pinned_hash(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        if let Ok(bytes) = hex::decode(self.sha256()) {
+            let n = bytes.len().min(32);
+            out[..n].copy_from_slice(&bytes[..n]);
+        }
+        out
+    }
 }
 
 fn missing_hint(dir: &Path) -> String {

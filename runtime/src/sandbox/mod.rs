@@ -41,7 +41,7 @@ pub use host::{
 };
 pub use interpreters::{Interpreter, Interpreters, PYTHON_SHA256, QUICKJS_SHA256};
 pub use limits::{LimitKind, Limits};
-pub use tool::{PoolConfig, SandboxTool, ScriptLanguage, ToolCode};
+pub use tool::{PoolConfig, SandboxPool, SandboxTool, ScriptLanguage, ToolCode};
 
 use limits::Limiter;
 
@@ -380,9 +380,10 @@ impl Sandbox {
         warm::fill(self);
     }
 
-    /// How many pre-started Python interpreters are ready.
+    /// How many pre-started Python interpreters are ready: started up and waiting
+    /// for their script.
     pub fn warm_ready(&self) -> usize {
-        self.warm.ready()
+        self.warm.waiting()
     }
 
     /// The engine (for benchmarks that compare against raw wasmtime).
@@ -396,7 +397,16 @@ impl Sandbox {
     }
 
     fn compiled_for(&self, bytes: &[u8], variant: usize) -> Result<Arc<Compiled>, SandboxError> {
-        let key = (<[u8; 32]>::from(Sha256::digest(bytes)), variant);
+        self.compiled_keyed(Sha256::digest(bytes).into(), bytes, variant)
+    }
+
+    fn compiled_keyed(
+        &self,
+        hash: [u8; 32],
+        bytes: &[u8],
+        variant: usize,
+    ) -> Result<Arc<Compiled>, SandboxError> {
+        let key = (hash, variant);
         if let Some(c) = self
             .modules
             .lock()
@@ -434,8 +444,11 @@ impl Sandbox {
     }
 
     fn interpreter(&self, which: Interpreter) -> Result<Arc<Compiled>, SandboxError> {
-        let bytes = self.interpreters()?.bytes(which)?;
-        self.compiled(&bytes)
+        // Keyed by the pinned hash the bytes were verified against: hashing 26 MB of
+        // CPython again on every call would cost more than the call.
+        let interpreters = self.interpreters()?;
+        let bytes = interpreters.bytes(which)?;
+        self.compiled_keyed(which.pinned_hash(), &bytes, 0)
     }
 
     /// Compiles and pre-links a module or interpreter ahead of the first call (a
@@ -455,6 +468,14 @@ impl Sandbox {
             && let Some(report) = warm::try_warm(self, &req).await?
         {
             return Ok(report);
+        }
+        // On a multi-threaded runtime the call runs in place: the worker hands its other
+        // tasks to another thread for the duration, without a thread hop for the call
+        // itself. Elsewhere it runs on the blocking pool.
+        if tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            return tokio::task::block_in_place(|| self.run_blocking(&req));
         }
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.run_blocking(&req))
@@ -497,7 +518,12 @@ impl Sandbox {
             Program::Python(source) => {
                 let compiled = self.interpreter(Interpreter::Python)?;
                 let frame = python_frame(source, &req.stdin, &limits)?;
-                self.command(&compiled, python_argv(), frame, req, &limits)
+                let mut report = self.command(&compiled, python_argv(), frame, req, &limits)?;
+                // The loader's readiness marker.
+                if report.stderr.starts_with('\0') {
+                    report.stderr.remove(0);
+                }
+                Ok(report)
             }
             Program::JavaScript(source) => {
                 if source.len() > limits.max_input_bytes {
@@ -591,7 +617,7 @@ impl Sandbox {
         self.arm(store.data_mut(), limits);
         let instance = match compiled.pre.instantiate(&mut store) {
             Ok(i) => i,
-            Err(e) => return Ok(self.report(e, &mut store, started, pipes, limits, Vec::new())),
+            Err(e) => return Self::not_instantiated(e, &mut store, started, pipes, limits),
         };
         let f = instance
             .get_func(&mut store, func)
@@ -603,9 +629,15 @@ impl Sandbox {
         let report = match outcome {
             Ok(()) => {
                 let values = results.iter().map(val_json).collect();
-                self.finish(None, &mut store, started, pipes, limits, values)
+                let mut report = Self::finish(None, &mut store, started, pipes, limits, values);
+                // A function that returned finished: it has no exit code, but it is ok
+                // unless it said more than its cap.
+                if report.limit.is_none() {
+                    report.status = RunStatus::Ok;
+                }
+                report
             }
-            Err(e) => self.report(e, &mut store, started, pipes, limits, Vec::new()),
+            Err(e) => Self::report(e, &mut store, started, pipes, limits, Vec::new()),
         };
         drop(scratch);
         Ok(report)
@@ -628,13 +660,12 @@ impl Sandbox {
             store.data_mut().host = req.host.clone();
         }
         self.arm(store.data_mut(), limits);
-        let report = self.start(compiled, &mut store, started, Some(pipes), limits);
+        let report = Self::start(compiled, &mut store, started, Some(pipes), limits);
         drop(scratch);
         report
     }
 
     fn start(
-        &self,
         compiled: &Compiled,
         store: &mut Store<State>,
         started: Instant,
@@ -643,14 +674,14 @@ impl Sandbox {
     ) -> Result<RunReport, SandboxError> {
         let instance = match compiled.pre.instantiate(&mut *store) {
             Ok(i) => i,
-            Err(e) => return Ok(self.report(e, store, started, pipes, limits, Vec::new())),
+            Err(e) => return Self::not_instantiated(e, store, started, pipes, limits),
         };
         let start = instance
             .get_typed_func::<(), ()>(&mut *store, "_start")
             .map_err(|_| SandboxError::NoSuchExport("_start".into()))?;
         Ok(match start.call(&mut *store, ()) {
-            Ok(()) => self.finish(Some(0), store, started, pipes, limits, Vec::new()),
-            Err(e) => self.report(e, store, started, pipes, limits, Vec::new()),
+            Ok(()) => Self::finish(Some(0), store, started, pipes, limits, Vec::new()),
+            Err(e) => Self::report(e, store, started, pipes, limits, Vec::new()),
         })
     }
 
@@ -722,8 +753,25 @@ impl Sandbox {
         Ok((b.build_p1(), scratch, (out, err)))
     }
 
+    /// Instantiation failed: a memory limit below the module's minimum is the memory
+    /// limit; anything else (every pool slot taken, a start function that trapped
+    /// aside) is the sandbox's refusal, not the guest's failure.
+    fn not_instantiated(
+        e: wasmtime::Error,
+        store: &mut Store<State>,
+        started: Instant,
+        pipes: Option<(MemoryOutputPipe, MemoryOutputPipe)>,
+        limits: &Limits,
+    ) -> Result<RunReport, SandboxError> {
+        if store.data().limiter.hit || e.downcast_ref::<Trap>().is_some() {
+            return Ok(Self::report(e, store, started, pipes, limits, Vec::new()));
+        }
+        Err(SandboxError::Refused(format!(
+            "the module could not be instantiated: {e:#}"
+        )))
+    }
+
     fn report(
-        &self,
         e: wasmtime::Error,
         store: &mut Store<State>,
         started: Instant,
@@ -732,10 +780,10 @@ impl Sandbox {
         results: Vec<serde_json::Value>,
     ) -> RunReport {
         if let Some(exit) = e.downcast_ref::<I32Exit>() {
-            return self.finish(Some(exit.0), store, started, pipes, limits, results);
+            return Self::finish(Some(exit.0), store, started, pipes, limits, results);
         }
         let trap = e.downcast_ref::<Trap>().copied();
-        let mut report = self.finish(None, store, started, pipes, limits, results);
+        let mut report = Self::finish(None, store, started, pipes, limits, results);
         let limit = match trap {
             Some(Trap::Interrupt) => Some(LimitKind::Timeout),
             Some(Trap::OutOfFuel) => Some(LimitKind::Fuel),
@@ -756,7 +804,6 @@ impl Sandbox {
     }
 
     fn finish(
-        &self,
         exit: Option<i32>,
         store: &mut Store<State>,
         started: Instant,

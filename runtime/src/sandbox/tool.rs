@@ -102,20 +102,45 @@ impl SandboxTool {
         self
     }
 
-    /// The tool, under `manifest`.
+    /// The tool, under `manifest`: the gate authorizes, budgets and audits each
+    /// call, then the pool schedules it.
     pub fn into_tool(self, manifest: ToolManifest) -> Tool {
-        let name = manifest.name.clone();
-        let state = Arc::new(Scheduled {
-            tool: self,
-            name,
-            workers: Arc::new(Semaphore::new(0)),
-            agents: Mutex::new(HashMap::new()),
-        });
-        state.workers.add_permits(state.tool.pool.workers.max(1));
+        let pool = self.into_pool(&manifest.name);
         Tool::native(manifest, move |input| {
-            let state = state.clone();
-            async move { state.call(input).await }
+            let pool = pool.clone();
+            async move { pool.0.call(input).await }
         })
+    }
+
+    /// The pool alone, for code that runs sandboxed work outside the gate (the
+    /// embedding program's own jobs, benchmarks); agents reach it through
+    /// [`SandboxTool::into_tool`].
+    pub fn into_pool(self, name: &str) -> SandboxPool {
+        let workers = self.pool.workers.max(1);
+        SandboxPool(Arc::new(Scheduled {
+            tool: self,
+            name: name.to_string(),
+            workers: Arc::new(Semaphore::new(workers)),
+            agents: Mutex::new(HashMap::new()),
+        }))
+    }
+}
+
+/// A sandboxed tool's scheduled worker pool.
+#[derive(Clone)]
+pub struct SandboxPool(Arc<Scheduled>);
+
+impl SandboxPool {
+    /// Runs one call for `agent` with `args`, scheduled like a tool call.
+    pub async fn call(&self, agent: &str, args: Value) -> Result<ToolOutput, ToolError> {
+        self.0
+            .call(ToolInput {
+                agent: agent.to_string(),
+                args,
+                secrets: Default::default(),
+                sandbox_limits: Default::default(),
+            })
+            .await
     }
 }
 
@@ -241,7 +266,10 @@ impl Scheduled {
                 r
             }
         };
-        req.limits = self.tool.limits.clone();
+        req.limits = self
+            .tool
+            .limits
+            .tighten(&token_limits(&input.sandbox_limits));
         if let (Some(gate), Program::Wasm { .. }) = (&self.tool.gate, &req.program) {
             let http_get = gate.grants(&input.agent, host::HTTP_GET);
             let read_secret = gate.grants(&input.agent, host::READ_SECRET);
@@ -255,5 +283,22 @@ impl Scheduled {
             }
         }
         Ok(req)
+    }
+}
+
+/// The limits a token sets, as [`Limits`] with everything it does not set unbounded
+/// (so [`Limits::tighten`] keeps the tool's value there).
+fn token_limits(set: &std::collections::BTreeMap<String, u64>) -> Limits {
+    let get = |k: &str| set.get(k).copied();
+    Limits {
+        memory_bytes: get("memory_bytes").unwrap_or(u64::MAX),
+        timeout: get("timeout_ms")
+            .map_or(std::time::Duration::MAX, std::time::Duration::from_millis),
+        fuel: get("fuel"),
+        output_bytes: get("output_bytes")
+            .map_or(usize::MAX, |v| usize::try_from(v).unwrap_or(usize::MAX)),
+        max_input_bytes: usize::MAX,
+        table_elements: usize::MAX,
+        instances: usize::MAX,
     }
 }

@@ -24,9 +24,14 @@ use super::{
 
 /// The loader CPython runs (`-c`): it reads one frame from stdin — two little-endian
 /// u64 lengths, the script, the script's own stdin — and runs the script as
-/// `__main__` from /scratch, in a fresh namespace.
+/// `__main__` from /scratch, in a fresh namespace. It exits with `os._exit` after
+/// flushing: interpreter finalization would double the cost of a short script, and
+/// the instance is discarded anyway. Exit codes follow Python's (`SystemExit`, 1 for
+/// an uncaught exception, with its traceback on stderr).
 pub(crate) const PYTHON_LOADER: &str = "\
 import sys, os, io
+sys.stderr.write('\\0')
+sys.stderr.flush()
 _b = sys.stdin.buffer
 _h = _b.read(16)
 if len(_h) < 16:
@@ -39,10 +44,28 @@ sys.argv = ['/scratch/main.py']
 os.chdir('/scratch')
 _g = {'__name__': '__main__', '__file__': '/scratch/main.py', '__builtins__': __builtins__}
 del _b, _h, _n, _m
-exec(compile(_src, '/scratch/main.py', 'exec'), _g)
+try:
+    exec(compile(_src, '/scratch/main.py', 'exec'), _g)
+    _code = 0
+except SystemExit as _e:
+    _code = _e.code
+    if _code is None:
+        _code = 0
+    elif not isinstance(_code, int):
+        print(_code, file=sys.stderr)
+        _code = 1
+except BaseException:
+    import traceback
+    traceback.print_exc()
+    _code = 1
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(_code)
 ";
 
 struct Warm {
+    /// The interpreter's stderr: its first byte, a NUL, says it is waiting for input.
+    stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
     writer: tokio::io::WriteHalf<tokio::io::SimplexStream>,
     deadline: Arc<AtomicU64>,
     scratch: PathBuf,
@@ -66,9 +89,19 @@ impl WarmPool {
         }
     }
 
-    /// How many instances are ready.
+    /// How many instances have started or are starting.
     pub fn ready(&self) -> usize {
         self.ready.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// How many instances are waiting for their script (start-up done).
+    pub fn waiting(&self) -> usize {
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|w| !w.stderr.contents().is_empty())
+            .count()
     }
 }
 
@@ -103,14 +136,17 @@ fn start(sb: &Arc<Sandbox>) -> Result<Warm, SandboxError> {
     let store = sb.store(Some(ctx), &limits)?;
     let deadline = store.data().deadline.clone();
     let path = scratch.path().to_path_buf();
-    let me = sb.clone();
+    let stderr = pipes.1.clone();
+    // The thread holds no reference to the sandbox: dropping the sandbox drops the
+    // pool's writers, and each waiting interpreter reads end-of-input and exits.
     let done = tokio::task::spawn_blocking(move || {
         let mut store = store;
-        let report = me.start(&compiled, &mut store, Instant::now(), Some(pipes), &limits);
+        let report = Sandbox::start(&compiled, &mut store, Instant::now(), Some(pipes), &limits);
         drop(scratch);
         report
     });
     Ok(Warm {
+        stderr,
         writer,
         deadline,
         scratch: path,
@@ -138,11 +174,14 @@ pub(crate) async fn try_warm(
     if req.stdin.len() > req.limits.max_input_bytes {
         return Ok(None);
     }
-    let taken = pool
-        .ready
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pop_front();
+    let taken = {
+        let mut ready = pool.ready.lock().unwrap_or_else(|p| p.into_inner());
+        let at = ready
+            .iter()
+            .position(|w| !w.stderr.contents().is_empty())
+            .unwrap_or(0);
+        ready.remove(at)
+    };
     fill(sb);
     let Some(mut warm) = taken else {
         return Ok(None);
@@ -179,5 +218,8 @@ pub(crate) async fn try_warm(
         .map_err(|e| SandboxError::Engine(format!("the call's thread failed: {e}")))??;
     report.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     report.warm = true;
+    if report.stderr.starts_with('\0') {
+        report.stderr.remove(0);
+    }
     Ok(Some(report))
 }

@@ -295,7 +295,9 @@ async fn bad_modules_and_requests_get_typed_errors() {
         Err(SandboxError::Arguments { .. })
     ));
     req.args = vec!["2".into(), "40".into()];
-    assert_eq!(run(&sb, req).await.results, vec![serde_json::json!(42)]);
+    let r = run(&sb, req).await;
+    assert_eq!(r.status, RunStatus::Ok);
+    assert_eq!(r.results, vec![serde_json::json!(42)]);
 
     let mut req = RunRequest::new(Program::Python("print(1)".into()));
     req.limits.memory_bytes = 8 << 30;

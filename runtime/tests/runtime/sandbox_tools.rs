@@ -244,3 +244,65 @@ async fn host_functions_exist_only_where_granted_and_go_through_the_gate() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_can_only_tighten_a_sandboxed_tools_limits() {
+    let h = Harness::new().await;
+    let tool = SandboxTool::new(
+        sandbox(0),
+        ToolCode::Script {
+            language: ScriptLanguage::Python,
+            code_arg: "code".into(),
+            files_arg: None,
+        },
+    )
+    .limits(Limits {
+        memory_bytes: 128 << 20,
+        ..Limits::default()
+    })
+    .into_tool(ToolManifest::new("run_python", "Runs a Python script").tier(Tier::Auto));
+    h.rt.tools().register(tool).unwrap();
+    let parent = h
+        .agent(
+            "analyst",
+            &[("run_python", Tier::Auto)],
+            "10",
+            Arc::new(ScriptedBrain::new(vec![])),
+        )
+        .await;
+    let spec = AgentSpec::new("intern");
+    let narrow = Attenuation::new("intern", spec.key.public()).sandbox_limit(
+        "run_python",
+        "memory_bytes",
+        32 << 20,
+    );
+    let child = parent
+        .spawn_child(spec, narrow, Arc::new(ScriptedBrain::new(vec![])))
+        .await
+        .unwrap();
+    let spec = AgentSpec::new("intern-sub");
+    // Asking for more than the parent's cap does not widen it.
+    let wider = Attenuation::new("intern-sub", spec.key.public()).sandbox_limit(
+        "run_python",
+        "memory_bytes",
+        1 << 30,
+    );
+    let grandchild = child
+        .spawn_child(spec, wider, Arc::new(ScriptedBrain::new(vec![])))
+        .await
+        .unwrap();
+    let script = json!({"code": "data = bytearray(48 << 20)\nprint(len(data))"});
+    let out = parent
+        .call_tool("run_python", script.clone())
+        .await
+        .unwrap();
+    assert_eq!(out.value["status"], "ok", "{}", out.value);
+    assert_eq!(out.value["stdout"], 48 << 20);
+    for narrowed in [&child, &grandchild] {
+        let out = narrowed
+            .call_tool("run_python", script.clone())
+            .await
+            .unwrap();
+        assert_eq!(out.value["limit"], "memory", "{}", out.value);
+    }
+}
