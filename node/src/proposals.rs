@@ -206,25 +206,15 @@ fn send_group(
         })
         .collect::<Result<_, _>>()?;
     let action = if approve { "approve" } else { "reject" };
-    let resp = authed(
-        http.post(format!("{base}api/groups/{group}/{action}"))
-            .json(&body),
+    let v = match post(
         target,
-    )
-    .send()?;
-    let status = resp.status();
-    let v: Value = resp.json().unwrap_or(Value::Null);
-    if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::CONFLICT {
-        return Ok(Outcome::Denied(
-            v["error"].as_str().unwrap_or("refused").to_string(),
-        ));
-    }
-    if !status.is_success() {
-        bail!(
-            "the dashboard refused ({status}): {}",
-            v["error"].as_str().unwrap_or("no reason given")
-        );
-    }
+        &http,
+        format!("{base}api/groups/{group}/{action}"),
+        &Value::Array(body),
+    )? {
+        Ok(v) => v,
+        Err(refused) => return Ok(refused),
+    };
     for p in v["decided"].as_array().into_iter().flatten() {
         println!(
             "{}: {}",
@@ -280,6 +270,30 @@ fn print_groups(list: &[Value], json: bool) {
     }
 }
 
+/// Posts a signed decision; a refusal of the signature or state is `Err(Denied)`.
+fn post(
+    target: &Target,
+    http: &reqwest::blocking::Client,
+    url: String,
+    body: &Value,
+) -> anyhow::Result<Result<Value, Outcome>> {
+    let resp = authed(http.post(url).json(body), target).send()?;
+    let status = resp.status();
+    let v: Value = resp.json().unwrap_or(Value::Null);
+    if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::CONFLICT {
+        return Ok(Err(Outcome::Denied(
+            v["error"].as_str().unwrap_or("refused").to_string(),
+        )));
+    }
+    if !status.is_success() {
+        bail!(
+            "the dashboard refused ({status}): {}",
+            v["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(Ok(v))
+}
+
 fn line(p: &Value) -> String {
     format!(
         "{:<20} {:<10} {:<9} {:<20} {:<18} {}",
@@ -307,25 +321,15 @@ fn send(target: &Target, id: &str, decision: SignedDecision) -> anyhow::Result<O
         SignedDecision::Reject(d) => ("reject", serde_json::to_value(d)?),
         SignedDecision::Cancel(d) => ("cancel", serde_json::to_value(d)?),
     };
-    let resp = authed(
-        http.post(format!("{base}api/proposals/{id}/{action}"))
-            .json(&body),
+    let v = match post(
         target,
-    )
-    .send()?;
-    let status = resp.status();
-    let v: Value = resp.json().unwrap_or(Value::Null);
-    if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::CONFLICT {
-        return Ok(Outcome::Denied(
-            v["error"].as_str().unwrap_or("refused").to_string(),
-        ));
-    }
-    if !status.is_success() {
-        bail!(
-            "the dashboard refused ({status}): {}",
-            v["error"].as_str().unwrap_or("no reason given")
-        );
-    }
+        &http,
+        format!("{base}api/proposals/{id}/{action}"),
+        &body,
+    )? {
+        Ok(v) => v,
+        Err(refused) => return Ok(refused),
+    };
     println!("{id}: {}", v["state"].as_str().unwrap_or("?"));
     Ok(Outcome::Success)
 }

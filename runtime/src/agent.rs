@@ -405,6 +405,11 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         if let Some(reason) = cancelled() {
             return cancel_run(inner, who, out, reason);
         }
+        if *inner.closing.borrow() {
+            // Shutdown abandons the run at its current step.
+            out.status = Status::Failed("the runtime shut down".into());
+            return out;
+        }
         out.steps = step + 1;
         // Messages that arrived since the last step.
         let arrived: Vec<Envelope> =
@@ -565,6 +570,10 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
                         }
                         if let GateError::Store(s) = &e {
                             out.status = Status::Failed(s.to_string());
+                            return out;
+                        }
+                        if let GateError::ShuttingDown { .. } = &e {
+                            out.status = Status::Failed(e.to_string());
                             return out;
                         }
                         out.actions.push(ActionRecord {

@@ -907,22 +907,11 @@ impl Inner {
         id: &str,
         approval: &Approval,
     ) -> Result<Proposal, ProposalError> {
-        let path = self.path()?;
         let p = self
             .proposals
             .get(id)?
             .ok_or_else(|| ProposalError::NotFound(id.to_string()))?;
-        let operator = approval
-            .verify(
-                &p.id,
-                &Proposal::approval_args(&p.args),
-                &path.config.operators,
-                self.clock.now(),
-            )
-            .map_err(|source| ProposalError::Signature {
-                id: id.to_string(),
-                source,
-            })?;
+        let operator = self.verify_approval(&p, approval)?;
         let now_ms = self.proposals.now_ms();
         if p.expires_ms.is_some_and(|e| e <= now_ms) && p.state == ProposalState::Pending {
             self.expire(id).await?;
@@ -956,6 +945,26 @@ impl Inner {
             });
         }
         Ok(p)
+    }
+
+    /// Checks an operator's approval of exactly `p`'s id and arguments.
+    fn verify_approval(
+        &self,
+        p: &Proposal,
+        approval: &Approval,
+    ) -> Result<bulwark_capabilities::PublicKey, ProposalError> {
+        let path = self.path()?;
+        approval
+            .verify(
+                &p.id,
+                &Proposal::approval_args(&p.args),
+                &path.config.operators,
+                self.clock.now(),
+            )
+            .map_err(|source| ProposalError::Signature {
+                id: p.id.clone(),
+                source,
+            })
     }
 
     /// Checks an operator's signed decision of `kind` about proposal `id`.
@@ -1423,7 +1432,7 @@ impl Inner {
                 decisions.len()
             )));
         }
-        let path = self.path()?;
+        self.path()?;
         let approve = matches!(decisions[0], SignedDecision::Approve(_));
         let mut operator = None;
         let mut root_agent = String::new();
@@ -1455,17 +1464,7 @@ impl Inner {
                 });
             }
             let key = match (d, approve) {
-                (SignedDecision::Approve(a), true) => a
-                    .verify(
-                        &p.id,
-                        &Proposal::approval_args(&p.args),
-                        &path.config.operators,
-                        self.clock.now(),
-                    )
-                    .map_err(|source| ProposalError::Signature {
-                        id: id.to_string(),
-                        source,
-                    })?,
+                (SignedDecision::Approve(a), true) => self.verify_approval(&p, a)?,
                 (SignedDecision::Reject(r), false) => {
                     self.verify_decision(DecisionKind::Reject, id, r)?
                 }

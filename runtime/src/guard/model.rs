@@ -65,26 +65,11 @@ pub struct ModelGuardConfig {
     #[serde(default)]
     pub api_key: Option<String>,
     /// Per-call timeout.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::clock::duration_text")]
     pub timeout: Duration,
     /// Let content through when the classifier fails (default: no).
     #[serde(default)]
     pub fail_open: bool,
-}
-
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
 }
 
 impl ModelGuardConfig {

@@ -15,7 +15,7 @@ pub struct Limits {
     /// Linear memory, bytes (default 128 MiB).
     pub memory_bytes: u64,
     /// Wall-clock deadline (default 3 s), enforced by epoch interruption.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::clock::duration_text")]
     pub timeout: Duration,
     /// Fuel (instructions, roughly); `None` means no fuel limit.
     pub fuel: Option<u64>,
@@ -80,22 +80,6 @@ impl Limits {
             ));
         }
         Ok(self.clone())
-    }
-}
-
-/// Serializes durations as humantime text (`3s`, `500ms`).
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 

@@ -712,19 +712,7 @@ impl Sandbox {
                 .tempdir(),
         }
         .map_err(|e| files_err(&e))?;
-        for (name, contents) in &req.files {
-            if name.is_empty()
-                || name.contains('/')
-                || name.contains('\\')
-                || name == "."
-                || name == ".."
-            {
-                return Err(SandboxError::Refused(format!(
-                    "scratch file name `{name}` must be a plain file name"
-                )));
-            }
-            std::fs::write(scratch.path().join(name), contents).map_err(|e| files_err(&e))?;
-        }
+        write_files(scratch.path(), &req.files)?;
         // One more byte than the cap: a full pipe means the guest tried to write more.
         let out = MemoryOutputPipe::new(limits.output_bytes + 1);
         let err = MemoryOutputPipe::new(limits.output_bytes + 1);
@@ -872,6 +860,22 @@ fn capped(bytes: &[u8], cap: usize) -> (String, bool) {
     }
     cut.push_str(&format!("\n[output truncated at {cap} bytes]"));
     (cut, true)
+}
+
+/// Places a call's files in its scratch directory; names must be plain file names.
+pub(crate) fn write_files(
+    dir: &std::path::Path,
+    files: &[(String, Vec<u8>)],
+) -> Result<(), SandboxError> {
+    for (name, contents) in files {
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(SandboxError::Refused(format!(
+                "scratch file name `{name}` must be a plain file name"
+            )));
+        }
+        std::fs::write(dir.join(name), contents).map_err(|e| SandboxError::Files(e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn validate_guest_path(guest: &str) -> Result<(), SandboxError> {

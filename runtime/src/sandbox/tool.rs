@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use super::{HostAccess, HostGate, Limits, Program, RunRequest, RunStatus, Sandbox, host};
+use super::{HostAccess, HostGate, Limits, Mount, Program, RunRequest, RunStatus, Sandbox, host};
 use crate::tools::{Tool, ToolError, ToolInput, ToolManifest, ToolOutput};
 
 /// A tool's worker pool.
@@ -69,6 +69,7 @@ pub struct SandboxTool {
     limits: Limits,
     pool: PoolConfig,
     gate: Option<Arc<dyn HostGate>>,
+    mounts: Vec<Mount>,
 }
 
 impl SandboxTool {
@@ -80,6 +81,7 @@ impl SandboxTool {
             limits: Limits::default(),
             pool: PoolConfig::default(),
             gate: None,
+            mounts: Vec::new(),
         }
     }
 
@@ -99,6 +101,15 @@ impl SandboxTool {
     /// each exists only when the calling agent's token grants its tool.
     pub fn host_gate(mut self, gate: Arc<dyn HostGate>) -> Self {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Offers a read-only mount. A call gets it only when the caller's token grants
+    /// the name `mount:GUEST_PATH` (for example `mount:/data`) as a tool, checked
+    /// through the gate handle ([`SandboxTool::host_gate`]; without one, no call gets
+    /// it). Delegation can drop the grant like any tool, never add it.
+    pub fn mount(mut self, mount: Mount) -> Self {
+        self.mounts.push(mount);
         self
     }
 
@@ -270,6 +281,13 @@ impl Scheduled {
             .tool
             .limits
             .tighten(&token_limits(&input.sandbox_limits));
+        if let Some(gate) = &self.tool.gate {
+            for m in &self.tool.mounts {
+                if gate.grants(&input.agent, &format!("mount:{}", m.guest)) {
+                    req.mounts.push(m.clone());
+                }
+            }
+        }
         if let (Some(gate), Program::Wasm { .. }) = (&self.tool.gate, &req.program) {
             let http_get = gate.grants(&input.agent, host::HTTP_GET);
             let read_secret = gate.grants(&input.agent, host::READ_SECRET);

@@ -186,20 +186,7 @@ pub(crate) async fn try_warm(
     let Some(mut warm) = taken else {
         return Ok(None);
     };
-    for (name, contents) in &req.files {
-        if name.is_empty()
-            || name.contains('/')
-            || name.contains('\\')
-            || name == "."
-            || name == ".."
-        {
-            return Err(SandboxError::Refused(format!(
-                "scratch file name `{name}` must be a plain file name"
-            )));
-        }
-        std::fs::write(warm.scratch.join(name), contents)
-            .map_err(|e| SandboxError::Files(e.to_string()))?;
-    }
+    super::write_files(&warm.scratch, &req.files)?;
     let started = Instant::now();
     sb.arm_shared(&warm.deadline, &req.limits);
     let sent = async {

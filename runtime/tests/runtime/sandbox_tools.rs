@@ -22,20 +22,13 @@ async fn a_flooding_agent_cannot_starve_the_others() {
         timeout: Duration::from_millis(800),
         ..Limits::default()
     };
-    let tool = SandboxTool::new(
-        sandbox(0),
-        ToolCode::Script {
-            language: ScriptLanguage::Python,
-            code_arg: "code".into(),
-            files_arg: None,
-        },
-    )
-    .limits(limits)
-    .pool(PoolConfig {
-        workers: 4,
-        per_agent: 8,
-    })
-    .into_tool(ToolManifest::new("run_python", "Runs a Python script").tier(Tier::Auto));
+    let tool = python_tool()
+        .limits(limits)
+        .pool(PoolConfig {
+            workers: 4,
+            per_agent: 8,
+        })
+        .into_tool(ToolManifest::new("run_python", "Runs a Python script").tier(Tier::Auto));
     h.rt.tools().register(tool).unwrap();
     let grant = [("run_python", Tier::Auto)];
     let hostile = h
@@ -111,6 +104,18 @@ async fn a_flooding_agent_cannot_starve_the_others() {
         "the flood is bounded per agent: {refused} refused"
     );
     assert!(stopped >= 8, "{stopped}");
+}
+
+/// A tool that runs the agent's Python script (argument `code`).
+fn python_tool() -> SandboxTool {
+    SandboxTool::new(
+        sandbox(0),
+        ToolCode::Script {
+            language: ScriptLanguage::Python,
+            code_arg: "code".into(),
+            files_arg: None,
+        },
+    )
 }
 
 async fn http_server() -> (String, tokio::task::JoinHandle<()>) {
@@ -248,19 +253,12 @@ async fn host_functions_exist_only_where_granted_and_go_through_the_gate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_can_only_tighten_a_sandboxed_tools_limits() {
     let h = Harness::new().await;
-    let tool = SandboxTool::new(
-        sandbox(0),
-        ToolCode::Script {
-            language: ScriptLanguage::Python,
-            code_arg: "code".into(),
-            files_arg: None,
-        },
-    )
-    .limits(Limits {
-        memory_bytes: 128 << 20,
-        ..Limits::default()
-    })
-    .into_tool(ToolManifest::new("run_python", "Runs a Python script").tier(Tier::Auto));
+    let tool = python_tool()
+        .limits(Limits {
+            memory_bytes: 128 << 20,
+            ..Limits::default()
+        })
+        .into_tool(ToolManifest::new("run_python", "Runs a Python script").tier(Tier::Auto));
     h.rt.tools().register(tool).unwrap();
     let parent = h
         .agent(
@@ -305,4 +303,55 @@ async fn a_token_can_only_tighten_a_sandboxed_tools_limits() {
             .unwrap();
         assert_eq!(out.value["limit"], "memory", "{}", out.value);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_mount_is_visible_only_where_the_token_grants_it() {
+    let h = Harness::new().await;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("prices.csv"), "sku,price\nA-1,12\n").unwrap();
+    let tool = python_tool()
+        .host_gate(h.rt.host_gate())
+        .mount(bulwark_runtime::sandbox::Mount {
+            host: data.path().to_path_buf(),
+            guest: "/data".into(),
+        })
+        .into_tool(ToolManifest::new("run_python", "Runs a Python script").tier(Tier::Auto));
+    h.rt.tools().register(tool).unwrap();
+    let granted = h
+        .agent(
+            "pricing",
+            &[("run_python", Tier::Auto), ("mount:/data", Tier::Auto)],
+            "10",
+            Arc::new(ScriptedBrain::new(vec![])),
+        )
+        .await;
+    let plain = h
+        .agent(
+            "intern",
+            &[("run_python", Tier::Auto)],
+            "10",
+            Arc::new(ScriptedBrain::new(vec![])),
+        )
+        .await;
+    let read = json!({"code": "print(open('/data/prices.csv').read().splitlines()[1])"});
+    let out = granted.call_tool("run_python", read.clone()).await.unwrap();
+    assert_eq!(out.value["stdout"], "A-1,12\n", "{}", out.value);
+    let write = json!({"code": "open('/data/prices.csv', 'w').write('A-1,0')"});
+    let out = granted.call_tool("run_python", write).await.unwrap();
+    assert_eq!(out.value["status"], "guest_error", "{}", out.value);
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("prices.csv")).unwrap(),
+        "sku,price\nA-1,12\n"
+    );
+    let out = plain.call_tool("run_python", read).await.unwrap();
+    assert_eq!(out.value["status"], "guest_error", "{}", out.value);
+    assert!(
+        out.value["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("FileNotFoundError"),
+        "{}",
+        out.value
+    );
 }
