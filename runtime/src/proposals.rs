@@ -314,6 +314,23 @@ impl ProposalStore {
         Ok(Ok(()))
     }
 
+    /// A decision: moves the proposal from one of `from` to `to` and records who
+    /// decided and why.
+    pub async fn decide(
+        &self,
+        id: &str,
+        from: &[ProposalState],
+        to: ProposalState,
+        (action, event): (&str, &str),
+        record: DecisionRecord,
+    ) -> Result<Proposal, ProposalError> {
+        self.transition(id, from, action, event, |p| {
+            p.state = to;
+            p.decisions.push(record);
+        })
+        .await
+    }
+
     /// Moves a proposal from one of `from` to a new state, durably, with an audit
     /// entry of `event`.
     pub async fn transition(
@@ -776,19 +793,16 @@ impl Inner {
         let now_ms = self.proposals.now_ms();
         match self
             .proposals
-            .transition(
+            .decide(
                 id,
                 &[ProposalState::Pending],
-                "expired",
-                "proposal.expired",
-                |p| {
-                    p.state = ProposalState::Expired;
-                    p.decisions.push(DecisionRecord {
-                        kind: "expire".into(),
-                        by: "runtime".into(),
-                        reason: "no decision before the deadline".into(),
-                        at_ms: now_ms,
-                    });
+                ProposalState::Expired,
+                ("expired", "proposal.expired"),
+                DecisionRecord {
+                    kind: "expire".into(),
+                    by: "runtime".into(),
+                    reason: "no decision before the deadline".into(),
+                    at_ms: now_ms,
                 },
             )
             .await
@@ -918,19 +932,16 @@ impl Inner {
         }
         let p = self
             .proposals
-            .transition(
+            .decide(
                 id,
                 &[ProposalState::Pending],
-                "approved",
-                "proposal.approved",
-                |p| {
-                    p.state = ProposalState::Approved;
-                    p.decisions.push(DecisionRecord {
-                        kind: "approve".into(),
-                        by: operator.to_hex(),
-                        reason: String::new(),
-                        at_ms: now_ms,
-                    });
+                ProposalState::Approved,
+                ("approved", "proposal.approved"),
+                DecisionRecord {
+                    kind: "approve".into(),
+                    by: operator.to_hex(),
+                    reason: String::new(),
+                    at_ms: now_ms,
                 },
             )
             .await?;
@@ -990,21 +1001,17 @@ impl Inner {
     ) -> Result<Proposal, ProposalError> {
         let operator = self.verify_decision(DecisionKind::Reject, id, decision)?;
         let now_ms = self.proposals.now_ms();
-        let reason = decision.reason.clone();
         self.proposals
-            .transition(
+            .decide(
                 id,
                 &[ProposalState::Pending],
-                "rejected",
-                "proposal.rejected",
-                |p| {
-                    p.state = ProposalState::Rejected;
-                    p.decisions.push(DecisionRecord {
-                        kind: "reject".into(),
-                        by: operator.to_hex(),
-                        reason,
-                        at_ms: now_ms,
-                    });
+                ProposalState::Rejected,
+                ("rejected", "proposal.rejected"),
+                DecisionRecord {
+                    kind: "reject".into(),
+                    by: operator.to_hex(),
+                    reason: decision.reason.clone(),
+                    at_ms: now_ms,
                 },
             )
             .await
@@ -1066,24 +1073,20 @@ impl Inner {
                     tool: compensation.clone(),
                     reason: e.to_string(),
                 })?;
-        let reason = decision.reason.clone();
         self.proposals
-            .transition(
+            .decide(
                 id,
                 &[ProposalState::Committed],
-                "cancelled",
-                "proposal.rolled_back",
-                |p| {
-                    p.state = ProposalState::RolledBack;
-                    p.decisions.push(DecisionRecord {
-                        kind: "cancel".into(),
-                        by: operator.to_hex(),
-                        reason: format!(
-                            "{reason} (compensation `{compensation}` returned {})",
-                            out.value
-                        ),
-                        at_ms: now_ms,
-                    });
+                ProposalState::RolledBack,
+                ("cancelled", "proposal.rolled_back"),
+                DecisionRecord {
+                    kind: "cancel".into(),
+                    by: operator.to_hex(),
+                    reason: format!(
+                        "{} (compensation `{compensation}` returned {})",
+                        decision.reason, out.value
+                    ),
+                    at_ms: now_ms,
                 },
             )
             .await
