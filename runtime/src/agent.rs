@@ -28,7 +28,9 @@ use crate::brain::{Brain, BrainAction, BrainView, ContextItem};
 use crate::clock::unix_ms;
 use crate::error::{BudgetDenial, GateError};
 use crate::gate::Identity;
-use crate::guard::{ANSWER_CHANNEL, GuardNote, GuardVerdict, Provenance, Verdict};
+use crate::guard::{
+    ANSWER_CHANNEL, AnswerProvenance, GuardNote, GuardVerdict, Provenance, Verdict,
+};
 use crate::runtime::{AgentSpec, Envelope, Inner};
 use crate::tools::ToolManifest;
 
@@ -45,6 +47,9 @@ pub(crate) enum AgentMsg {
     Run {
         context: Vec<ContextItem>,
         scope: RunScope,
+        /// For a run a brain asked for (a spawned child's task): what that brain had
+        /// seen. Its task and passed strings are then no more trusted than that.
+        inherited: Option<Box<Provenance>>,
         reply: RpcReplyPort<Outcome>,
     },
     CallTool {
@@ -112,11 +117,19 @@ pub struct AgentStatus {
     pub waiting_on: Option<String>,
 }
 
+/// A run waiting for the one in progress.
+struct QueuedRun {
+    context: Vec<ContextItem>,
+    scope: RunScope,
+    inherited: Option<Box<Provenance>>,
+    reply: RpcReplyPort<Outcome>,
+}
+
 /// The actor's state: its arguments, the run in progress and the runs queued behind it.
 pub(crate) struct AgentState {
     args: AgentArgs,
     current: Option<RunControl>,
-    queue: VecDeque<(Vec<ContextItem>, RunScope, RpcReplyPort<Outcome>)>,
+    queue: VecDeque<QueuedRun>,
     calls: Vec<RunControl>,
     /// Cancels everything in progress when it fires; replaced after each cancellation.
     generation: CancellationToken,
@@ -148,7 +161,13 @@ impl AgentState {
         if self.current.is_some() {
             return;
         }
-        let Some((context, scope, reply)) = self.queue.pop_front() else {
+        let Some(QueuedRun {
+            context,
+            scope,
+            inherited,
+            reply,
+        }) = self.queue.pop_front()
+        else {
             return;
         };
         let Some(inner) = self.args.inner.upgrade() else {
@@ -165,7 +184,7 @@ impl AgentState {
         );
         let run = tokio::spawn(RUN.scope(
             control,
-            async move { run_loop(&inner, &args, context).await }.instrument(span),
+            async move { run_loop(&inner, &args, context, inherited).await }.instrument(span),
         ));
         tokio::spawn(async move {
             match run.await {
@@ -302,9 +321,15 @@ impl Actor for AgentActor {
             AgentMsg::Run {
                 context,
                 scope,
+                inherited,
                 reply,
             } => {
-                state.queue.push_back((context, scope, reply));
+                state.queue.push_back(QueuedRun {
+                    context,
+                    scope,
+                    inherited,
+                    reply,
+                });
                 state.start_next(&me);
             }
             AgentMsg::RunEnded => {
@@ -380,7 +405,12 @@ fn visible_tools(inner: &Inner, who: &Identity) -> Vec<(ToolManifest, Tier)> {
         .collect()
 }
 
-async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<ContextItem>) -> Outcome {
+async fn run_loop(
+    inner: &Arc<Inner>,
+    state: &AgentArgs,
+    mut context: Vec<ContextItem>,
+    inherited: Option<Box<Provenance>>,
+) -> Outcome {
     let who = &state.identity;
     let mut out = Outcome {
         agent: who.agent.clone(),
@@ -393,14 +423,23 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
     let tools = visible_tools(inner, who);
     let control = RUN.try_with(Clone::clone).ok();
     let cancelled = || control.as_ref().and_then(RunControl::cancelled);
-    // What this run has seen, for argument provenance: the task and what a parent
-    // passed are trusted; everything admitted below is not.
-    let mut provenance = Provenance::new();
-    for item in &context {
-        if let ContextItem::Task { text } | ContextItem::Passed { text } = item {
-            provenance.observe_trusted(text);
+    // What this run has seen, for argument provenance. A task from the embedding
+    // program (and what it passed) is trusted. A task a brain wrote for a child is
+    // text that brain chose: it is no more trusted than what that brain had read, so
+    // the child starts from its parent's view and its task adds nothing trusted.
+    // Everything admitted below is untrusted.
+    let mut provenance = match inherited {
+        Some(parent) => *parent,
+        None => {
+            let mut p = Provenance::new();
+            for item in &context {
+                if let ContextItem::Task { text } | ContextItem::Passed { text } = item {
+                    p.observe_trusted(text);
+                }
+            }
+            p
         }
-    }
+    };
     for step in 0..state.spec.max_steps {
         if let Some(reason) = cancelled() {
             return cancel_run(inner, who, out, reason);
@@ -434,8 +473,19 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         // Reserve the model call; at 80 % of the budget only the cheap model is allowed.
         let now = inner.clock.now();
         let mut economy = false;
+        let mut reserved: u64;
         let reservation = loop {
-            let cost = state.brain.max_step_cost(economy).micros();
+            // The reservation covers what the brain will be shown (a model is billed
+            // for its prompt as well as its completion).
+            let view = BrainView {
+                agent: &who.agent,
+                context: &context,
+                tools: &tools,
+                economy,
+                step,
+            };
+            let cost = state.brain.step_reservation(&view).micros();
+            reserved = cost;
             let premium = state.brain.premium(economy);
             let intent = who.record(
                 "model.call",
@@ -482,20 +532,23 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         };
         let (action, cost, error) = match reply {
             // Cancelled while the brain thought: the reserved cost is charged in full.
-            None => (
+            None => (None, reserved, Some("cancelled".to_string())),
+            // A step is charged what it reports, at most its reservation; a brain that
+            // reports more fails closed (its action is dropped, the reservation charged).
+            Some(Ok(Ok(r))) if r.cost.micros() > reserved => (
                 None,
-                state.brain.max_step_cost(economy).micros(),
-                Some("cancelled".to_string()),
+                reserved,
+                Some(format!(
+                    "the brain reported a cost of ${}, more than the ${} reserved for the step",
+                    r.cost,
+                    crate::runtime::dollars(reserved)
+                )),
             ),
             Some(Ok(Ok(r))) => (Some(r.action), r.cost.micros(), None),
-            Some(Ok(Err(e))) => (
-                None,
-                state.brain.max_step_cost(economy).micros(),
-                Some(e.to_string()),
-            ),
+            Some(Ok(Err(e))) => (None, reserved, Some(e.to_string())),
             Some(Err(_)) => (
                 None,
-                state.brain.max_step_cost(economy).micros(),
+                reserved,
                 Some(format!(
                     "the brain did not answer within {:?}",
                     state.spec.step_timeout
@@ -516,6 +569,7 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
         };
         match action {
             BrainAction::Finish { answer } => {
+                let answer = mark_untrusted_values(inner, who, &provenance, answer);
                 let guarded = inner.guards.output(ANSWER_CHANNEL, &answer);
                 if guarded.changed() {
                     let record = who.record(
@@ -601,6 +655,7 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
                             &req.task,
                             req.pass.clone(),
                             scope,
+                            Some(Box::new(provenance.clone())),
                         ));
                         let child_outcome = match &control {
                             Some(c) => {
@@ -666,11 +721,15 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
                     content,
                     sent_at_ms: unix_ms(inner.clock.now()),
                 };
-                let record = who.record("agent.message", json!({"to": to}));
+                let result = inner.send_from_agent(who, envelope);
+                let record = who.record(
+                    "agent.message",
+                    json!({"to": to, "allowed": result.is_ok(),
+                           "reason": result.as_ref().err().map(ToString::to_string)}),
+                );
                 inner
                     .journal
                     .defer(crate::journal::Batch::audit(record), inner.clock.now());
-                let result = inner.deliver(envelope);
                 out.actions.push(ActionRecord {
                     kind: "send".into(),
                     target: to,
@@ -680,6 +739,55 @@ async fn run_loop(inner: &Arc<Inner>, state: &AgentArgs, mut context: Vec<Contex
             }
         }
     }
+    out
+}
+
+/// Marks (or withholds, by policy) each link, address or account number in the answer
+/// that the run saw only in untrusted content, with where it came from; audited.
+fn mark_untrusted_values(
+    inner: &Inner,
+    who: &Identity,
+    provenance: &Provenance,
+    answer: String,
+) -> String {
+    let policy = inner.guards.config().answer_provenance;
+    if policy == AnswerProvenance::Off {
+        return answer;
+    }
+    let found = provenance.untrusted_values(&answer);
+    if found.is_empty() {
+        return answer;
+    }
+    let mut out = String::with_capacity(answer.len() + 64 * found.len());
+    let mut at = 0;
+    for f in &found {
+        if f.span.start < at {
+            continue;
+        }
+        out.push_str(&answer[at..f.span.start]);
+        match policy {
+            AnswerProvenance::Withhold => {
+                out.push_str(&format!(
+                    "[withheld: {} from {}]",
+                    f.kind.as_str(),
+                    f.source
+                ));
+            }
+            _ => {
+                out.push_str(&f.text);
+                out.push_str(&format!(" [unverified: from {}]", f.source));
+            }
+        }
+        at = f.span.end;
+    }
+    out.push_str(&answer[at..]);
+    let record = who.record(
+        "guard.answer_provenance",
+        json!({"policy": policy, "values": found}),
+    );
+    inner
+        .journal
+        .defer(crate::journal::Batch::audit(record), inner.clock.now());
     out
 }
 
@@ -697,6 +805,7 @@ fn cancel_run(inner: &Inner, who: &Identity, mut out: Outcome, reason: String) -
 }
 
 /// Untrusted content on its way into an agent's context.
+#[derive(Clone, Copy)]
 enum Untrusted<'a> {
     /// A tool's result.
     Json(&'a serde_json::Value),
@@ -724,10 +833,21 @@ async fn admit(
             (scan.sanitized.clone(), scan, t.to_string())
         }
     };
-    provenance.observe_untrusted(&raw_text);
-    provenance.observe_untrusted(&content);
+    // A tool result is remembered by the strings inside it, not its JSON text.
+    match raw {
+        Untrusted::Json(v) => {
+            provenance.observe_untrusted_json(v, source);
+            if let Ok(clean) = serde_json::from_str::<serde_json::Value>(&content) {
+                provenance.observe_untrusted_json(&clean, source);
+            }
+        }
+        Untrusted::Text(_) => {
+            provenance.observe_untrusted_from(&raw_text, source);
+            provenance.observe_untrusted_from(&content, source);
+        }
+    }
     for decoded in &scan.decoded {
-        provenance.observe_untrusted(decoded);
+        provenance.observe_untrusted_from(decoded, source);
     }
     let mut note = GuardNote::from(&scan);
     if let Some(model) = inner.guards.model() {

@@ -178,6 +178,17 @@ pub enum BrainError {
     /// Configuration is missing.
     #[error("model client not configured: {0}")]
     Config(String),
+    /// The provider reported more usage than the step reserved: the step fails closed
+    /// and is charged its whole reservation.
+    #[error(
+        "the model reported usage costing ${charged}, more than the ${reserved} reserved for the step"
+    )]
+    UsageExceedsReservation {
+        /// What the reported usage costs, dollars.
+        charged: String,
+        /// What was reserved, dollars.
+        reserved: String,
+    },
 }
 
 /// Decides an agent's next step.
@@ -186,10 +197,18 @@ pub trait Brain: Send + Sync + 'static {
     /// The next action.
     async fn step(&self, view: &BrainView<'_>) -> Result<BrainReply, BrainError>;
 
-    /// The most one step may cost; reserved before the step.
+    /// The most one step may cost whatever it is shown (in this mode).
     fn max_step_cost(&self, economy: bool) -> MicroUsd {
         let _ = economy;
         MicroUsd::ZERO
+    }
+
+    /// The most this step may cost, given what it will be shown: reserved before the
+    /// step, and the most the step is charged. A brain whose price depends on its
+    /// input (a model billed per prompt token) must cover the input here; a step whose
+    /// reported cost exceeds it fails closed. Defaults to [`Brain::max_step_cost`].
+    fn step_reservation(&self, view: &BrainView<'_>) -> MicroUsd {
+        self.max_step_cost(view.economy)
     }
 
     /// Whether a step (in this mode) uses a premium model.
@@ -272,9 +291,14 @@ pub struct OpenAiConfig {
     pub cheap_model: String,
     /// The API key, if the endpoint needs one.
     pub api_key: Option<String>,
-    /// Price per 1000 tokens, micro-dollars, of the premium and the cheap model.
+    /// Price per 1000 completion tokens, micro-dollars, of the premium and the cheap
+    /// model.
     pub micro_usd_per_1k_tokens: (u64, u64),
-    /// Most tokens a completion may use (bounds the reservation).
+    /// Price per 1000 prompt tokens, micro-dollars, of the premium and the cheap model.
+    pub micro_usd_per_1k_prompt_tokens: (u64, u64),
+    /// Most tokens a completion may use. A step reserves the prompt (bounded by its
+    /// size in bytes: no tokenizer makes more tokens than bytes) plus this many
+    /// completion tokens.
     pub max_tokens: u64,
     /// Request timeout.
     pub timeout: Duration,
@@ -299,6 +323,7 @@ impl OpenAiConfig {
             model,
             api_key: var("BULWARK_LLM_API_KEY"),
             micro_usd_per_1k_tokens: (10_000, 1_000),
+            micro_usd_per_1k_prompt_tokens: (10_000, 1_000),
             max_tokens: 4096,
             timeout: Duration::from_secs(60),
         })
@@ -365,27 +390,8 @@ impl OpenAiBrain {
 #[async_trait]
 impl Brain for OpenAiBrain {
     async fn step(&self, view: &BrainView<'_>) -> Result<BrainReply, BrainError> {
-        let model = if view.economy {
-            &self.config.cheap_model
-        } else {
-            &self.config.model
-        };
-        let tools: Vec<Value> = view
-            .tools
-            .iter()
-            .map(|(m, _)| {
-                json!({"type": "function", "function": {
-                    "name": m.name, "description": m.description, "parameters": m.args_schema}})
-            })
-            .collect();
-        let mut body = json!({
-            "model": model,
-            "messages": Self::messages(view),
-            "max_tokens": self.config.max_tokens,
-        });
-        if !tools.is_empty() {
-            body["tools"] = Value::Array(tools);
-        }
+        let body = self.request_body(view);
+        let reserved = self.reservation_for(&body, view.economy);
         let url = format!(
             "{}/chat/completions",
             self.config.base_url.trim_end_matches('/')
@@ -422,30 +428,121 @@ impl Brain for OpenAiBrain {
         let parsed: Value = serde_json::from_slice(&bytes)
             .map_err(|e| BrainError::Malformed(format!("not JSON: {e}")))?;
         let action = parse_completion(&parsed)?;
-        let tokens = parsed["usage"]["total_tokens"]
-            .as_u64()
-            .unwrap_or(self.config.max_tokens);
-        let price = if view.economy {
-            self.config.micro_usd_per_1k_tokens.1
-        } else {
-            self.config.micro_usd_per_1k_tokens.0
-        };
-        let cost = MicroUsd::new(tokens.min(self.config.max_tokens).saturating_mul(price) / 1000)
-            .unwrap_or(MicroUsd::ZERO);
+        let cost = self.usage_cost(&parsed["usage"], view.economy, reserved)?;
         Ok(BrainReply { action, cost })
     }
 
     fn max_step_cost(&self, economy: bool) -> MicroUsd {
-        let price = if economy {
-            self.config.micro_usd_per_1k_tokens.1
-        } else {
-            self.config.micro_usd_per_1k_tokens.0
-        };
-        MicroUsd::new(self.config.max_tokens.saturating_mul(price) / 1000).unwrap_or(MicroUsd::ZERO)
+        let (_, completion) = self.prices(economy);
+        saturating_usd(
+            self.config
+                .max_tokens
+                .saturating_mul(completion)
+                .div_ceil(1000),
+        )
+    }
+
+    fn step_reservation(&self, view: &BrainView<'_>) -> MicroUsd {
+        self.reservation_for(&self.request_body(view), view.economy)
     }
 
     fn premium(&self, economy: bool) -> bool {
         !economy && self.config.model != self.config.cheap_model
+    }
+}
+
+/// Micro-dollars as [`MicroUsd`], saturating at the largest amount (which no budget
+/// can pay, so a reservation that large is refused).
+fn saturating_usd(micros: u64) -> MicroUsd {
+    MicroUsd::new(micros.min(bulwark_capabilities::MAX_MICRO_USD)).unwrap_or(MicroUsd::ZERO)
+}
+
+/// Tokens of framing a chat request adds beyond its bytes (roles, separators).
+const PROMPT_OVERHEAD_TOKENS: u64 = 64;
+
+impl OpenAiBrain {
+    /// (prompt, completion) price per 1000 tokens in this mode.
+    fn prices(&self, economy: bool) -> (u64, u64) {
+        let c = &self.config;
+        if economy {
+            (
+                c.micro_usd_per_1k_prompt_tokens.1,
+                c.micro_usd_per_1k_tokens.1,
+            )
+        } else {
+            (
+                c.micro_usd_per_1k_prompt_tokens.0,
+                c.micro_usd_per_1k_tokens.0,
+            )
+        }
+    }
+
+    /// The most a request can cost: its prompt (at most one token per byte) plus
+    /// `max_tokens` of completion, each at its price, rounded up.
+    fn reservation_for(&self, body: &Value, economy: bool) -> MicroUsd {
+        let (prompt_price, completion_price) = self.prices(economy);
+        let prompt_tokens = (body.to_string().len() as u64).saturating_add(PROMPT_OVERHEAD_TOKENS);
+        let micros = prompt_tokens
+            .saturating_mul(prompt_price)
+            .saturating_add(self.config.max_tokens.saturating_mul(completion_price))
+            .div_ceil(1000);
+        saturating_usd(micros)
+    }
+
+    /// What the provider's reported usage costs, in full. Without a usage report the
+    /// whole reservation is charged; usage beyond the reservation fails the step.
+    fn usage_cost(
+        &self,
+        usage: &Value,
+        economy: bool,
+        reserved: MicroUsd,
+    ) -> Result<MicroUsd, BrainError> {
+        let (prompt_price, completion_price) = self.prices(economy);
+        let field = |k: &str| usage.get(k).and_then(Value::as_u64);
+        let micros = match (field("prompt_tokens"), field("completion_tokens")) {
+            (Some(p), Some(c)) => p
+                .saturating_mul(prompt_price)
+                .saturating_add(c.saturating_mul(completion_price)),
+            // Only a total: priced at the dearer rate.
+            _ => match field("total_tokens") {
+                Some(t) => t.saturating_mul(prompt_price.max(completion_price)),
+                None => return Ok(reserved),
+            },
+        }
+        .div_ceil(1000);
+        if micros > reserved.micros() {
+            return Err(BrainError::UsageExceedsReservation {
+                charged: saturating_usd(micros).to_string(),
+                reserved: reserved.to_string(),
+            });
+        }
+        Ok(saturating_usd(micros))
+    }
+
+    /// The chat-completions request for this step.
+    fn request_body(&self, view: &BrainView<'_>) -> Value {
+        let model = if view.economy {
+            &self.config.cheap_model
+        } else {
+            &self.config.model
+        };
+        let tools: Vec<Value> = view
+            .tools
+            .iter()
+            .map(|(m, _)| {
+                json!({"type": "function", "function": {
+                    "name": m.name, "description": m.description, "parameters": m.args_schema}})
+            })
+            .collect();
+        let mut body = json!({
+            "model": model,
+            "messages": Self::messages(view),
+            "max_tokens": self.config.max_tokens,
+        });
+        if !tools.is_empty() {
+            body["tools"] = Value::Array(tools);
+        }
+        body
     }
 }
 

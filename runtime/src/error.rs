@@ -51,6 +51,18 @@ pub enum BudgetDenial {
         /// The account.
         account: String,
     },
+    /// The account exists under another parent: it belongs to another lineage.
+    #[error(
+        "budget account `{account}` belongs to `{owner}`; it cannot be opened under `{requested}` (choose another agent id)"
+    )]
+    AccountOwnedElsewhere {
+        /// The account.
+        account: String,
+        /// The parent it was opened under.
+        owner: String,
+        /// The parent this request named.
+        requested: String,
+    },
     /// No such account.
     #[error("no budget account `{0}`")]
     UnknownAccount(String),
@@ -154,6 +166,16 @@ pub enum GateError {
         /// The proposal.
         proposal: String,
     },
+    /// The proposal was withdrawn while the step waited (its token was revoked).
+    #[error("denied: `{tool}` (proposal {proposal}) was withdrawn: {reason}")]
+    ProposalWithdrawn {
+        /// The tool.
+        tool: String,
+        /// The proposal.
+        proposal: String,
+        /// Why.
+        reason: String,
+    },
     /// The run was cancelled while the step waited; the proposal was withdrawn.
     #[error("the run was cancelled ({reason}); proposal {proposal} was withdrawn")]
     RunCancelled {
@@ -245,6 +267,9 @@ pub enum SpawnError {
     /// The holder key does not match the token.
     #[error("the agent's key is not the token's holder key")]
     WrongKey,
+    /// A block of the token's chain is revoked.
+    #[error("the token of `{0}` is revoked: it cannot start an agent")]
+    Revoked(String),
     /// An agent with this id already runs.
     #[error("an agent `{0}` is already running")]
     Duplicate(String),
@@ -295,6 +320,14 @@ pub enum RunError {
     /// The actor did not answer.
     #[error("agent `{0}` did not respond")]
     Unresponsive(String),
+    /// An agent's message was refused.
+    #[error("message to `{to}` refused: {reason}")]
+    MessageRefused {
+        /// The recipient.
+        to: String,
+        /// Why.
+        reason: String,
+    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

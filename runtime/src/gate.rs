@@ -147,26 +147,14 @@ impl Inner {
             who.token
                 .authorize_signed(&signed, now, &mut guard, &revoked)?
         };
-        for secret in &manifest.secrets {
-            let grant = Request {
-                agent: who.agent.clone(),
-                tool: format!("secret:{secret}"),
-                args: Args::new(),
-                time: now,
-            };
-            let revoked = self.revocations.read().unwrap_or_else(|p| p.into_inner());
-            if who.token.authorize(&grant, &revoked).is_err() {
-                return Err(GateError::SecretNotGranted {
-                    tool: tool.to_string(),
-                    secret: secret.clone(),
-                });
-            }
-        }
+        self.check_secret_grants(&who.token, &who.agent, tool, &manifest.secrets, now)?;
 
         let mut tier = authorized.tier.max(manifest.tier);
         // Argument provenance: a sensitive value the model copied from untrusted
         // content is refused (or escalated), whatever the model says about it.
-        let origins = provenance.map(|p| p.classify(args)).unwrap_or_default();
+        let origins = provenance
+            .map(|p| p.classify_with(args, &manifest.arg_kinds))
+            .unwrap_or_default();
         let token_trusted = who.token.effective().trusted_args.get(tool);
         for (arg, origin) in &origins {
             if *origin != Origin::Untrusted {
@@ -191,6 +179,25 @@ impl Inner {
                 None => {}
             }
         }
+        // Text that leaves through the tool and carries a link, an address or an
+        // account number seen only in untrusted content is that value: the link is the
+        // payload. Such a call needs a person (declared-sensitive arguments were judged
+        // above by their own policy).
+        let mut carried = Vec::new();
+        if let (Some(p), Some(out)) = (provenance, &manifest.output) {
+            for name in &out.args {
+                if manifest.sensitive_args.contains_key(name) {
+                    continue;
+                }
+                if let Some(Value::String(text)) = args.get(name.as_str()) {
+                    let found = p.untrusted_values(text);
+                    if !found.is_empty() {
+                        tier = tier.max(Tier::Confirm);
+                        carried.push(json!({"arg": name, "values": found}));
+                    }
+                }
+            }
+        }
         tracing::Span::current().record("tier", tier.as_str());
         let mut proposal = None;
         match tier {
@@ -204,7 +211,15 @@ impl Inner {
                 }
                 // The watchdog validates; CONFIRM waits here for a person. Only an
                 // approved (or, for PROPOSE, watchdog-passed) proposal goes on.
-                proposal = Some(self.open_proposal(who, tool, args, tier, &origins).await?);
+                let p = self.open_proposal(who, tool, args, tier, &origins).await?;
+                proposal = Some(p);
+                // A decision may have taken hours: the token is checked again now
+                // (revocation, expiry, constraints, secret grants) before it runs.
+                if let Err(e) =
+                    self.reauthorize(&who.token, &who.agent, tool, args, &manifest.secrets)
+                {
+                    return self.abandon(&proposal, e).await;
+                }
             }
             Tier::Auto | Tier::AutoPlus => {}
         }
@@ -285,6 +300,9 @@ impl Inner {
             json!({"tool": tool, "args": args, "tier": tier, "reserved_micro_usd": reserved});
         if !origins.is_empty() {
             detail["provenance"] = json!(origins);
+        }
+        if !carried.is_empty() {
+            detail["untrusted_values"] = json!(carried);
         }
         if !output_guard.is_null() {
             detail["output_guard"] = output_guard;
@@ -376,6 +394,58 @@ impl Inner {
 }
 
 impl Inner {
+    /// Every secret `tool` needs must be granted by `token` (`secret:NAME`) now.
+    fn check_secret_grants(
+        &self,
+        token: &Token,
+        agent: &str,
+        tool: &str,
+        secrets: &[String],
+        now: std::time::SystemTime,
+    ) -> Result<(), GateError> {
+        let revoked = self.revocations.read().unwrap_or_else(|p| p.into_inner());
+        for secret in secrets {
+            let grant = Request {
+                agent: agent.to_string(),
+                tool: format!("secret:{secret}"),
+                args: Args::new(),
+                time: now,
+            };
+            if token.authorize(&grant, &revoked).is_err() {
+                return Err(GateError::SecretNotGranted {
+                    tool: tool.to_string(),
+                    secret: secret.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Authorizes a call again at the moment it runs, without a fresh holder
+    /// signature (the approval path already verified one): the token's revocation,
+    /// expiry, tool grant, argument constraints and secret grants, as of now.
+    pub(crate) fn reauthorize(
+        &self,
+        token: &Token,
+        agent: &str,
+        tool: &str,
+        args: &Value,
+        secrets: &[String],
+    ) -> Result<(), GateError> {
+        let now = self.clock.now();
+        let request = Request {
+            agent: agent.to_string(),
+            tool: tool.to_string(),
+            args: to_capability_args(args),
+            time: now,
+        };
+        {
+            let revoked = self.revocations.read().unwrap_or_else(|p| p.into_inner());
+            token.authorize(&request, &revoked)?;
+        }
+        self.check_secret_grants(token, agent, tool, secrets, now)
+    }
+
     /// A proposal's call stopped before its tool ran: the proposal fails with the
     /// reason (it is not left executing), and the error goes back to the caller.
     async fn abandon<T>(

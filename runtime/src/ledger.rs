@@ -154,6 +154,18 @@ impl LedgerState {
                 });
             }
         }
+        // An account is bound to the lineage it was opened under: re-opening it under
+        // another parent (another tenant's agent, another agent's child of the same
+        // name) is refused, so nobody can charge, lower or lock another's account.
+        if let Some(existing) = self.accounts.get(account)
+            && existing.parent.as_deref() != parent
+        {
+            return LedgerOutcome::Denied(BudgetDenial::AccountOwnedElsewhere {
+                account: account.to_string(),
+                owner: existing.parent.clone().unwrap_or_else(|| "(none)".into()),
+                requested: parent.unwrap_or("(none)").to_string(),
+            });
+        }
         // Re-opening keeps the spend: a restarted agent does not get a fresh budget,
         // and its cap can only go down.
         let entry = self.accounts.entry(account.to_string()).or_insert(Account {

@@ -52,8 +52,8 @@ pub use proposals::{
     WebhookConfig, queue_decision, read_proposals,
 };
 pub use runtime::{
-    AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_INBOX, Runtime, RuntimeBuilder,
-    dollars,
+    AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_INBOX, MAX_INBOX_PER_SENDER,
+    MAX_MESSAGES_PER_MINUTE, MESSAGE_CAPABILITY, Runtime, RuntimeBuilder, dollars,
 };
 pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore, redaction_key};
 pub use tools::{

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bulwark_capabilities::{ApprovalError, ArgValue, Args, Tier, args_hash};
+use bulwark_capabilities::{ApprovalError, ArgValue, Args, Tier, Token, args_hash};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -259,6 +259,20 @@ impl ProposalStore {
         format!("proposal/{id}")
     }
 
+    /// Where the proposing agent's token is kept: an approved action re-checks it
+    /// (revocation, expiry, grants) when it runs.
+    fn token_key(id: &str) -> String {
+        format!("proposal-token/{id}")
+    }
+
+    /// The proposing agent's token (base64), as it was when the proposal was made.
+    pub fn token(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .journal
+            .kv_get(&Self::token_key(id))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
     fn open_key(agent: &str, tool: &str, args_hash: &str) -> String {
         format!("proposal-open/{}", digest(&[agent, tool, args_hash]))
     }
@@ -284,7 +298,11 @@ impl ProposalStore {
 
     /// Stores a new proposal, unless the same agent already has the identical action
     /// open: then returns the open one's id instead.
-    pub async fn create(&self, p: &Proposal) -> Result<Result<(), String>, StoreError> {
+    pub async fn create(
+        &self,
+        p: &Proposal,
+        token: String,
+    ) -> Result<Result<(), String>, StoreError> {
         let _guard = self.lock.lock().await;
         let open = Self::open_key(&p.agent, &p.tool, &p.args_hash);
         if !p.state.releases_dedup()
@@ -292,10 +310,13 @@ impl ProposalStore {
         {
             return Ok(Err(String::from_utf8_lossy(&existing).into_owned()));
         }
-        let mut kv = vec![(
-            Self::key(&p.id),
-            Some(serde_json::to_vec(p).map_err(StoreError::from_display)?),
-        )];
+        let mut kv = vec![
+            (
+                Self::key(&p.id),
+                Some(serde_json::to_vec(p).map_err(StoreError::from_display)?),
+            ),
+            (Self::token_key(&p.id), Some(token.into_bytes())),
+        ];
         if !p.state.releases_dedup() {
             kv.push((open, Some(p.id.as_bytes().to_vec())));
         }
@@ -547,6 +568,11 @@ impl Inner {
         let now_ms = unix_ms(now);
         let facts = ProposalFacts {
             agent: who.agent.clone(),
+            root: format!(
+                "{}/{}",
+                who.token.tenant(),
+                who.chain.first().unwrap_or(&who.agent)
+            ),
             tool: tool.to_string(),
             args: args
                 .as_object()
@@ -617,7 +643,11 @@ impl Inner {
                 at_ms: now_ms,
             });
         }
-        if let Err(existing) = self.proposals.create(&p).await? {
+        let token = who
+            .token
+            .to_base64()
+            .map_err(|e| GateError::Store(StoreError::from_display(e)))?;
+        if let Err(existing) = self.proposals.create(&p, token).await? {
             return Err(GateError::ProposalOpen {
                 tool: tool.to_string(),
                 proposal: existing,
@@ -711,6 +741,18 @@ impl Inner {
                     return Err(GateError::ProposalExpired {
                         tool: p.tool.clone(),
                         proposal: p.id.clone(),
+                    });
+                }
+                ProposalState::Failed => {
+                    let reason = self
+                        .proposals
+                        .get(&p.id)?
+                        .and_then(|p| p.error)
+                        .unwrap_or_else(|| "withdrawn".into());
+                    return Err(GateError::ProposalWithdrawn {
+                        tool: p.tool.clone(),
+                        proposal: p.id.clone(),
+                        reason,
                     });
                 }
                 _ => {}
@@ -1126,6 +1168,29 @@ impl Inner {
                 .await?;
             return Err(GateError::UnknownTool(tool));
         };
+        // The approval does not outlive the token: revocation, expiry and grants are
+        // checked again now, with the proposal's own token.
+        let current = self
+            .proposals
+            .get(id)?
+            .ok_or_else(|| ProposalError::NotFound(id.to_string()))?;
+        let manifest = registered.tool.manifest.clone();
+        if let Err(e) = self.reauthorize_proposal(&current, &manifest.secrets) {
+            let reason = format!("not run: {e}");
+            self.proposals
+                .transition(
+                    id,
+                    &[ProposalState::Approved],
+                    "failed",
+                    "proposal.failed",
+                    |p| {
+                        p.state = ProposalState::Failed;
+                        p.error = Some(reason);
+                    },
+                )
+                .await?;
+            return Err(e);
+        }
         let p = self
             .proposals
             .transition(
@@ -1136,7 +1201,6 @@ impl Inner {
                 |p| p.state = ProposalState::Executing,
             )
             .await?;
-        let manifest = registered.tool.manifest.clone();
         let reserved = manifest.max_cost.micros();
         let intent = AuditRecord {
             kind: "tool.call".into(),
@@ -1175,21 +1239,40 @@ impl Inner {
             .durable
             .await
             .unwrap_or(Err(StoreError::WriterGone))?;
+        // As in the gate: a secret that cannot be decrypted fails the call before the
+        // tool runs (nothing ran, nothing is charged).
         let mut secrets = BTreeMap::new();
+        let mut unreadable = None;
         for secret in &manifest.secrets {
-            if let Ok(v) = self.secrets.get(secret) {
-                secrets.insert(secret.clone(), v.to_string());
+            match self.secrets.get(secret) {
+                Ok(v) => {
+                    secrets.insert(secret.clone(), v.to_string());
+                }
+                Err(e) => {
+                    unreadable = Some(e.to_string());
+                    break;
+                }
             }
         }
-        let input = ToolInput {
-            agent: p.agent.clone(),
-            args: p.args.clone(),
-            secrets,
-            sandbox_limits: self.token_sandbox_limits(&p.agent, &p.tool),
+        let ran = unreadable.is_none();
+        let outcome = match unreadable {
+            Some(reason) => Err(GateError::ToolFailed {
+                tool: p.tool.clone(),
+                reason,
+            }),
+            None => {
+                let input = ToolInput {
+                    agent: p.agent.clone(),
+                    args: p.args.clone(),
+                    secrets,
+                    sandbox_limits: self.token_sandbox_limits(&p.agent, &p.tool),
+                };
+                run_handler(&registered, input).await
+            }
         };
-        let outcome = run_handler(&registered, input).await;
         let actual = match &outcome {
             Ok(out) => out.cost.micros(),
+            Err(_) if !ran => 0,
             Err(_) => reserved,
         };
         let done = AuditRecord {
@@ -1211,6 +1294,73 @@ impl Inner {
         self.settle(reservation.id, actual, done, self.clock.now());
         self.finish_proposal(&p, &outcome, &manifest).await?;
         outcome.map(|_| ())
+    }
+
+    /// The proposal's token, re-verified against the root and re-authorized for the
+    /// exact call now (revocation, expiry, constraints, secret grants). A proposal
+    /// without a recorded token is never run.
+    fn reauthorize_proposal(&self, p: &Proposal, secrets: &[String]) -> Result<(), GateError> {
+        let text = self.proposals.token(&p.id)?.ok_or_else(|| {
+            GateError::Denied(bulwark_capabilities::Denial::Evaluation(
+                "the proposal has no recorded token to re-authorize with".into(),
+            ))
+        })?;
+        let token = Token::from_base64(&text, &self.root).map_err(|e| {
+            GateError::Denied(bulwark_capabilities::Denial::Evaluation(format!(
+                "the proposal's token no longer verifies: {e}"
+            )))
+        })?;
+        self.reauthorize(&token, &p.agent, &p.tool, &p.args, secrets)
+    }
+
+    /// Withdraws every pending or approved proposal whose token is revoked: no later
+    /// decision runs it, and a step waiting on it is told.
+    pub(crate) async fn withdraw_revoked_proposals(&self) -> Result<(), StoreError> {
+        let now_ms = self.proposals.now_ms();
+        for p in self.proposals.list()? {
+            if !matches!(p.state, ProposalState::Pending | ProposalState::Approved) {
+                continue;
+            }
+            let Some(text) = self.proposals.token(&p.id)? else {
+                continue;
+            };
+            let revoked = match Token::from_base64(&text, &self.root) {
+                Ok(t) => {
+                    let set = self.revocations.read().unwrap_or_else(|e| e.into_inner());
+                    t.revocation_ids().iter().any(|id| set.contains(id))
+                }
+                Err(_) => true,
+            };
+            if !revoked {
+                continue;
+            }
+            let why = "withdrawn: the proposing agent's token was revoked".to_string();
+            let r = self
+                .proposals
+                .transition(
+                    &p.id,
+                    &[ProposalState::Pending, ProposalState::Approved],
+                    "withdrawn",
+                    "proposal.withdrawn",
+                    |p| {
+                        p.state = ProposalState::Failed;
+                        p.error = Some(why.clone());
+                        p.decisions.push(DecisionRecord {
+                            kind: "withdraw".into(),
+                            by: "runtime".into(),
+                            reason: why.clone(),
+                            at_ms: now_ms,
+                        });
+                    },
+                )
+                .await;
+            match r {
+                Ok(_) | Err(ProposalError::WrongState { .. } | ProposalError::NotFound(_)) => {}
+                Err(ProposalError::Store(e)) => return Err(e),
+                Err(e) => return Err(StoreError::from_display(e)),
+            }
+        }
+        Ok(())
     }
 
     /// After a restart: pending proposals stay pending (or expire if their deadline

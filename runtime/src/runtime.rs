@@ -91,8 +91,25 @@ pub struct Envelope {
     pub sent_at_ms: u64,
 }
 
-/// Most undelivered messages an agent's inbox holds; beyond it the oldest is dropped.
+/// Where revoked block ids are kept in the store (`revoked/HEX`).
+pub(crate) const REVOKED_PREFIX: &str = "revoked/";
+
+/// Most undelivered messages an agent's inbox holds. Beyond it, a message from the
+/// embedding program drops the oldest; a message from an agent is refused.
 pub const MAX_INBOX: usize = 256;
+
+/// Most undelivered messages one agent may have in another agent's inbox: a flood from
+/// one sender cannot push out the others' messages.
+pub const MAX_INBOX_PER_SENDER: usize = 32;
+
+/// Most messages one agent may send per minute.
+pub const MAX_MESSAGES_PER_MINUTE: usize = 60;
+
+/// The capability an agent's token must grant to message other agents (of its own
+/// tenant only). Authorized with the arguments `to` (the recipient) and `tree` (the
+/// recipient's root agent), so a token can narrow it with constraints, e.g. to its own
+/// tree: `message:send.tree == ROOT`.
+pub const MESSAGE_CAPABILITY: &str = "message:send";
 
 /// Makes brains for agents spawned by other agents (a model names a brain, it cannot
 /// hand over code).
@@ -121,6 +138,8 @@ pub(crate) struct Inner {
     pub clock: Arc<dyn Clock>,
     pub root: PublicKey,
     pub agents: RwLock<HashMap<String, AgentEntry>>,
+    /// Per sending agent, when its recent messages were sent (ms).
+    pub message_rate: Mutex<HashMap<String, std::collections::VecDeque<u64>>>,
     pub brains: RwLock<HashMap<String, BrainFactory>>,
     pub notifications: broadcast::Sender<Notification>,
     pub supervisor: Mutex<Option<ActorRef<()>>>,
@@ -252,6 +271,14 @@ impl RuntimeBuilder {
                 .write(batch, Mode::Durable, self.clock.now())
                 .await?;
         }
+        // Revocations are in force before anything runs: recovered proposals included.
+        let mut revocations = Revocations::new();
+        for (key, _) in journal.kv_scan(REVOKED_PREFIX)? {
+            let id = hex::decode(&key[REVOKED_PREFIX.len()..]).map_err(|e| {
+                StoreError::from_display(format!("revocation entry `{key}` is not hex: {e}"))
+            })?;
+            revocations.insert(id);
+        }
         let (notifications, _) = broadcast::channel(1024);
         let approval = match self.approvals {
             Some(config) => {
@@ -273,12 +300,13 @@ impl RuntimeBuilder {
             ledger: Mutex::new(LedgerCore { state, next_id }),
             journal,
             tools: ToolRegistry::default(),
-            revocations: RwLock::new(Revocations::new()),
+            revocations: RwLock::new(revocations),
             replay: Mutex::new(ReplayGuard::new()),
             secrets,
             clock: self.clock,
             root,
             agents: RwLock::new(HashMap::new()),
+            message_rate: Mutex::new(HashMap::new()),
             brains: RwLock::new(HashMap::new()),
             notifications,
             supervisor: Mutex::new(None),
@@ -468,6 +496,9 @@ impl Runtime {
             "operator",
             json!({"revocation_id": hex::encode(&id)}),
         );
+        let key = format!("{REVOKED_PREFIX}{}", hex::encode(&id));
+        // In force for every check at once; durable (with its audit entry, in one
+        // transaction) before this returns, and loaded before anything runs at start.
         self.inner
             .revocations
             .write()
@@ -475,8 +506,17 @@ impl Runtime {
             .insert(id);
         self.inner
             .journal
-            .write(Batch::audit(record), Mode::Durable, self.inner.clock.now())
-            .await
+            .write(
+                Batch {
+                    audit: vec![record],
+                    kv: vec![(key, Some(Vec::new()))],
+                },
+                Mode::Durable,
+                self.inner.clock.now(),
+            )
+            .await?;
+        // Whatever a revoked token proposed and nobody has run yet is withdrawn.
+        self.inner.withdraw_revoked_proposals().await
     }
 
     /// Delivers a message to an agent by id; it sees it at its next step, as untrusted.
@@ -728,6 +768,12 @@ impl Inner {
         if token.holder() != spec.key.public() {
             return Err(SpawnError::WrongKey);
         }
+        {
+            let revoked = self.revocations.read().unwrap_or_else(|p| p.into_inner());
+            if token.revocation_ids().iter().any(|id| revoked.contains(id)) {
+                return Err(SpawnError::Revoked(spec.id.clone()));
+            }
+        }
         if self
             .agents
             .read()
@@ -863,15 +909,100 @@ impl Inner {
         self.spawn_child(parent, spec, att, factory()).await
     }
 
+    /// A message from the embedding program: bounded, the oldest dropped when full.
     pub(crate) fn deliver(&self, envelope: Envelope) -> Result<(), RunError> {
         let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
         let entry = agents
             .get(&envelope.to)
             .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
         let mut inbox = entry.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        // A bounded inbox: a flood from one agent cannot exhaust memory.
+        // A bounded inbox: a flood cannot exhaust memory.
         if inbox.len() >= MAX_INBOX {
             inbox.remove(0);
+        }
+        inbox.push(envelope);
+        Ok(())
+    }
+
+    /// A message one agent's brain sends another: a granted capability, within the
+    /// sender's tenant, rate-limited per sender, and held to a per-sender share of the
+    /// recipient's inbox (refused, never evicting others, beyond it).
+    pub(crate) fn send_from_agent(
+        &self,
+        sender: &Identity,
+        envelope: Envelope,
+    ) -> Result<(), RunError> {
+        let to = envelope.to.clone();
+        let refuse = |reason: String| RunError::MessageRefused {
+            to: to.clone(),
+            reason,
+        };
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        let entry = agents
+            .get(&envelope.to)
+            .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
+        let recipient = &entry.args.identity;
+        if recipient.token.tenant() != sender.token.tenant() {
+            return Err(refuse("the recipient belongs to another tenant".into()));
+        }
+        let mut args = bulwark_capabilities::Args::new();
+        args.insert(
+            "to".into(),
+            bulwark_capabilities::ArgValue::Str(envelope.to.clone()),
+        );
+        args.insert(
+            "tree".into(),
+            bulwark_capabilities::ArgValue::Str(
+                recipient.chain.first().unwrap_or(&recipient.agent).clone(),
+            ),
+        );
+        let request = bulwark_capabilities::Request {
+            agent: sender.agent.clone(),
+            tool: MESSAGE_CAPABILITY.into(),
+            args,
+            time: self.clock.now(),
+        };
+        let authorized = {
+            let revoked = self.revocations.read().unwrap_or_else(|p| p.into_inner());
+            sender
+                .token
+                .authorize(&request, &revoked)
+                .map_err(|d| refuse(d.to_string()))?
+        };
+        if authorized.tier > bulwark_capabilities::Tier::AutoPlus {
+            return Err(refuse(format!(
+                "`{MESSAGE_CAPABILITY}` is at tier {} for this agent; messages do not wait for approval",
+                authorized.tier
+            )));
+        }
+        {
+            let now_ms = crate::clock::unix_ms(self.clock.now());
+            let mut sent = self.message_rate.lock().unwrap_or_else(|p| p.into_inner());
+            if sent.len() >= crate::watchdog::MAX_TRACKED && !sent.contains_key(&sender.agent) {
+                sent.retain(|_, times| times.back().is_some_and(|t| *t + 60_000 > now_ms));
+            }
+            let times = sent.entry(sender.agent.clone()).or_default();
+            while times.front().is_some_and(|t| *t + 60_000 <= now_ms) {
+                times.pop_front();
+            }
+            if times.len() >= MAX_MESSAGES_PER_MINUTE {
+                return Err(refuse(format!(
+                    "`{}` may send at most {MAX_MESSAGES_PER_MINUTE} messages per minute",
+                    sender.agent
+                )));
+            }
+            times.push_back(now_ms);
+        }
+        let mut inbox = entry.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = inbox.iter().filter(|e| e.from == sender.agent).count();
+        if mine >= MAX_INBOX_PER_SENDER {
+            return Err(refuse(format!(
+                "`{}` already has {MAX_INBOX_PER_SENDER} unread messages there",
+                sender.agent
+            )));
+        }
+        if inbox.len() >= MAX_INBOX {
+            return Err(refuse("the inbox is full".into()));
         }
         inbox.push(envelope);
         Ok(())
@@ -883,16 +1014,18 @@ impl Inner {
         task: &str,
         passed: Vec<String>,
     ) -> Result<Outcome, RunError> {
-        self.run_scoped(agent, task, passed, None).await
+        self.run_scoped(agent, task, passed, None, None).await
     }
 
-    /// Runs a task; `scope` is the root's work when a parent runs a child.
+    /// Runs a task; `scope` is the root's work when a parent runs a child, and
+    /// `inherited` what the parent's brain had seen when it wrote the task.
     pub(crate) async fn run_scoped(
         self: &Arc<Self>,
         agent: &str,
         task: &str,
         passed: Vec<String>,
         scope: Option<RunScope>,
+        inherited: Option<Box<crate::guard::Provenance>>,
     ) -> Result<Outcome, RunError> {
         if let Err(state) = self.breakers.check(agent, task)? {
             return Err(RunError::BreakerOpen {
@@ -932,6 +1065,7 @@ impl Inner {
                 |reply| AgentMsg::Run {
                     context,
                     scope,
+                    inherited,
                     reply,
                 },
                 None,

@@ -13,6 +13,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::guard::ArgKind;
+
 /// Channel deduplication: the same content to the same channel within a window is
 /// refused (e.g. the same email body to the same recipient twice in ten minutes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +75,10 @@ pub struct ToolManifest {
     /// URL, an amount), and what happens when one does.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sensitive_args: BTreeMap<String, UntrustedPolicy>,
+    /// What kind of value an argument holds (a link, an address, an IBAN…): its value
+    /// and what the agent saw are normalized by kind before provenance compares them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub arg_kinds: BTreeMap<String, ArgKind>,
     /// Arguments guarded as output, if the tool sends text out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputArgs>,
@@ -101,6 +107,7 @@ impl ToolManifest {
             channel_dedup: None,
             timeout_ms: 10_000,
             sensitive_args: BTreeMap::new(),
+            arg_kinds: BTreeMap::new(),
             output: None,
             rollback_window_secs: None,
             batch_approval: false,
@@ -125,7 +132,24 @@ impl ToolManifest {
         self
     }
 
-    /// Guards `args` with the output policy of `channel` before the tool runs.
+    /// Declares `arg` sensitive and of `kind`: `https://evil.test/x` then matches an
+    /// `evil.test/x` seen in an e-mail, `Bob <b@x.test>` matches `mailto:b@x.test`.
+    pub fn sensitive_as(
+        mut self,
+        arg: impl Into<String>,
+        kind: ArgKind,
+        policy: UntrustedPolicy,
+    ) -> Self {
+        let arg = arg.into();
+        self.arg_kinds.insert(arg.clone(), kind);
+        self.sensitive_args.insert(arg, policy);
+        self
+    }
+
+    /// Guards `args` with the output policy of `channel` before the tool runs. A
+    /// guarded argument that carries a link, an address or an account number seen
+    /// only in untrusted content is treated as that value: it gets the argument's
+    /// [`UntrustedPolicy`] if declared sensitive, CONFIRM otherwise.
     pub fn output<I, S>(mut self, channel: impl Into<String>, args: I) -> Self
     where
         I: IntoIterator<Item = S>,

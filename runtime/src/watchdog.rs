@@ -47,7 +47,8 @@ pub struct WatchdogRules {
     /// Hours of the day (UTC, start inclusive, end exclusive) in which risky actions may
     /// be proposed.
     pub hours: Option<(u8, u8)>,
-    /// Most proposals one agent may make per hour.
+    /// Most proposals one agent's tree (a root agent and every child under it) may
+    /// make per hour, rejected ones included.
     pub max_per_agent_per_hour: Option<u32>,
     /// Biscuit Datalog checks over the proposal's facts, e.g.
     /// `check if tool("pay"), arg("currency", "EUR") or tool($t), $t != "pay"`.
@@ -162,8 +163,8 @@ impl WatchdogRules {
             && recent >= max as usize
         {
             return reject(format!(
-                "agent {} may propose at most {max} actions per hour",
-                p.agent
+                "agent {} may propose at most {max} actions per hour (with every agent of its tree, {})",
+                p.agent, p.root
             ));
         }
         for rule in &self.datalog {
@@ -207,6 +208,9 @@ fn datalog_check(rule: &str, p: &ProposalFacts) -> Result<(), String> {
 #[derive(Clone, Debug)]
 pub(crate) struct ProposalFacts {
     pub agent: String,
+    /// The tenant and root agent of the proposing agent's tree: rate limits apply to
+    /// the whole subtree, so spawning children buys no fresh quota.
+    pub root: String,
     pub tool: String,
     pub args: BTreeMap<String, Value>,
     pub hour: u8,
@@ -222,9 +226,17 @@ pub(crate) enum WatchdogMsg {
 
 pub(crate) struct Watchdog;
 
+/// Most proposal times kept per tree for the rate limit.
+const MAX_RATE_WINDOW: usize = 10_000;
+/// Trees tracked before idle ones are dropped.
+const MAX_RATE_TREES: usize = 10_000;
+/// Senders (or trees) a rate limiter tracks before idle ones are dropped.
+pub(crate) const MAX_TRACKED: usize = MAX_RATE_TREES;
+
 pub(crate) struct WatchdogState {
     rules: WatchdogRules,
-    /// Per agent, when its recent proposals were made (ms), for the rate limit.
+    /// Per root agent's tree, when its recent proposals were made (ms), for the rate
+    /// limit. Rejected proposals count too; bounded per tree and in trees.
     recent: HashMap<String, VecDeque<u64>>,
 }
 
@@ -253,12 +265,24 @@ impl Actor for Watchdog {
         match msg {
             WatchdogMsg::Validate { facts, reply } => {
                 let hour_ago = facts.at_ms.saturating_sub(3_600_000);
-                let recent = state.recent.entry(facts.agent.clone()).or_default();
+                if state.recent.len() >= MAX_RATE_TREES {
+                    state
+                        .recent
+                        .retain(|_, times| times.back().is_some_and(|t| *t >= hour_ago));
+                }
+                let recent = state.recent.entry(facts.root.clone()).or_default();
                 while recent.front().is_some_and(|t| *t < hour_ago) {
                     recent.pop_front();
                 }
                 let verdict = state.rules.check(&facts, recent.len());
-                if verdict == WatchdogVerdict::Pass {
+                // Every proposal counts, rejected ones included: a flood of refused
+                // proposals is still a flood. Beyond the limit, nothing more is kept.
+                let cap = state
+                    .rules
+                    .max_per_agent_per_hour
+                    .map_or(MAX_RATE_WINDOW, |m| (m as usize).saturating_add(1))
+                    .min(MAX_RATE_WINDOW);
+                if recent.len() < cap {
                     recent.push_back(facts.at_ms);
                 }
                 let _ = reply.send(verdict);
@@ -276,6 +300,7 @@ mod tests {
     fn facts(tool: &str, args: Value, hour: u8) -> ProposalFacts {
         ProposalFacts {
             agent: "ap".into(),
+            root: "acme/ap".into(),
             tool: tool.into(),
             args: args
                 .as_object()

@@ -31,7 +31,7 @@ pub use exfil::{Defanged, ExfilGuard, RemovedUrl};
 pub use model::{
     Guard, GuardError, GuardVerdict, ModelGuard, ModelGuardConfig, parse_guard_answer,
 };
-pub use provenance::{Origin, Provenance};
+pub use provenance::{ArgKind, Origin, Provenance, UntrustedValue};
 pub use redact::{Finding, PiiKind, Redacted, Redactor};
 pub use sanitize::{
     GuardNote, Sanitizer, SanitizerConfig, Scan, Signal, Verdict, spotlight, spotlight_text,
@@ -79,6 +79,24 @@ pub struct GuardConfig {
     pub channels: BTreeMap<String, OutputPolicy>,
     /// Redact the audit trail's text (arguments, results, answers).
     pub redact_audit: bool,
+    /// What an agent's final answer shows of a link, address or account number that
+    /// it saw only in untrusted content.
+    pub answer_provenance: AnswerProvenance,
+}
+
+/// How a final answer treats values seen only in untrusted content. A link in an
+/// answer is not fetched by itself (unlike an image), so the default marks it with its
+/// source and lets the person decide.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerProvenance {
+    /// Keep the value and mark it: `https://x.test [unverified: from tool read_inbox]`.
+    #[default]
+    Mark,
+    /// Replace it: `[withheld: url from tool read_inbox]`.
+    Withhold,
+    /// Leave the answer as the model wrote it.
+    Off,
 }
 
 /// The channel of an agent's final answer.
@@ -94,6 +112,7 @@ impl Default for GuardConfig {
             default_output: OutputPolicy::default(),
             channels,
             redact_audit: true,
+            answer_provenance: AnswerProvenance::Mark,
         }
     }
 }

@@ -252,3 +252,37 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn an_account_cannot_be_reopened_under_another_parent() {
+    let mut s = LedgerState::default();
+    open(&mut s, "tenant:acme", None, 1000);
+    open(&mut s, "tenant:evil", None, 100_000);
+    open(&mut s, "agent:mallory", Some("tenant:evil"), 100_000);
+    open(&mut s, "agent:victim", Some("tenant:acme"), 1000);
+    reserve(&mut s, 1, "agent:victim", 300, false, 1);
+    commit(&mut s, 1, 300);
+    // Another tenant (or another agent's child of the same name) is refused, and the
+    // account keeps its parent, cap and spend.
+    for parent in ["tenant:evil", "agent:mallory"] {
+        assert!(
+            matches!(
+                open(&mut s, "agent:victim", Some(parent), 1),
+                LedgerOutcome::Denied(BudgetDenial::AccountOwnedElsewhere { .. })
+            ),
+            "{parent}"
+        );
+    }
+    assert!(matches!(
+        open(&mut s, "agent:victim", None, 1),
+        LedgerOutcome::Denied(BudgetDenial::AccountOwnedElsewhere { .. })
+    ));
+    let v = s.account("agent:victim").unwrap();
+    assert_eq!((v.cap.micros(), v.spent_today.micros()), (1000, 300));
+    // The same lineage re-opens it and keeps the spend.
+    assert_eq!(
+        open(&mut s, "agent:victim", Some("tenant:acme"), 1000),
+        LedgerOutcome::Opened
+    );
+    assert_eq!(s.account("agent:victim").unwrap().spent_today.micros(), 300);
+}

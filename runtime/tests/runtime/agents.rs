@@ -211,7 +211,9 @@ async fn agents_message_each_other_by_id_and_messages_are_untrusted() {
             content: "hi".into(),
         },
     ]));
-    let a = h.agent("alice", &[], "1", sender).await;
+    let a = h
+        .agent("alice", &[("message:send", Tier::Auto)], "1", sender)
+        .await;
     let out = a.run("talk").await.unwrap();
     assert!(out.actions[0].allowed);
     assert!(!out.actions[1].allowed && out.actions[1].detail.contains("not running"));

@@ -59,6 +59,7 @@ fn config(base_url: String) -> OpenAiConfig {
         cheap_model: "small-model".into(),
         api_key: Some("sk-test".into()),
         micro_usd_per_1k_tokens: (10_000, 1_000),
+        micro_usd_per_1k_prompt_tokens: (10_000, 1_000),
         max_tokens: 1000,
         timeout: Duration::from_secs(5),
     }
@@ -240,6 +241,99 @@ async fn a_broken_model_ends_the_run_with_the_reason_and_economy_uses_the_cheap_
     assert!(brain.premium(false) && !brain.premium(true));
     // The parser is usable on its own.
     assert!(parse_completion(&json!({})).is_err());
+}
+
+fn with_usage(reply: &str, prompt: u64, completion: u64) -> String {
+    let mut v: Value = serde_json::from_str(reply).unwrap();
+    v["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion,
+                        "total_tokens": prompt + completion});
+    v.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_spend_is_charged_from_reported_usage_and_fails_closed_beyond_its_reservation() {
+    // Prompt and completion are priced apart: $0.005 and $0.015 per 1000 tokens.
+    let priced = |url: String| OpenAiConfig {
+        micro_usd_per_1k_prompt_tokens: (5_000, 500),
+        micro_usd_per_1k_tokens: (15_000, 1_500),
+        ..config(url)
+    };
+    // Honest: 800 prompt and 50 completion tokens cost 800 × 5 + 50 × 15 micro-dollars,
+    // charged in full — the prompt is not capped by `max_tokens`.
+    let (_server, url) = serve(vec![(200, with_usage(&answer("fine"), 800, 50))]).await;
+    let h = Harness::new().await;
+    let a = h
+        .agent(
+            "honest",
+            &[],
+            "1",
+            Arc::new(OpenAiBrain::new(priced(url)).unwrap()),
+        )
+        .await;
+    let out = a.run("say fine").await.unwrap();
+    assert_eq!(out.answer(), Some("fine"));
+    assert_eq!(out.charged, 4_750);
+    assert_eq!(
+        h.rt.account("agent:honest").unwrap().spent_today.micros(),
+        4_750
+    );
+
+    // Injected content made the provider bill 118 000 prompt tokens ($0.59) on a step
+    // whose prompt could not hold that many: the usage exceeds the reservation, the
+    // action is dropped and the whole reservation is charged (never less).
+    let (_server, url) = serve(vec![(
+        200,
+        with_usage(&tool_call("lookup", "{}"), 118_000, 2_000),
+    )])
+    .await;
+    let brain = Arc::new(OpenAiBrain::new(priced(url)).unwrap());
+    let b = h
+        .agent("burned", &[("lookup", Tier::Auto)], "5", brain.clone())
+        .await;
+    let out = b.run("look something up").await.unwrap();
+    assert!(
+        matches!(&out.status, Status::Failed(r) if r.contains("more than the") && r.contains("reserved")),
+        "{:?}",
+        out.status
+    );
+    assert!(
+        out.actions.is_empty(),
+        "the dropped step ran: {:?}",
+        out.actions
+    );
+    // At least the completion's share (1000 × $0.015/1k), at most the billed amount.
+    assert!(
+        out.charged >= 15_000 && out.charged < 620_000,
+        "{}",
+        out.charged
+    );
+    assert_eq!(
+        h.rt.account("agent:burned").unwrap().spent_today.micros(),
+        out.charged
+    );
+
+    // The reservation grows with what the step is shown.
+    let tools = vec![];
+    let small = [ContextItem::Task { text: "x".into() }];
+    let big = [ContextItem::Task {
+        text: "x".repeat(50_000),
+    }];
+    let reservation = |context: &[ContextItem]| {
+        brain
+            .step_reservation(&BrainView {
+                agent: "a",
+                context,
+                tools: &tools,
+                economy: false,
+                step: 0,
+            })
+            .micros()
+    };
+    let (r_small, r_big) = (reservation(&small), reservation(&big));
+    assert!(
+        r_big >= r_small + 49_000 * 5_000 / 1000,
+        "{r_small} {r_big}"
+    );
 }
 
 mod parse_fuzz {

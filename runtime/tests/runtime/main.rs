@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 mod brain;
 mod budget;
+mod containment;
 mod crash;
 mod dedup;
 mod gate;

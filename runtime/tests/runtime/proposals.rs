@@ -949,3 +949,129 @@ async fn one_operator_decision_covers_a_batch_only_where_the_tool_allows_it() {
     }
     assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_is_durable_withdraws_open_proposals_and_outlives_no_approval() {
+    let mut s = Setup::new(Duration::from_secs(3600)).await;
+    let spec = AgentSpec::new("ap");
+    let token = s.h.token(&spec.key, "ap", &[("payout", Tier::Auto)], "10");
+    let a =
+        s.h.rt
+            .spawn_agent(
+                spec.clone(),
+                token.clone(),
+                Arc::new(ScriptedBrain::new(pay(900))),
+            )
+            .await
+            .unwrap();
+    let run = tokio::spawn(async move { a.run("pay invoice 7").await });
+    let p = s.wait_for(ProposalState::Pending).await;
+
+    // Revoked while the step waits: the proposal is withdrawn, the step is told, and
+    // an approval signed afterwards runs nothing.
+    s.h.rt
+        .revoke(token.revocation_ids()[0].clone())
+        .await
+        .unwrap();
+    let out = run.await.unwrap().unwrap();
+    let denied: Vec<_> = out.denied().collect();
+    assert!(
+        denied[0].detail.contains("withdrawn") && denied[0].detail.contains("revoked"),
+        "{}",
+        denied[0].detail
+    );
+    let withdrawn = s.h.rt.proposal(&p.id).unwrap().unwrap();
+    assert_eq!(withdrawn.state, ProposalState::Failed);
+    assert!(matches!(
+        s.h.rt.approve(&p.id, &s.approve_sig(&p)).await,
+        Err(ProposalError::WrongState { .. })
+    ));
+
+    // After a restart the revocation still holds: the token cannot start an agent.
+    s.restart().await;
+    let err =
+        s.h.rt
+            .spawn_agent(spec, token, Arc::new(ScriptedBrain::new(pay(900))))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, bulwark_runtime::SpawnError::Revoked(_)),
+        "{err}"
+    );
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 0);
+
+    // The honest path: another agent's payout is approved and runs once.
+    let b = s.agent("bp", pay(800)).await;
+    let run = tokio::spawn(async move { b.run("pay invoice 8").await });
+    let p = s.wait_for(ProposalState::Pending).await;
+    s.h.rt.approve(&p.id, &s.approve_sig(&p)).await.unwrap();
+    assert!(run.await.unwrap().unwrap().succeeded());
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_arriving_after_the_token_expired_runs_nothing() {
+    // Proposals live 60 days; the agent's token expires after 30.
+    let s = Setup::new(Duration::from_secs(60 * 24 * 3600)).await;
+    let late = |s: &Setup, p: &Proposal| {
+        Approval::sign(
+            &s.operator,
+            &p.id,
+            &Proposal::approval_args(&p.args),
+            t0() + Duration::from_secs(90 * 24 * 3600),
+        )
+    };
+    // A step waits; the token expires; then the approval comes: the gate checks the
+    // token again before the tool runs.
+    let a = s.agent("ap", pay(900)).await;
+    let run = tokio::spawn(async move { a.run("pay invoice 7").await });
+    let waited = s.wait_for(ProposalState::Pending).await;
+    s.h.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    s.h.rt
+        .approve(&waited.id, &late(&s, &waited))
+        .await
+        .unwrap();
+    let out = run.await.unwrap().unwrap();
+    let denied: Vec<_> = out.denied().collect();
+    assert!(denied[0].detail.contains("expired"), "{}", denied[0].detail);
+    let p = s.h.rt.proposal(&waited.id).unwrap().unwrap();
+    assert_eq!(p.state, ProposalState::Failed, "{p:?}");
+
+    // Detached: pending across a restart, approved after expiry, run by the runtime —
+    // which re-authorizes the proposal's own token and refuses.
+    let mut s = Setup::new(Duration::from_secs(60 * 24 * 3600)).await;
+    let b = s.agent("bp", pay(800)).await;
+    let run = tokio::spawn(async move { b.run("pay invoice 8").await });
+    let pending = s.wait_for(ProposalState::Pending).await;
+    s.restart().await;
+    let _ = run.await;
+    s.h.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    s.h.rt
+        .approve(&pending.id, &late(&s, &pending))
+        .await
+        .unwrap();
+    let mut state = ProposalState::Approved;
+    for _ in 0..400 {
+        state = s.h.rt.proposal(&pending.id).unwrap().unwrap().state;
+        if state != ProposalState::Approved {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, ProposalState::Failed);
+    let p = s.h.rt.proposal(&pending.id).unwrap().unwrap();
+    assert!(
+        p.error.as_deref().unwrap_or("").contains("expired"),
+        "{p:?}"
+    );
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 0);
+
+    // The honest path: approved in time, it runs.
+    let s = Setup::new(Duration::from_secs(60 * 24 * 3600)).await;
+    let c = s.agent("cp", pay(700)).await;
+    let run = tokio::spawn(async move { c.run("pay invoice 9").await });
+    let p = s.wait_for(ProposalState::Pending).await;
+    s.h.rt.approve(&p.id, &s.approve_sig(&p)).await.unwrap();
+    assert!(run.await.unwrap().unwrap().succeeded());
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 1);
+}
