@@ -176,6 +176,14 @@ pub enum GateError {
         /// Why.
         reason: String,
     },
+    /// Too many proposals: the store's bounds refuse another.
+    #[error("denied: `{tool}` cannot be proposed: {reason}")]
+    TooManyProposals {
+        /// The tool.
+        tool: String,
+        /// Which bound was reached.
+        reason: String,
+    },
     /// The run was cancelled while the step waited; the proposal was withdrawn.
     #[error("the run was cancelled ({reason}); proposal {proposal} was withdrawn")]
     RunCancelled {
@@ -273,6 +281,9 @@ pub enum SpawnError {
     /// An agent with this id already runs.
     #[error("an agent `{0}` is already running")]
     Duplicate(String),
+    /// The runtime holds as many agents as it may.
+    #[error("the runtime already holds {0} agents, its limit")]
+    TooManyAgents(usize),
     /// The child's token would not be a narrowing of the parent's.
     #[error("cannot spawn child: {0}")]
     Attenuate(#[from] AttenuateError),

@@ -48,12 +48,13 @@ pub use ledger::{
 };
 pub use proposals::{
     ApprovalConfig, BatchOutcome, DEFAULT_CONFIRM_EXPIRY, DEFAULT_ROLLBACK_WINDOW, DecisionRecord,
-    MAX_BATCH, Proposal, ProposalError, ProposalGroup, ProposalState, SignedDecision,
-    WebhookConfig, queue_decision, read_proposals,
+    MAX_BATCH, MAX_OPEN_PROPOSALS, MAX_PROPOSALS_PER_TREE_PER_HOUR, Proposal, ProposalError,
+    ProposalGroup, ProposalState, SignedDecision, WebhookConfig, queue_decision, read_proposals,
 };
 pub use runtime::{
-    AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_INBOX, MAX_INBOX_PER_SENDER,
-    MAX_MESSAGES_PER_MINUTE, MESSAGE_CAPABILITY, Runtime, RuntimeBuilder, dollars,
+    AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_AGENTS, MAX_INBOX,
+    MAX_INBOX_PER_SENDER, MAX_MESSAGES_PER_MINUTE, MESSAGE_CAPABILITY, Runtime, RuntimeBuilder,
+    dollars,
 };
 pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore, redaction_key};
 pub use tools::{

@@ -274,7 +274,7 @@ impl ProposalStore {
     }
 
     fn open_key(agent: &str, tool: &str, args_hash: &str) -> String {
-        format!("proposal-open/{}", digest(&[agent, tool, args_hash]))
+        format!("{OPEN_PREFIX}{}", digest(&[agent, tool, args_hash]))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
@@ -466,6 +466,11 @@ pub struct ApprovalConfig {
     pub confirm_expiry: Duration,
     /// Where new proposals that need a person are announced (Slack-compatible JSON).
     pub webhook: Option<WebhookConfig>,
+    /// Most proposals undecided or running at once (default [`MAX_OPEN_PROPOSALS`]).
+    pub max_open: usize,
+    /// Most proposals one agent tree may make per hour, rejected ones included
+    /// (default [`MAX_PROPOSALS_PER_TREE_PER_HOUR`]).
+    pub max_per_tree_per_hour: usize,
 }
 
 /// A webhook told of every proposal that needs a person.
@@ -501,7 +506,18 @@ impl ApprovalConfig {
             operators,
             confirm_expiry: DEFAULT_CONFIRM_EXPIRY,
             webhook: None,
+            max_open: MAX_OPEN_PROPOSALS,
+            max_per_tree_per_hour: MAX_PROPOSALS_PER_TREE_PER_HOUR,
         }
+    }
+
+    /// Bounds the proposal store: at most `open` undecided or running proposals, and
+    /// `per_tree_per_hour` new ones per agent tree per hour. Beyond either, calls that
+    /// need a proposal are refused and nothing is stored.
+    pub fn limits(mut self, open: usize, per_tree_per_hour: usize) -> Self {
+        self.max_open = open;
+        self.max_per_tree_per_hour = per_tree_per_hour;
+        self
     }
 
     /// Announces proposals that need a person to a webhook.
@@ -566,13 +582,15 @@ impl Inner {
         };
         let now = self.clock.now();
         let now_ms = unix_ms(now);
+        let tree = format!(
+            "{}/{}",
+            who.token.tenant(),
+            who.chain.first().unwrap_or(&who.agent)
+        );
+        self.admit_proposal(&tree, tool, now_ms)?;
         let facts = ProposalFacts {
             agent: who.agent.clone(),
-            root: format!(
-                "{}/{}",
-                who.token.tenant(),
-                who.chain.first().unwrap_or(&who.agent)
-            ),
+            root: tree,
             tool: tool.to_string(),
             args: args
                 .as_object()
@@ -673,6 +691,45 @@ impl Inner {
             self.announce(hook.clone(), &p);
         }
         self.await_decision(&p).await
+    }
+
+    /// The store's bounds: at most [`MAX_OPEN_PROPOSALS`] undecided or running
+    /// proposals in all, and at most [`MAX_PROPOSALS_PER_TREE_PER_HOUR`] new ones per
+    /// agent tree (whatever the watchdog's rules). Beyond either, the call is refused
+    /// and nothing is stored.
+    fn admit_proposal(&self, tree: &str, tool: &str, now_ms: u64) -> Result<(), GateError> {
+        let (max_open, max_per_hour) = self
+            .approval
+            .as_ref()
+            .map_or((MAX_OPEN_PROPOSALS, MAX_PROPOSALS_PER_TREE_PER_HOUR), |p| {
+                (p.config.max_open, p.config.max_per_tree_per_hour)
+            });
+        let refuse = |reason: String| GateError::TooManyProposals {
+            tool: tool.to_string(),
+            reason,
+        };
+        let open = self.journal.kv_scan(OPEN_PREFIX)?.len();
+        if open >= max_open {
+            return Err(refuse(format!(
+                "{open} proposals are open, the most the store holds; decide some first"
+            )));
+        }
+        let hour_ago = now_ms.saturating_sub(3_600_000);
+        let mut rate = self.proposal_rate.lock().unwrap_or_else(|p| p.into_inner());
+        if rate.len() >= crate::watchdog::MAX_TRACKED && !rate.contains_key(tree) {
+            rate.retain(|_, times| times.back().is_some_and(|t| *t >= hour_ago));
+        }
+        let times = rate.entry(tree.to_string()).or_default();
+        while times.front().is_some_and(|t| *t < hour_ago) {
+            times.pop_front();
+        }
+        if times.len() >= max_per_hour {
+            return Err(refuse(format!(
+                "the agent tree {tree} made {max_per_hour} proposals in the last hour, the most it may"
+            )));
+        }
+        times.push_back(now_ms);
+        Ok(())
     }
 
     /// Suspends the calling step until the proposal is decided, expires, or the
@@ -1426,6 +1483,16 @@ impl SignedDecision {
         }
     }
 }
+
+/// Where open proposals are indexed (by agent, tool and arguments).
+const OPEN_PREFIX: &str = "proposal-open/";
+
+/// Most proposals undecided or running at once; beyond it new ones are refused.
+pub const MAX_OPEN_PROPOSALS: usize = 10_000;
+
+/// Most proposals one agent tree may make per hour, rejected ones included; beyond it
+/// its calls that need a proposal are refused.
+pub const MAX_PROPOSALS_PER_TREE_PER_HOUR: usize = 1_000;
 
 /// The most proposals one batch decision may cover.
 pub const MAX_BATCH: usize = 500;

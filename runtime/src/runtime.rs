@@ -102,6 +102,9 @@ pub const MAX_INBOX: usize = 256;
 /// one sender cannot push out the others' messages.
 pub const MAX_INBOX_PER_SENDER: usize = 32;
 
+/// Most agents one runtime holds; beyond it spawning is refused.
+pub const MAX_AGENTS: usize = 10_000;
+
 /// Most messages one agent may send per minute.
 pub const MAX_MESSAGES_PER_MINUTE: usize = 60;
 
@@ -138,6 +141,10 @@ pub(crate) struct Inner {
     pub clock: Arc<dyn Clock>,
     pub root: PublicKey,
     pub agents: RwLock<HashMap<String, AgentEntry>>,
+    /// Most agents held at once.
+    pub max_agents: usize,
+    /// Per agent tree, when its recent proposals were made (ms).
+    pub proposal_rate: Mutex<HashMap<String, std::collections::VecDeque<u64>>>,
     /// Per sending agent, when its recent messages were sent (ms).
     pub message_rate: Mutex<HashMap<String, std::collections::VecDeque<u64>>>,
     pub brains: RwLock<HashMap<String, BrainFactory>>,
@@ -161,6 +168,7 @@ pub struct RuntimeBuilder {
     guard_config: GuardConfig,
     model_guard: Option<Arc<dyn Guard>>,
     approvals: Option<ApprovalConfig>,
+    max_agents: usize,
 }
 
 /// Why a runtime could not start.
@@ -234,7 +242,15 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Opens storage, recovers, and starts the supervisor.
+    /// Most agents the runtime holds (default [`MAX_AGENTS`]); beyond it spawning is
+    /// refused with [`SpawnError::TooManyAgents`].
+    pub fn max_agents(mut self, n: usize) -> Self {
+        self.max_agents = n;
+        self
+    }
+
+    /// Opens storage, recovers, and starts the supervisor; revocations are loaded
+    /// before anything runs.
     pub async fn build(self) -> Result<Runtime, BuildError> {
         let dir = self.data_dir.ok_or(BuildError::Missing("data_dir"))?;
         let root = self.root.ok_or(BuildError::Missing("root_public_key"))?;
@@ -307,6 +323,8 @@ impl RuntimeBuilder {
             root,
             agents: RwLock::new(HashMap::new()),
             message_rate: Mutex::new(HashMap::new()),
+            max_agents: self.max_agents,
+            proposal_rate: Mutex::new(HashMap::new()),
             brains: RwLock::new(HashMap::new()),
             notifications,
             supervisor: Mutex::new(None),
@@ -343,6 +361,7 @@ impl Runtime {
             model_guard: None,
             approvals: None,
             tenant_budgets: HashMap::new(),
+            max_agents: MAX_AGENTS,
         }
     }
 
@@ -774,13 +793,14 @@ impl Inner {
                 return Err(SpawnError::Revoked(spec.id.clone()));
             }
         }
-        if self
-            .agents
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&spec.id)
         {
-            return Err(SpawnError::Duplicate(spec.id.clone()));
+            let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+            if agents.contains_key(&spec.id) {
+                return Err(SpawnError::Duplicate(spec.id.clone()));
+            }
+            if agents.len() >= self.max_agents {
+                return Err(SpawnError::TooManyAgents(self.max_agents));
+            }
         }
         let account = format!("agent:{}", spec.id);
         // An agent's cap is its token's budget, carved out of its parent's account.

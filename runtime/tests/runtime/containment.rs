@@ -555,3 +555,156 @@ async fn messaging_is_a_granted_capability_within_a_tenant_and_a_flood_is_contai
         && e.record.agent == "mute"
         && e.record.detail["allowed"] == false));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proposal_store_and_the_agent_registry_are_bounded_and_refuse_beyond() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = KeyPair::generate();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let operator = KeyPair::generate();
+    let rt = bulwark_runtime::Runtime::builder()
+        .data_dir(dir.path())
+        .root_public_key(root.public())
+        .clock(clock.clone())
+        .approvals(ApprovalConfig::new(vec![operator.public()]).limits(3, 5))
+        .max_agents(12)
+        .build()
+        .await
+        .unwrap();
+    crate::register_tools(&rt);
+    let h = Harness {
+        dir,
+        root,
+        clock,
+        rt,
+    };
+
+    // One tree proposes 7 refunds in an hour: 5 are taken, 2 refused, none stored.
+    let refunds: Vec<(&str, Value)> = (0..7).map(|i| ("refund", json!({"order": i}))).collect();
+    let a = h
+        .agent(
+            "refunder",
+            &[("refund", Tier::Auto)],
+            "10",
+            crate::calls(&refunds),
+        )
+        .await;
+    let out = a.run("refund all").await.unwrap();
+    let refused: Vec<_> = out.denied().collect();
+    assert_eq!(refused.len(), 2, "{:?}", out.actions);
+    assert!(
+        refused[0].detail.contains("5 proposals in the last hour"),
+        "{}",
+        refused[0].detail
+    );
+    assert_eq!(h.rt.proposals().unwrap().len(), 5);
+    // An hour later the tree may propose again.
+    h.clock.advance(Duration::from_secs(3601));
+    let b = h
+        .agent(
+            "refunder-2",
+            &[("refund", Tier::Auto)],
+            "10",
+            crate::calls(&[("refund", json!({"order": 99}))]),
+        )
+        .await;
+    assert_eq!(b.run("refund one").await.unwrap().denied().count(), 0);
+
+    // At most 3 proposals wait at once: a fourth is refused until one is decided.
+    let h = Arc::new(h);
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let a = h
+            .agent(
+                &format!("payer-{i}"),
+                &[("pay", Tier::Auto)],
+                "10",
+                crate::calls(&[("pay", json!({"n": i}))]),
+            )
+            .await;
+        runs.push(tokio::spawn(async move { a.run("pay").await }));
+    }
+    let mut pending = Vec::new();
+    for _ in 0..400 {
+        pending =
+            h.rt.proposals()
+                .unwrap()
+                .into_iter()
+                .filter(|p| p.state == ProposalState::Pending)
+                .collect();
+        if pending.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pending.len(), 3);
+    let late = h
+        .agent(
+            "payer-late",
+            &[("pay", Tier::Auto)],
+            "10",
+            crate::calls(&[("pay", json!({"n": 9}))]),
+        )
+        .await;
+    let out = late.run("pay").await.unwrap();
+    let refused: Vec<_> = out.denied().collect();
+    assert!(
+        refused[0].detail.contains("3 proposals are open"),
+        "{}",
+        refused[0].detail
+    );
+    let reject = bulwark_capabilities::Decision::sign(
+        &operator,
+        bulwark_capabilities::DecisionKind::Reject,
+        &pending[0].id,
+        "no",
+        h.rt.now(),
+    );
+    h.rt.reject(&pending[0].id, &reject).await.unwrap();
+    let again = h
+        .agent(
+            "payer-later",
+            &[("pay", Tier::Auto)],
+            "10",
+            Arc::new(ScriptedBrain::new(vec![BrainAction::CallTool {
+                tool: "pay".into(),
+                args: json!({"n": 10}),
+            }])),
+        )
+        .await;
+    let run = tokio::spawn(async move { again.run("pay").await });
+    for _ in 0..400 {
+        let n =
+            h.rt.proposals()
+                .unwrap()
+                .into_iter()
+                .filter(|p| p.state == ProposalState::Pending)
+                .count();
+        if n == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        h.rt.proposals()
+            .unwrap()
+            .iter()
+            .any(|p| p.agent == "payer-later" && p.state == ProposalState::Pending)
+    );
+
+    // The registry holds at most 12 agents; the thirteenth is refused.
+    let mut spawned = 0;
+    let err = loop {
+        let spec = AgentSpec::new(format!("extra-{spawned}"));
+        let token = h.token(&spec.key, &spec.id.clone(), &[], "1");
+        match h.rt.spawn_agent(spec, token, idle()).await {
+            Ok(_) => spawned += 1,
+            Err(e) => break e,
+        }
+        assert!(spawned <= 12, "the registry grew past its bound");
+    };
+    assert!(matches!(err, SpawnError::TooManyAgents(12)), "{err}");
+    h.rt.shutdown().await.unwrap();
+    drop(run);
+    drop(runs);
+}
