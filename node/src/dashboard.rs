@@ -560,3 +560,44 @@ async fn decide_group(
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_split_and_matched() {
+        assert_eq!(split_host("[::1]:8080"), Some(("[::1]", Some(8080))));
+        assert_eq!(split_host("example.test"), Some(("example.test", None)));
+        assert_eq!(split_host("a:b"), None);
+        assert_eq!(split_host(":80"), None);
+        let loopback = HostRule::new("127.0.0.1:8080".parse().expect("addr"), &[]);
+        for ok in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+            assert!(loopback.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.test:8080",
+            "127.0.0.1:8081",
+            "10.0.0.1:8080",
+            "127.0.0.1",
+            "",
+        ] {
+            assert!(!loopback.allows(bad), "{bad}");
+        }
+        let everywhere = HostRule::new(
+            "0.0.0.0:8080".parse().expect("addr"),
+            &["dash.example:443".to_string()],
+        );
+        for ok in ["10.0.0.1:8080", "[fe80::1]:8080", "dash.example:443"] {
+            assert!(everywhere.allows(ok), "{ok}");
+        }
+        for bad in ["dash.example:8080", "dash.example", "rebound.example:8080"] {
+            assert!(!everywhere.allows(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_login_fragment_encodes_the_token() {
+        assert_eq!(fragment_encode("a b/c~"), "a%20b%2Fc~");
+    }
+}

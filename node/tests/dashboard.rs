@@ -276,6 +276,46 @@ async fn an_operator_approves_in_a_real_browser_and_the_action_runs_once() {
     client.goto(&dash.login_url()).await.expect("page loads");
     let shown_url = client.current_url().await.expect("url").to_string();
     assert!(!shown_url.contains(dash.token()), "{shown_url}");
+    // The page's canonical text and hash agree with the runtime's on awkward values:
+    // keys whose UTF-16 and UTF-8 orders differ, escapes, control characters, floats,
+    // the extremes of 64-bit integers.
+    for value in [
+        json!({"z": 1, "é": "x", "\u{1F600}": "emoji", "\u{FF5E}": "wide", "a": {"n": [1, -2, 1.5, 1e300, true, null,
+               "q\"\\/\n\t\u{1}\u{7f}\u{2028}\u{202E}"]}, "big": u64::MAX, "neg": i64::MIN}),
+        json!({}),
+        json!({"s": "", "list": [], "o": {}}),
+    ] {
+        let text = value.to_string();
+        let hash = client
+            .execute(
+                "return argsHash(shownArgs({args_json: arguments[0]}).text);",
+                vec![json!(text)],
+            )
+            .await
+            .expect("the page hashes the arguments");
+        assert_eq!(
+            hash,
+            json!(bulwark_runtime::Proposal::hash_args(&value)),
+            "{text}"
+        );
+    }
+    // Text that is not the canonical form is refused rather than signed.
+    for text in [
+        r#"{"b":1,"a":2}"#,
+        r#"{"a":1,"a":2}"#,
+        r#"{"a": 1}"#,
+        r#"{"a":"\u0041"}"#,
+    ] {
+        let refused = client
+            .execute(
+                "try { shownArgs({args_json: arguments[0]}); return 'accepted'; } catch (e) { return e.message; }",
+                vec![json!(text)],
+            )
+            .await
+            .expect("script");
+        assert_ne!(refused, json!("accepted"), "{text}");
+    }
+
     // The operator's key file, as `bulwark keygen` writes it.
     let key_path = profile.path().join("operator.key");
     w.operator.save(&key_path).expect("save key");
