@@ -3,14 +3,27 @@
 //! approve, reject and cancel, signed in the browser with the operator's key
 //! (WebCrypto Ed25519) or by `bulwark proposals`.
 //!
-//! Bound to 127.0.0.1 by default. Bound anywhere else it refuses to start without a
-//! bearer token, and then every API call must carry it. The server never sees an
-//! operator's private key: it checks signatures against the runtime's operator keys.
+//! Bound to 127.0.0.1 by default. Every API call carries a bearer token: the configured
+//! one, or one generated at start (bound beyond loopback a configured token is
+//! required). [`Dashboard::login_url`] opens the page with the token in the URL
+//! fragment, which the page moves into the tab's session storage; the fragment never
+//! reaches the server or its logs. Every request must name the dashboard in its `Host`
+//! header (its listen address, a loopback name, or a configured host), so a page on a
+//! rebound DNS name cannot reach it (421), and a state-changing request from another
+//! origin is refused (403). The server never sees an operator's private key: it checks
+//! signatures against the runtime's operator keys.
+//!
+//! The page shows every argument from the canonical JSON text the server sends
+//! (`args_json`, the exact text approvals hash), parsed without loss (integers beyond
+//! 2^53 stay exact), with invisible and direction-changing characters shown as marked
+//! `\uXXXX` tokens; it recomputes the arguments' hash from that text with WebCrypto and
+//! refuses to sign when it differs from the server's `args_hash`.
 
 use std::net::SocketAddr;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,8 +38,14 @@ const PAGE: &str = include_str!("dashboard.html");
 pub struct DashboardConfig {
     /// The address (default 127.0.0.1, any free port).
     pub bind: SocketAddr,
-    /// A bearer token API calls must carry; required unless bound to loopback.
+    /// The bearer token API calls must carry (at least 16 characters). Required
+    /// beyond loopback; on loopback one is generated at start when none is set.
     pub bearer: Option<String>,
+    /// Further names the dashboard answers to in the `Host` header (e.g. behind a
+    /// reverse proxy): `name` for any port, or `name:port`. Its listen address and the
+    /// loopback names (`localhost`, `127.0.0.1`, `[::1]`) on its port are always
+    /// accepted.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for DashboardConfig {
@@ -34,6 +53,7 @@ impl Default for DashboardConfig {
         DashboardConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             bearer: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -64,7 +84,16 @@ pub enum DashboardError {
 pub struct Dashboard {
     /// Where it listens.
     pub addr: SocketAddr,
+    bearer: String,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Dashboard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dashboard")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Dashboard {
@@ -73,16 +102,137 @@ impl Dashboard {
         format!("http://{}/", self.addr)
     }
 
+    /// The bearer token API calls must carry (configured or generated at start).
+    pub fn token(&self) -> &str {
+        &self.bearer
+    }
+
+    /// The URL that opens the page signed in: the token rides in the fragment, which
+    /// browsers never send; the page moves it into the tab's session storage and
+    /// removes it from the address bar.
+    pub fn login_url(&self) -> String {
+        format!("{}#token={}", self.url(), fragment_encode(&self.bearer))
+    }
+
     /// Stops serving.
     pub fn stop(self) {
         self.task.abort();
     }
 }
 
+/// Percent-encodes everything but unreserved characters, for a URL fragment.
+fn fragment_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[derive(Clone)]
 struct AppState {
     rt: Runtime,
-    bearer: Option<String>,
+    bearer: String,
+    hosts: std::sync::Arc<HostRule>,
+}
+
+/// Which `Host` headers name this dashboard.
+struct HostRule {
+    port: u16,
+    /// Host names (lower case, IPv6 in brackets) accepted on the listen port.
+    names: Vec<String>,
+    /// Configured entries: `(name, Some(port))` or `(name, None)` for any port.
+    extra: Vec<(String, Option<u16>)>,
+    /// Bound to every interface: any IP literal names it (an IP literal cannot be
+    /// rebound by DNS).
+    any_ip: bool,
+}
+
+impl HostRule {
+    fn new(addr: SocketAddr, allowed: &[String]) -> Self {
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "[::1]".to_string(),
+        ];
+        if !addr.ip().is_unspecified() {
+            names.push(match addr.ip() {
+                std::net::IpAddr::V4(ip) => ip.to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            });
+        }
+        let extra = allowed
+            .iter()
+            .map(|h| {
+                let h = h.trim().to_ascii_lowercase();
+                match split_host(&h) {
+                    Some((name, Some(port))) => (name.to_string(), Some(port)),
+                    _ => (h, None),
+                }
+            })
+            .collect();
+        HostRule {
+            port: addr.port(),
+            names,
+            extra,
+            any_ip: addr.ip().is_unspecified(),
+        }
+    }
+
+    fn allows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let Some((name, port)) = split_host(&host) else {
+            return false;
+        };
+        let port = port.unwrap_or(80);
+        if self
+            .extra
+            .iter()
+            .any(|(n, p)| n == name && p.is_none_or(|p| p == port))
+        {
+            return true;
+        }
+        if port != self.port {
+            return false;
+        }
+        if self.names.iter().any(|n| n == name) {
+            return true;
+        }
+        self.any_ip
+            && name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+    }
+}
+
+/// Splits `name[:port]` (IPv6 in brackets); `None` when the port is not a number.
+fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let name = &host[..end + 2];
+        match &host[end + 2..] {
+            "" => (name, None),
+            p => (name, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    if name.is_empty() {
+        return None;
+    }
+    match port {
+        Some(p) => Some((name, Some(p.parse().ok()?))),
+        None => Some((name, None)),
+    }
 }
 
 /// Starts the dashboard for `rt`.
@@ -93,6 +243,11 @@ pub async fn serve(rt: Runtime, config: DashboardConfig) -> Result<Dashboard, Da
     if config.bearer.as_ref().is_some_and(|b| b.len() < 16) {
         return Err(DashboardError::WeakToken);
     }
+    let generated = config.bearer.is_none();
+    let bearer = config
+        .bearer
+        .clone()
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>()));
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| DashboardError::Bind {
@@ -105,14 +260,58 @@ pub async fn serve(rt: Runtime, config: DashboardConfig) -> Result<Dashboard, Da
     })?;
     let app = router(AppState {
         rt,
-        bearer: config.bearer,
+        bearer: bearer.clone(),
+        hosts: std::sync::Arc::new(HostRule::new(addr, &config.allowed_hosts)),
     });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the dashboard stopped");
         }
     });
-    Ok(Dashboard { addr, task })
+    let dashboard = Dashboard { addr, bearer, task };
+    if generated {
+        tracing::info!(
+            login_url = %dashboard.login_url(),
+            "the dashboard is ready: open its login URL (it carries the access token generated for this start)"
+        );
+    } else {
+        tracing::info!(url = %dashboard.url(), "the dashboard is ready");
+    }
+    Ok(dashboard)
+}
+
+/// Refuses requests that do not name this dashboard in `Host` (421) and
+/// state-changing requests from another origin (403), before any handler runs.
+async fn guard_request(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let Some(host) = host.filter(|h| s.hosts.allows(h)) else {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this dashboard does not answer to that host name",
+        );
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let origin = headers
+            .get(header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or(""));
+        let same_origin = origin.is_none_or(|o| {
+            let o = o.to_ascii_lowercase();
+            let host = host.to_ascii_lowercase();
+            o == format!("http://{host}") || o == format!("https://{host}")
+        });
+        let site = headers
+            .get("sec-fetch-site")
+            .map(|v| v.to_str().unwrap_or(""));
+        let site_ok = site.is_none_or(|s| s == "same-origin" || s == "none");
+        if !same_origin || !site_ok {
+            return error(
+                StatusCode::FORBIDDEN,
+                "a request from another origin cannot change anything here",
+            );
+        }
+    }
+    next.run(req).await
 }
 
 fn router(state: AppState) -> Router {
@@ -123,6 +322,10 @@ fn router(state: AppState) -> Router {
         .route("/api/proposals/{id}/{action}", post(decide))
         .route("/api/groups", get(groups))
         .route("/api/groups/{group}/{action}", post(decide_group))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard_request,
+        ))
         .with_state(state)
 }
 
@@ -153,9 +356,7 @@ impl IntoResponse for ApiError {
 }
 
 fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(want) = &state.bearer else {
-        return Ok(());
-    };
+    let want = &state.bearer;
     let got = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -178,9 +379,12 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// A proposal as the dashboard shows it: with the time left to decide or cancel.
+/// A proposal as the dashboard shows it: with the time left to decide or cancel, and
+/// its arguments also as `args_json`, the canonical JSON text approvals hash (the page
+/// renders and hashes that text, so large integers stay exact).
 pub fn view(p: &Proposal, now_ms: u64) -> Value {
     let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+    v["args_json"] = json!(p.args.to_string());
     if p.state == ProposalState::Pending {
         v["time_left_ms"] = json!(p.expires_ms.map(|e| e.saturating_sub(now_ms)));
     }
@@ -354,5 +558,46 @@ async fn decide_group(
         }
         Err(e @ ProposalError::WrongState { .. }) => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_split_and_matched() {
+        assert_eq!(split_host("[::1]:8080"), Some(("[::1]", Some(8080))));
+        assert_eq!(split_host("example.test"), Some(("example.test", None)));
+        assert_eq!(split_host("a:b"), None);
+        assert_eq!(split_host(":80"), None);
+        let loopback = HostRule::new("127.0.0.1:8080".parse().expect("addr"), &[]);
+        for ok in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+            assert!(loopback.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.test:8080",
+            "127.0.0.1:8081",
+            "10.0.0.1:8080",
+            "127.0.0.1",
+            "",
+        ] {
+            assert!(!loopback.allows(bad), "{bad}");
+        }
+        let everywhere = HostRule::new(
+            "0.0.0.0:8080".parse().expect("addr"),
+            &["dash.example:443".to_string()],
+        );
+        for ok in ["10.0.0.1:8080", "[fe80::1]:8080", "dash.example:443"] {
+            assert!(everywhere.allows(ok), "{ok}");
+        }
+        for bad in ["dash.example:8080", "dash.example", "rebound.example:8080"] {
+            assert!(!everywhere.allows(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_login_fragment_encodes_the_token() {
+        assert_eq!(fragment_encode("a b/c~"), "a%20b%2Fc~");
     }
 }

@@ -1,7 +1,8 @@
 //! The dashboard, in a real browser: headless Chromium, driven over WebDriver by
-//! fantoccini, loads the operator's key, signs an approval of a pending CONFIRM
-//! proposal with WebCrypto Ed25519, and the action runs exactly once. Plus the API's
-//! refusals, over plain HTTP.
+//! fantoccini, opens the login URL, loads the operator's key, signs an approval of a
+//! pending CONFIRM proposal with WebCrypto Ed25519 over the hash it computes from the
+//! arguments it shows, and the action runs exactly once. Plus the API's refusals
+//! (token, Host, Origin) over plain HTTP, and the webhook's redaction.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -50,28 +51,39 @@ struct World {
     root: KeyPair,
     operator: KeyPair,
     paid: Arc<AtomicUsize>,
+    /// The arguments each payment ran with.
+    paid_args: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
     reminded: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
 async fn world() -> World {
+    world_with(|a| a).await
+}
+
+async fn world_with(approvals: impl FnOnce(ApprovalConfig) -> ApprovalConfig) -> World {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = KeyPair::generate();
     let operator = KeyPair::generate();
     let rt = Runtime::builder()
         .data_dir(dir.path())
         .root_public_key(root.public())
-        .approvals(ApprovalConfig::new(vec![operator.public()]))
+        .approvals(approvals(ApprovalConfig::new(vec![operator.public()])))
         .build()
         .await
         .expect("runtime");
     let paid = Arc::new(AtomicUsize::new(0));
-    let counter = paid.clone();
+    let paid_args: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let (counter, record) = (paid.clone(), paid_args.clone());
     rt.tools()
         .register(Tool::native(
             ToolManifest::new("pay_invoice", "Pays a supplier invoice").tier(Tier::Confirm),
-            move |_| {
+            move |input| {
                 let counter = counter.clone();
+                record
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(input.args.clone());
                 async move {
                     counter.fetch_add(1, Ordering::SeqCst);
                     Ok(ToolOutput::new(json!("paid")))
@@ -100,6 +112,7 @@ async fn world() -> World {
         root,
         operator,
         paid,
+        paid_args,
         reminded,
         _dir: dir,
     }
@@ -113,6 +126,19 @@ async fn start_payment(w: &World) -> tokio::task::JoinHandle<bulwark_runtime::Ou
 async fn start_payment_on(
     rt: &Runtime,
     root: &KeyPair,
+) -> tokio::task::JoinHandle<bulwark_runtime::Outcome> {
+    start_payment_with(
+        rt,
+        root,
+        json!({"invoice": "INV-2231", "iban": "DE89370400440532013000", "amount": 18_750}),
+    )
+    .await
+}
+
+async fn start_payment_with(
+    rt: &Runtime,
+    root: &KeyPair,
+    args: serde_json::Value,
 ) -> tokio::task::JoinHandle<bulwark_runtime::Outcome> {
     let spec = AgentSpec::new("accounts-payable");
     let grant = RootGrant::new(
@@ -128,7 +154,7 @@ async fn start_payment_on(
     let brain = Arc::new(ScriptedBrain::new(vec![
         BrainAction::CallTool {
             tool: "pay_invoice".into(),
-            args: json!({"invoice": "INV-2231", "iban": "DE89370400440532013000", "amount": 18_750}),
+            args,
         },
         BrainAction::Finish {
             answer: "paid".into(),
@@ -200,7 +226,11 @@ async fn pending(rt: &Runtime) -> bulwark_runtime::Proposal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_approves_in_a_real_browser_and_the_action_runs_once() {
     let w = world().await;
-    let run = start_payment(&w).await;
+    // An amount beyond 2^53 (a JavaScript number would round it to ...992) and a memo
+    // with a right-to-left override that would show "exe.pdf" as "fdp.exe".
+    let args = json!({"invoice": "INV-2231", "iban": "DE89370400440532013000",
+                      "amount": 9_007_199_254_740_993u64, "memo": "scan \u{202E}fdp.exe"});
+    let run = start_payment_with(&w.rt, &w.root, args.clone()).await;
     let p = pending(&w.rt).await;
     let dash = serve(w.rt.clone(), DashboardConfig::default())
         .await
@@ -241,7 +271,51 @@ async fn an_operator_approves_in_a_real_browser_and_the_action_runs_once() {
     }
     let client = client.expect("chromedriver accepts a session within 10 s");
 
-    client.goto(&dash.url()).await.expect("page loads");
+    // The login URL carries the generated token in its fragment; the page keeps it in
+    // session storage and takes it out of the address bar.
+    client.goto(&dash.login_url()).await.expect("page loads");
+    let shown_url = client.current_url().await.expect("url").to_string();
+    assert!(!shown_url.contains(dash.token()), "{shown_url}");
+    // The page's canonical text and hash agree with the runtime's on awkward values:
+    // keys whose UTF-16 and UTF-8 orders differ, escapes, control characters, floats,
+    // the extremes of 64-bit integers.
+    for value in [
+        json!({"z": 1, "é": "x", "\u{1F600}": "emoji", "\u{FF5E}": "wide", "a": {"n": [1, -2, 1.5, 1e300, true, null,
+               "q\"\\/\n\t\u{1}\u{7f}\u{2028}\u{202E}"]}, "big": u64::MAX, "neg": i64::MIN}),
+        json!({}),
+        json!({"s": "", "list": [], "o": {}}),
+    ] {
+        let text = value.to_string();
+        let hash = client
+            .execute(
+                "return argsHash(shownArgs({args_json: arguments[0]}).text);",
+                vec![json!(text)],
+            )
+            .await
+            .expect("the page hashes the arguments");
+        assert_eq!(
+            hash,
+            json!(bulwark_runtime::Proposal::hash_args(&value)),
+            "{text}"
+        );
+    }
+    // Text that is not the canonical form is refused rather than signed.
+    for text in [
+        r#"{"b":1,"a":2}"#,
+        r#"{"a":1,"a":2}"#,
+        r#"{"a": 1}"#,
+        r#"{"a":"\u0041"}"#,
+    ] {
+        let refused = client
+            .execute(
+                "try { shownArgs({args_json: arguments[0]}); return 'accepted'; } catch (e) { return e.message; }",
+                vec![json!(text)],
+            )
+            .await
+            .expect("script");
+        assert_ne!(refused, json!("accepted"), "{text}");
+    }
+
     // The operator's key file, as `bulwark keygen` writes it.
     let key_path = profile.path().join("operator.key");
     w.operator.save(&key_path).expect("save key");
@@ -293,19 +367,54 @@ async fn an_operator_approves_in_a_real_browser_and_the_action_runs_once() {
         .for_element(Locator::Id(&format!("approve-{}", p.id)))
         .await
         .expect("the pending proposal is listed with an approve button");
-    // The row shows the agent, the tool and the arguments the operator approves.
-    let row = client
-        .find(Locator::Id(&format!("row-{}", p.id)))
-        .await
-        .expect("row")
-        .text()
-        .await
-        .expect("text");
+    drop(approve);
+    // The row shows the agent, the tool and the arguments the operator approves: the
+    // amount exact, the override as a visible token, not applied.
+    let row = row_text(&client, &p.id).await;
     assert!(
         row.contains("accounts-payable") && row.contains("pay_invoice") && row.contains("INV-2231"),
         "{row}"
     );
-    approve.click().await.expect("approve");
+    assert!(row.contains("\"amount\": 9007199254740993"), "{row}");
+    assert!(
+        row.contains("scan \\u202Efdp.exe") && !row.contains('\u{202E}'),
+        "{row}"
+    );
+
+    // What the page is shown no longer matches what the server asks it to sign (a
+    // lying server, or script injected between them, shows amount 1): the page
+    // computes the hash of what it shows, finds it differs, and signs nothing.
+    client
+        .execute(
+            r#"window.realFetch = window.fetch;
+               window.fetch = async (url, init) => {
+                 const r = await window.realFetch(url, init);
+                 if ((init && init.method === "POST") || !String(url).startsWith("api/")) return r;
+                 const text = (await r.text()).split("9007199254740993").join("1");
+                 return new Response(text, {status: r.status, headers: r.headers});
+               };
+               refresh();"#,
+            vec![],
+        )
+        .await
+        .expect("script");
+    wait_row(&client, &p.id, |row| row.contains("\"amount\": 1,")).await;
+    click(&client, &format!("approve-{}", p.id)).await;
+    let refused = wait_message(&client, |m| m.contains("Not approved")).await;
+    assert!(refused.contains("do not match"), "{refused}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        w.rt.proposal(&p.id).expect("get").expect("exists").state,
+        ProposalState::Pending,
+        "nothing was approved"
+    );
+    assert_eq!(w.paid.load(Ordering::SeqCst), 0);
+    client
+        .execute("window.fetch = window.realFetch; refresh();", vec![])
+        .await
+        .expect("script");
+    wait_row(&client, &p.id, |row| row.contains("9007199254740993")).await;
+    click(&client, &format!("approve-{}", p.id)).await;
     for _ in 0..100 {
         if w.rt
             .proposal(&p.id)
@@ -343,6 +452,11 @@ async fn an_operator_approves_in_a_real_browser_and_the_action_runs_once() {
     let done = w.rt.proposal(&p.id).expect("get").expect("exists");
     assert_eq!(done.state, ProposalState::Committed);
     assert_eq!(done.decisions[0].by, w.operator.public().to_hex());
+    // The signature held over the real arguments, and the tool ran with them.
+    assert_eq!(
+        w.paid_args.lock().expect("args").as_slice(),
+        std::slice::from_ref(&args)
+    );
 
     // The page shows the new state; keep a screenshot with the test's output.
     client
@@ -494,6 +608,7 @@ async fn the_api_refuses_forged_and_malformed_decisions_and_guards_its_binding()
         DashboardConfig {
             bind: "0.0.0.0:0".parse().expect("addr"),
             bearer: None,
+            ..DashboardConfig::default()
         },
     )
     .await;
@@ -503,15 +618,79 @@ async fn the_api_refuses_forged_and_malformed_decisions_and_guards_its_binding()
         DashboardConfig {
             bind: "127.0.0.1:0".parse().expect("addr"),
             bearer: Some("short".into()),
+            ..DashboardConfig::default()
         },
     )
     .await;
     assert!(matches!(weak, Err(DashboardError::WeakToken)));
 }
 
+async fn row_text(client: &fantoccini::Client, id: &str) -> String {
+    for _ in 0..100 {
+        if let Ok(row) = client.find(Locator::Id(&format!("row-{id}"))).await
+            && let Ok(text) = row.text().await
+        {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the row of {id} is not shown");
+}
+
+/// Waits (up to 20 s) until the row of `id` satisfies `ok`.
+async fn wait_row(client: &fantoccini::Client, id: &str, ok: impl Fn(&str) -> bool) {
+    let mut last = String::new();
+    for _ in 0..200 {
+        last = row_text(client, id).await;
+        if ok(&last) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the row never showed what was expected: {last}");
+}
+
+/// Waits (up to 20 s) until the page's message satisfies `ok`.
+async fn wait_message(client: &fantoccini::Client, ok: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..200 {
+        if let Ok(m) = client.find(Locator::Id("message")).await {
+            last = m.text().await.unwrap_or_default();
+            if ok(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the page never said what was expected: {last}");
+}
+
+/// Clicks the element `id`, again if the page redrew it in between.
+async fn click(client: &fantoccini::Client, id: &str) {
+    for _ in 0..50 {
+        if let Ok(e) = client.find(Locator::Id(id)).await
+            && e.click().await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot click {id}");
+}
+
 fn bulwark(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_bulwark"))
         .args(args)
+        .env_remove("BULWARK_DASHBOARD_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the bulwark binary runs")
+}
+
+fn bulwark_with(token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(args)
+        .env("BULWARK_DASHBOARD_TOKEN", token)
         .stdin(Stdio::null())
         .output()
         .expect("the bulwark binary runs")
@@ -531,6 +710,15 @@ async fn the_cli_lists_and_decides_against_a_running_dashboard() {
     let stranger_key = keys.path().join("stranger.key");
     KeyPair::generate().save(&stranger_key).expect("save");
     let url = dash.url();
+    // The CLI carries the dashboard's token (--token or BULWARK_DASHBOARD_TOKEN).
+    let token: &'static str = Box::leak(dash.token().to_string().into_boxed_str());
+    let refused = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || bulwark(&["proposals", "list", "--url", &url])
+    })
+    .await
+    .expect("join");
+    assert!(!refused.status.success(), "no token, no listing");
     let (op, stranger) = (
         op_key.to_string_lossy().to_string(),
         stranger_key.to_string_lossy().to_string(),
@@ -538,7 +726,7 @@ async fn the_cli_lists_and_decides_against_a_running_dashboard() {
 
     let listed = tokio::task::spawn_blocking({
         let url = url.clone();
-        move || bulwark(&["proposals", "list", "--url", &url])
+        move || bulwark_with(token, &["proposals", "list", "--url", &url])
     })
     .await
     .expect("join");
@@ -557,15 +745,18 @@ async fn the_cli_lists_and_decides_against_a_running_dashboard() {
     let refused = tokio::task::spawn_blocking({
         let (url, id) = (url.clone(), p.id.clone());
         move || {
-            bulwark(&[
-                "proposals",
-                "approve",
-                &id,
-                "--operator-key",
-                &stranger,
-                "--url",
-                &url,
-            ])
+            bulwark_with(
+                token,
+                &[
+                    "proposals",
+                    "approve",
+                    &id,
+                    "--operator-key",
+                    &stranger,
+                    "--url",
+                    &url,
+                ],
+            )
         }
     })
     .await
@@ -586,15 +777,18 @@ async fn the_cli_lists_and_decides_against_a_running_dashboard() {
     let approved = tokio::task::spawn_blocking({
         let (url, id) = (url.clone(), p.id.clone());
         move || {
-            bulwark(&[
-                "proposals",
-                "approve",
-                &id,
-                "--operator-key",
-                &op,
-                "--url",
-                &url,
-            ])
+            bulwark_with(
+                token,
+                &[
+                    "proposals",
+                    "approve",
+                    &id,
+                    "--operator-key",
+                    &op,
+                    "--url",
+                    &url,
+                ],
+            )
         }
     })
     .await
@@ -615,7 +809,7 @@ async fn the_cli_lists_and_decides_against_a_running_dashboard() {
     let (calls, group) = start_reminders(&w, &["c7", "c8"]).await;
     let listed = tokio::task::spawn_blocking({
         let url = url.clone();
-        move || bulwark(&["proposals", "list", "--groups", "--url", &url])
+        move || bulwark_with(token, &["proposals", "list", "--groups", "--url", &url])
     })
     .await
     .expect("join");
@@ -629,16 +823,19 @@ async fn the_cli_lists_and_decides_against_a_running_dashboard() {
         let out = tokio::task::spawn_blocking({
             let (url, group) = (url.clone(), group.clone());
             move || {
-                bulwark(&[
-                    "proposals",
-                    "approve",
-                    "--group",
-                    &group,
-                    "--operator-key",
-                    &key,
-                    "--url",
-                    &url,
-                ])
+                bulwark_with(
+                    token,
+                    &[
+                        "proposals",
+                        "approve",
+                        "--group",
+                        &group,
+                        "--operator-key",
+                        &key,
+                        "--url",
+                        &url,
+                    ],
+                )
             }
         })
         .await
@@ -748,4 +945,254 @@ async fn decisions_queued_in_a_stopped_data_directory_apply_verified_at_the_next
     );
     assert_eq!(paid.load(Ordering::SeqCst), 1);
     rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_answers_only_its_own_host_its_origin_and_its_token() {
+    let w = world().await;
+    let run = start_payment(&w).await;
+    let p = pending(&w.rt).await;
+    // No token configured: one is generated, and it is still required on loopback.
+    let dash = serve(
+        w.rt.clone(),
+        DashboardConfig {
+            allowed_hosts: vec!["bulwark.internal".into()],
+            ..DashboardConfig::default()
+        },
+    )
+    .await
+    .expect("dashboard");
+    assert_eq!(dash.token().len(), 64);
+    assert!(
+        dash.login_url()
+            .ends_with(&format!("/#token={}", dash.token()))
+    );
+    let port = dash.addr.port();
+    let http = reqwest::Client::new();
+    let list = format!("{}api/proposals", dash.url());
+    let auth = format!("Bearer {}", dash.token());
+
+    let r = http.get(&list).send().await.expect("get");
+    assert_eq!(r.status(), 401, "no token, nothing");
+    let r = http
+        .get(&list)
+        .header(
+            "authorization",
+            "Bearer 0000000000000000000000000000000000000000",
+        )
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401, "a wrong token, nothing");
+
+    // A page on a DNS name rebound to 127.0.0.1 sends its own name as Host.
+    for host in [
+        "evil.test".to_string(),
+        format!("evil.test:{port}"),
+        format!("localhost.evil.test:{port}"),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        "".to_string(),
+    ] {
+        let r = http
+            .get(&list)
+            .header("authorization", &auth)
+            .header("host", &host)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 421, "Host {host:?} is refused");
+        let r = http
+            .get(dash.url())
+            .header("host", &host)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 421, "the page too, for Host {host:?}");
+    }
+    // Its own names, with the token, are answered; the arguments come as their exact
+    // canonical text too.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        "bulwark.internal".to_string(),
+        "bulwark.internal:8443".to_string(),
+    ] {
+        let r = http
+            .get(&list)
+            .header("authorization", &auth)
+            .header("host", &host)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "Host {host:?}");
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(v[0]["args_json"], p.args.to_string());
+    }
+
+    // A state-changing request from another origin is refused, token or not.
+    let reject = bulwark_capabilities::Decision::sign(
+        &w.operator,
+        bulwark_capabilities::DecisionKind::Reject,
+        &p.id,
+        "cross-site",
+        std::time::SystemTime::now(),
+    );
+    let approve = bulwark_capabilities::Approval::sign(
+        &w.operator,
+        &p.id,
+        &bulwark_runtime::Proposal::approval_args(&p.args),
+        std::time::SystemTime::now() + Duration::from_secs(600),
+    );
+    let post = |action: &str, body: String, extra: Option<(&'static str, String)>| {
+        let mut req = http
+            .post(format!("{}api/proposals/{}/{action}", dash.url(), p.id))
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some((name, value)) = extra {
+            req = req.header(name, value);
+        }
+        req.send()
+    };
+    let reject_json = serde_json::to_string(&reject).expect("json");
+    for extra in [
+        ("origin", "http://evil.test".to_string()),
+        ("origin", "null".to_string()),
+        (
+            "origin",
+            format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+        ),
+        ("sec-fetch-site", "cross-site".to_string()),
+        ("sec-fetch-site", "same-site".to_string()),
+    ] {
+        let r = post("reject", reject_json.clone(), Some(extra.clone()))
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 403, "{extra:?}");
+    }
+    assert_eq!(
+        w.rt.proposal(&p.id).expect("get").expect("exists").state,
+        ProposalState::Pending
+    );
+    // The page's own origin may decide.
+    let r = post(
+        "approve",
+        serde_json::to_string(&approve).expect("json"),
+        Some(("origin", format!("http://127.0.0.1:{port}"))),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 200);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("resumes")
+        .expect("run");
+    assert_eq!(outcome.denied().count(), 0);
+    assert_eq!(w.paid.load(Ordering::SeqCst), 1);
+    dash.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_gets_personal_data_and_secrets_redacted_while_the_action_runs_with_them() {
+    use axum::{Router, extract::State, routing::post};
+    let received: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(seen): State<Arc<std::sync::Mutex<Vec<String>>>>, body: String| async move {
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).push(body);
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver") });
+
+    let mut hook = bulwark_runtime::WebhookConfig::new(format!("http://{hook_addr}/hook"));
+    hook.backoff = Duration::from_millis(20);
+    let w = world_with(|a| a.webhook(hook)).await;
+    let (iban, email, key) = (
+        "DE89370400440532013000",
+        "ana.lopez@example.com",
+        "sk-proj-abcdefghijklmnopqrstuvwxyz123456",
+    );
+    let args = json!({"invoice": "INV-7781", "iban": iban, "notify": [email],
+                      "note": format!("api key {key}"), "amount": 18_750});
+    let run = start_payment_with(&w.rt, &w.root, args.clone()).await;
+    let p = pending(&w.rt).await;
+    let mut body = String::new();
+    for _ in 0..500 {
+        if let Some(b) = received.lock().unwrap_or_else(|p| p.into_inner()).first() {
+            body = b.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(body.contains(&p.id), "the webhook was told: {body}");
+    for secret in [iban, email, key] {
+        assert!(
+            !body.contains(secret),
+            "{secret} reached the webhook: {body}"
+        );
+    }
+    for mark in ["[REDACTED:iban:", "[REDACTED:email:", "[REDACTED:api_key:"] {
+        assert!(body.contains(mark), "{mark} missing: {body}");
+    }
+    // What is not personal stays readable.
+    assert!(
+        body.contains("INV-7781") && body.contains("18750"),
+        "{body}"
+    );
+
+    // The operator's own dashboard shows the real values, and the approval over them
+    // runs the action with them.
+    let dash = serve(w.rt.clone(), DashboardConfig::default())
+        .await
+        .expect("dashboard");
+    let http = reqwest::Client::new();
+    let auth = format!("Bearer {}", dash.token());
+    let shown: serde_json::Value = http
+        .get(format!("{}api/proposals/{}", dash.url(), p.id))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let text = shown["args_json"].as_str().expect("args_json");
+    assert!(
+        text.contains(iban) && text.contains(email) && text.contains(key),
+        "{text}"
+    );
+    let approval = bulwark_capabilities::Approval::sign(
+        &w.operator,
+        &p.id,
+        &bulwark_runtime::Proposal::approval_args(&p.args),
+        std::time::SystemTime::now() + Duration::from_secs(600),
+    );
+    let r = http
+        .post(format!("{}api/proposals/{}/approve", dash.url(), p.id))
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .body(serde_json::to_string(&approval).expect("json"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("resumes")
+        .expect("run");
+    assert_eq!(outcome.denied().count(), 0, "{:?}", outcome.actions);
+    assert_eq!(
+        w.paid_args.lock().expect("args").as_slice(),
+        std::slice::from_ref(&args)
+    );
+    dash.stop();
 }

@@ -957,7 +957,28 @@ impl Inner {
     /// Posts a Slack-compatible message about `p` to the webhook, retrying with
     /// backoff; the outcome is audited. Runs in the background: a slow receiver never
     /// holds up the runtime.
+    ///
+    /// The receiver is a third party: the arguments (keys and values) pass the output
+    /// guard of the `webhook` channel first (by default every kind of
+    /// personal data and secret redacted, data-carrying links removed). The proposal
+    /// itself keeps the real values; its `args_hash` names them without revealing them.
     fn announce(&self, hook: WebhookConfig, p: &Proposal) {
+        const CHANNEL: &str = "webhook";
+        fn guarded(guards: &crate::guard::Guards, value: &Value) -> Value {
+            match value {
+                Value::String(s) => Value::String(guards.output(CHANNEL, s).text),
+                Value::Array(items) => {
+                    Value::Array(items.iter().map(|v| guarded(guards, v)).collect())
+                }
+                Value::Object(map) => Value::Object(
+                    map.iter()
+                        .map(|(k, v)| (guards.output(CHANNEL, k).text, guarded(guards, v)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            }
+        }
+        let args = guarded(&self.guards, &p.args);
         let where_ = hook
             .dashboard_url
             .as_deref()
@@ -965,11 +986,11 @@ impl Inner {
             .unwrap_or_default();
         let expires = p.expires_ms.map(rfc3339).unwrap_or_default();
         let text = format!(
-            "Bulwark: agent `{}` asks to run `{}` ({}), proposal `{}`, expires {expires}. Arguments: {}.{where_}",
-            p.agent, p.tool, p.tier, p.id, p.args
+            "Bulwark: agent `{}` asks to run `{}` ({}), proposal `{}`, expires {expires}. Arguments: {args}.{where_}",
+            p.agent, p.tool, p.tier, p.id
         );
         let body = json!({"text": text, "proposal": p.id, "agent": p.agent, "tool": p.tool,
-                          "tier": p.tier, "args": p.args, "args_hash": p.args_hash,
+                          "tier": p.tier, "args": args, "args_hash": p.args_hash,
                           "expires_at": expires});
         let journal = self.journal.clone();
         let clock = self.clock.clone();
