@@ -1179,20 +1179,30 @@ impl Inner {
                     tool: compensation.clone(),
                     reason: "the compensating tool is not registered".into(),
                 })?;
-        let input = ToolInput {
-            agent: p.agent.clone(),
-            args: p.args.clone(),
-            secrets: BTreeMap::new(),
-            sandbox_limits: self.token_sandbox_limits(&p.agent, &compensation),
+        let failed = |reason: String| ProposalError::CompensationFailed {
+            id: id.to_string(),
+            tool: compensation.clone(),
+            reason,
         };
-        let out =
-            run_handler(&comp, input)
-                .await
-                .map_err(|e| ProposalError::CompensationFailed {
-                    id: id.to_string(),
-                    tool: compensation.clone(),
-                    reason: e.to_string(),
-                })?;
+        if comp.tool.manifest.tier == Tier::Block {
+            return Err(failed("the compensating tool is at tier block".into()));
+        }
+        // The action being undone must come from a token this runtime issued; the undo
+        // runs as that agent, its intent and budget reservation durable first. A
+        // revoked or expired token does not stop it: revoking an agent must never
+        // prevent undoing what it did.
+        let text = self
+            .proposals
+            .token(id)?
+            .ok_or_else(|| failed("the proposal has no recorded token".into()))?;
+        Token::from_base64(&text, &self.root)
+            .map_err(|e| failed(format!("the proposal's token does not verify: {e}")))?;
+        let out = match self.run_on_behalf(&p, &comp, "compensation").await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(GateError::Store(e)) => return Err(ProposalError::Store(e)),
+            Err(e) => return Err(failed(e.to_string())),
+        };
         self.proposals
             .decide(
                 id,
@@ -1210,6 +1220,98 @@ impl Inner {
                 },
             )
             .await
+    }
+
+    /// Runs `registered` with a proposal's arguments outside any agent step, as the
+    /// proposing agent: the intent and its budget reservation (on the proposal's
+    /// account) durable first, secrets decrypted (one that cannot be fails the call
+    /// before the tool runs, and nothing is charged), the tool run, the actual cost
+    /// settled and the result recorded. The one path for actions the runtime runs on
+    /// a proposal's behalf — an approved action, a compensation. An error before the
+    /// tool ran is the outer `Err`; the tool's own outcome is the inner one.
+    async fn run_on_behalf(
+        &self,
+        p: &Proposal,
+        registered: &crate::tools::Registered,
+        run_by: &str,
+    ) -> Result<Result<crate::tools::ToolOutput, GateError>, GateError> {
+        let manifest = &registered.tool.manifest;
+        let tool = manifest.name.clone();
+        let reserved = manifest.max_cost.micros();
+        let record = |kind: &str, detail: Value| AuditRecord {
+            kind: kind.into(),
+            agent: p.agent.clone(),
+            token_id: p.token_id.clone(),
+            chain: p.chain.clone(),
+            detail,
+            ledger: None,
+        };
+        let intent = record(
+            "tool.call",
+            json!({"tool": tool, "args": p.args, "tier": p.tier, "proposal": p.id,
+                   "reserved_micro_usd": reserved, "run_by": run_by}),
+        );
+        let agent = p.agent.clone();
+        let reservation = self.reserve_for(
+            &p.account,
+            |reason| AuditRecord::new("budget.denied", &agent, json!({"reason": reason})),
+            reserved,
+            false,
+            intent,
+            self.clock.now(),
+        )?;
+        reservation
+            .durable
+            .await
+            .unwrap_or(Err(StoreError::WriterGone))?;
+        let mut secrets = BTreeMap::new();
+        let mut unreadable = None;
+        for secret in &manifest.secrets {
+            match self.secrets.get(secret) {
+                Ok(v) => {
+                    secrets.insert(secret.clone(), v.to_string());
+                }
+                Err(e) => {
+                    unreadable = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let ran = unreadable.is_none();
+        let outcome = match unreadable {
+            Some(reason) => Err(GateError::ToolFailed {
+                tool: tool.clone(),
+                reason,
+            }),
+            None => {
+                let input = ToolInput {
+                    agent: p.agent.clone(),
+                    args: p.args.clone(),
+                    secrets,
+                    sandbox_limits: self.token_sandbox_limits(&p.agent, &tool),
+                };
+                run_handler(registered, input).await
+            }
+        };
+        // A failed call is charged in full (it may have cost before failing), unless it
+        // never ran.
+        let actual = match &outcome {
+            Ok(out) => out.cost.micros(),
+            Err(_) if !ran => 0,
+            Err(_) => reserved,
+        };
+        let done = match &outcome {
+            Ok(out) => record(
+                "tool.result",
+                json!({"tool": tool, "result": out.value, "proposal": p.id}),
+            ),
+            Err(e) => record(
+                "tool.failed",
+                json!({"tool": tool, "error": e.to_string(), "proposal": p.id}),
+            ),
+        };
+        self.settle(reservation.id, actual, done, self.clock.now());
+        Ok(outcome)
     }
 
     /// Runs an approved proposal no step waits for: once, charged to its account,
@@ -1279,28 +1381,9 @@ impl Inner {
                 |p| p.state = ProposalState::Executing,
             )
             .await?;
-        let reserved = manifest.max_cost.micros();
-        let intent = AuditRecord {
-            kind: "tool.call".into(),
-            agent: p.agent.clone(),
-            token_id: p.token_id.clone(),
-            chain: p.chain.clone(),
-            detail: json!({"tool": p.tool, "args": p.args, "tier": p.tier, "proposal": p.id,
-                           "reserved_micro_usd": reserved, "run_by": "runtime"}),
-            ledger: None,
-        };
-        let agent = p.agent.clone();
-        let reservation = match self.reserve_for(
-            &p.account,
-            |reason| AuditRecord::new("budget.denied", &agent, json!({"reason": reason})),
-            reserved,
-            false,
-            intent,
-            self.clock.now(),
-        ) {
-            Ok(r) => r,
-            Err(denial) => {
-                let e: GateError = denial.into();
+        let outcome = match self.run_on_behalf(&p, &registered, "runtime").await {
+            Ok(outcome) => outcome,
+            Err(e @ GateError::Budget(_)) => {
                 self.finish_proposal(
                     &p,
                     &Err(GateError::ToolFailed {
@@ -1312,64 +1395,8 @@ impl Inner {
                 .await?;
                 return Err(e);
             }
+            Err(e) => return Err(e),
         };
-        reservation
-            .durable
-            .await
-            .unwrap_or(Err(StoreError::WriterGone))?;
-        // As in the gate: a secret that cannot be decrypted fails the call before the
-        // tool runs (nothing ran, nothing is charged).
-        let mut secrets = BTreeMap::new();
-        let mut unreadable = None;
-        for secret in &manifest.secrets {
-            match self.secrets.get(secret) {
-                Ok(v) => {
-                    secrets.insert(secret.clone(), v.to_string());
-                }
-                Err(e) => {
-                    unreadable = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        let ran = unreadable.is_none();
-        let outcome = match unreadable {
-            Some(reason) => Err(GateError::ToolFailed {
-                tool: p.tool.clone(),
-                reason,
-            }),
-            None => {
-                let input = ToolInput {
-                    agent: p.agent.clone(),
-                    args: p.args.clone(),
-                    secrets,
-                    sandbox_limits: self.token_sandbox_limits(&p.agent, &p.tool),
-                };
-                run_handler(&registered, input).await
-            }
-        };
-        let actual = match &outcome {
-            Ok(out) => out.cost.micros(),
-            Err(_) if !ran => 0,
-            Err(_) => reserved,
-        };
-        let done = AuditRecord {
-            kind: if outcome.is_ok() {
-                "tool.result"
-            } else {
-                "tool.failed"
-            }
-            .into(),
-            agent: p.agent.clone(),
-            token_id: p.token_id.clone(),
-            chain: p.chain.clone(),
-            detail: match &outcome {
-                Ok(out) => json!({"tool": p.tool, "result": out.value, "proposal": p.id}),
-                Err(e) => json!({"tool": p.tool, "error": e.to_string(), "proposal": p.id}),
-            },
-            ledger: None,
-        };
-        self.settle(reservation.id, actual, done, self.clock.now());
         self.finish_proposal(&p, &outcome, &manifest).await?;
         outcome.map(|_| ())
     }

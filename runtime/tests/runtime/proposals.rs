@@ -412,6 +412,17 @@ async fn propose_runs_and_can_be_cancelled_inside_its_window_only() {
     assert_eq!(rolled.state, ProposalState::RolledBack);
     assert_eq!(s.counters.reversals.load(Ordering::SeqCst), 1);
     assert!(rolled.decisions[0].reason.contains("reverse_refund"));
+    // The undo ran as the agent, recorded like any call: a durable intent carrying its
+    // budget reservation on the agent's account, then its result.
+    let entries = s.h.rt.audit_tail(200).await.unwrap();
+    let intent = entries
+        .iter()
+        .position(|e| e.record.kind == "tool.call" && e.record.detail["run_by"] == "compensation")
+        .expect("the compensation's intent is recorded");
+    assert_eq!(entries[intent].record.agent, "support");
+    assert!(entries[intent].record.ledger.is_some(), "the intent carries its reservation");
+    assert!(entries[intent + 1..].iter().any(|e| e.record.kind == "tool.result"
+        && e.record.detail["tool"] == "reverse_refund"));
     // Cancelling again does nothing more.
     assert!(s.h.rt.cancel(&p.id, &cancel).await.is_err());
     assert_eq!(s.counters.reversals.load(Ordering::SeqCst), 1);
