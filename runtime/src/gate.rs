@@ -51,9 +51,25 @@ impl Identity {
     }
 }
 
-/// An event an operator may want to see.
+/// What a [`Notification`] tells of.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// An AUTO+ call ran (after the fact: it did not wait for anyone).
+    Ran,
+    /// A CONFIRM proposal waits for an operator's decision.
+    NeedsConfirmation {
+        /// The proposal to decide.
+        proposal: String,
+    },
+}
+
+/// An event an operator may want to see: an AUTO+ call that ran, or a CONFIRM
+/// proposal that waits for a decision (see [`NotificationKind`]).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Notification {
+    /// What happened.
+    pub kind: NotificationKind,
     /// The agent.
     pub agent: String,
     /// The tool.
@@ -379,6 +395,7 @@ impl Inner {
         let output = outcome?;
         if tier == Tier::AutoPlus {
             let _ = self.notifications.send(Notification {
+                kind: NotificationKind::Ran,
                 agent: who.agent.clone(),
                 tool: tool.to_string(),
                 tier,

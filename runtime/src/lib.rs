@@ -41,7 +41,7 @@ pub use breaker::{BreakerPolicy, BreakerState};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dedup::{BoardTask, Dedup, Submission, TaskState};
 pub use error::{BudgetDenial, GateError, RunError, SpawnError, StoreError};
-pub use gate::{CallResult, Notification};
+pub use gate::{CallResult, Notification, NotificationKind};
 pub use journal::DB_FILE;
 pub use ledger::{
     AccountView, ECONOMY_THRESHOLD_PERCENT, LedgerCommand, LedgerOutcome, LedgerState,

@@ -682,10 +682,13 @@ impl Inner {
             return Ok(p);
         }
         let _ = self.notifications.send(crate::gate::Notification {
+            kind: crate::gate::NotificationKind::NeedsConfirmation {
+                proposal: p.id.clone(),
+            },
             agent: who.agent.clone(),
             tool: tool.to_string(),
             tier,
-            args: json!({"proposal": p.id, "args": args}),
+            args: args.clone(),
         });
         if let Some(hook) = &path.config.webhook {
             self.announce(hook.clone(), &p);

@@ -462,7 +462,9 @@ impl Runtime {
             .insert(name.to_string(), factory);
     }
 
-    /// Operator notifications (AUTO+ calls).
+    /// Operator notifications: AUTO+ calls that ran, and CONFIRM proposals waiting for
+    /// a decision ([`crate::NotificationKind`] tells which). A slow receiver misses
+    /// the oldest beyond 1024 queued (`RecvError::Lagged`).
     pub fn notifications(&self) -> broadcast::Receiver<Notification> {
         self.inner.notifications.subscribe()
     }

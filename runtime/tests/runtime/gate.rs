@@ -56,6 +56,7 @@ async fn every_tier_path() {
     // AUTO+ notified the operator; AUTO did not.
     let n = notes.try_recv().unwrap();
     assert_eq!((n.tool.as_str(), n.tier), ("send_email", Tier::AutoPlus));
+    assert_eq!(n.kind, bulwark_runtime::NotificationKind::Ran);
     assert!(notes.try_recv().is_err());
 }
 

@@ -253,9 +253,22 @@ async fn the_watchdog_rejects_with_the_rule_that_failed() {
 async fn confirm_waits_for_a_signed_approval_and_runs_exactly_once() {
     let s = Arc::new(Setup::new(Duration::from_secs(60)).await);
     let a = s.agent("ap", pay(900)).await;
+    let mut notes = s.h.rt.notifications();
     let run = tokio::spawn(async move { a.run("pay invoice 7").await });
     let p = s.wait_for(ProposalState::Pending).await;
     assert_eq!(p.tier, Tier::Confirm);
+    // The operator is told a decision is needed, with the exact arguments.
+    let note = tokio::time::timeout(Duration::from_secs(60), notes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        note.kind,
+        bulwark_runtime::NotificationKind::NeedsConfirmation {
+            proposal: p.id.clone()
+        }
+    );
+    assert_eq!(note.args, p.args);
     assert_eq!(p.args, json!({"to": "ACME GmbH", "amount": 900}));
     assert_eq!(
         s.counters.payouts.load(Ordering::SeqCst),
@@ -420,9 +433,15 @@ async fn propose_runs_and_can_be_cancelled_inside_its_window_only() {
         .position(|e| e.record.kind == "tool.call" && e.record.detail["run_by"] == "compensation")
         .expect("the compensation's intent is recorded");
     assert_eq!(entries[intent].record.agent, "support");
-    assert!(entries[intent].record.ledger.is_some(), "the intent carries its reservation");
-    assert!(entries[intent + 1..].iter().any(|e| e.record.kind == "tool.result"
-        && e.record.detail["tool"] == "reverse_refund"));
+    assert!(
+        entries[intent].record.ledger.is_some(),
+        "the intent carries its reservation"
+    );
+    assert!(
+        entries[intent + 1..]
+            .iter()
+            .any(|e| e.record.kind == "tool.result" && e.record.detail["tool"] == "reverse_refund")
+    );
     // Cancelling again does nothing more.
     assert!(s.h.rt.cancel(&p.id, &cancel).await.is_err());
     assert_eq!(s.counters.reversals.load(Ordering::SeqCst), 1);
