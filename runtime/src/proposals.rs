@@ -240,15 +240,18 @@ pub enum ProposalError {
 /// The proposals of one runtime, in its database.
 pub(crate) struct ProposalStore {
     journal: Journal,
+    /// Proposals hold arguments and results (personal data): sealed at rest.
+    sealer: crate::secrets::Sealer,
     clock: Arc<dyn Clock>,
     lock: tokio::sync::Mutex<()>,
     watchers: Mutex<HashMap<String, watch::Sender<ProposalState>>>,
 }
 
 impl ProposalStore {
-    pub fn new(journal: Journal, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(journal: Journal, clock: Arc<dyn Clock>, sealer: crate::secrets::Sealer) -> Self {
         ProposalStore {
             journal,
+            sealer,
             clock,
             lock: tokio::sync::Mutex::new(()),
             watchers: Mutex::new(HashMap::new()),
@@ -278,10 +281,19 @@ impl ProposalStore {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
+        let key = Self::key(id);
         self.journal
-            .kv_get(&Self::key(id))?
-            .map(|b| serde_json::from_slice(&b).map_err(StoreError::from_display))
+            .kv_get(&key)?
+            .map(|b| decode_proposal(&self.sealer, &key, &b))
             .transpose()
+    }
+
+    /// A proposal as stored: sealed JSON.
+    fn encode(&self, p: &Proposal) -> Result<Vec<u8>, StoreError> {
+        let plain = serde_json::to_vec(p).map_err(StoreError::from_display)?;
+        self.sealer
+            .seal(&Self::key(&p.id), &plain)
+            .map_err(StoreError::from_display)
     }
 
     /// Every proposal, oldest first.
@@ -290,7 +302,7 @@ impl ProposalStore {
             .journal
             .kv_scan("proposal/")?
             .into_iter()
-            .map(|(_, b)| serde_json::from_slice(&b).map_err(StoreError::from_display))
+            .map(|(k, b)| decode_proposal(&self.sealer, &k, &b))
             .collect::<Result<_, _>>()?;
         out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -311,10 +323,7 @@ impl ProposalStore {
             return Ok(Err(String::from_utf8_lossy(&existing).into_owned()));
         }
         let mut kv = vec![
-            (
-                Self::key(&p.id),
-                Some(serde_json::to_vec(p).map_err(StoreError::from_display)?),
-            ),
+            (Self::key(&p.id), Some(self.encode(p)?)),
             (Self::token_key(&p.id), Some(token.into_bytes())),
         ];
         if !p.state.releases_dedup() {
@@ -374,10 +383,7 @@ impl ProposalStore {
             });
         }
         change(&mut p);
-        let mut kv = vec![(
-            Self::key(id),
-            Some(serde_json::to_vec(&p).map_err(StoreError::from_display)?),
-        )];
+        let mut kv = vec![(Self::key(id), Some(self.encode(&p)?))];
         if p.state.releases_dedup() {
             kv.push((Self::open_key(&p.agent, &p.tool, &p.args_hash), None));
         }
@@ -426,6 +432,16 @@ impl ProposalStore {
     pub fn now_ms(&self) -> u64 {
         unix_ms(self.clock.now())
     }
+}
+
+/// A stored proposal: sealed (or, written before sealing, plain JSON).
+fn decode_proposal(
+    sealer: &crate::secrets::Sealer,
+    key: &str,
+    bytes: &[u8],
+) -> Result<Proposal, StoreError> {
+    let plain = sealer.open(key, bytes).map_err(StoreError::from_display)?;
+    serde_json::from_slice(&plain).map_err(StoreError::from_display)
 }
 
 fn audit_of(kind: &str, p: &Proposal, extra: Value) -> AuditRecord {
@@ -1610,6 +1626,8 @@ const INBOX: &str = "proposal-inbox/";
 /// The proposals of a runtime's data directory, read while no runtime has it open
 /// (a running runtime holds the database: ask its dashboard instead).
 pub fn read_proposals(data_dir: &std::path::Path) -> Result<Vec<Proposal>, StoreError> {
+    let sealer =
+        crate::secrets::Sealer::for_data_dir(data_dir).map_err(StoreError::from_display)?;
     let db = open_offline(data_dir)?;
     let txn = db.begin_read().map_err(StoreError::from_display)?;
     let table = txn
@@ -1624,7 +1642,7 @@ pub fn read_proposals(data_dir: &std::path::Path) -> Result<Vec<Proposal>, Store
         if !k.value().starts_with("proposal/") {
             break;
         }
-        out.push(serde_json::from_slice::<Proposal>(v.value()).map_err(StoreError::from_display)?);
+        out.push(decode_proposal(&sealer, k.value(), v.value())?);
     }
     out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
     Ok(out)

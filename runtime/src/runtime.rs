@@ -309,7 +309,7 @@ impl RuntimeBuilder {
             }
             None => None,
         };
-        let proposals = ProposalStore::new(journal.clone(), self.clock.clone());
+        let proposals = ProposalStore::new(journal.clone(), self.clock.clone(), secrets.sealer());
         let inner = Arc::new(Inner {
             dedup: Dedup::new(journal.clone(), self.clock.clone()),
             breakers: Breakers::new(journal.clone(), self.clock.clone(), self.breaker),

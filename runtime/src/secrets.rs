@@ -53,6 +53,7 @@ pub enum SecretError {
 /// Encrypted secrets in the runtime's database.
 pub struct SecretStore {
     cipher: ChaCha20Poly1305,
+    sealer: Sealer,
     journal: Journal,
     redaction_key: [u8; 32],
 }
@@ -89,6 +90,93 @@ fn load_or_create_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, SecretError> {
     Ok(key)
 }
 
+/// Encrypts records at rest that hold personal data (proposals' arguments and
+/// results) under a key derived from the secrets key: the database file alone shows
+/// none of it.
+#[derive(Clone)]
+pub(crate) struct Sealer {
+    cipher: ChaCha20Poly1305,
+}
+
+/// What sealed bytes start with (JSON never does).
+const SEALED_MAGIC: &[u8; 4] = b"BWS1";
+
+impl Sealer {
+    fn derive(key: &[u8; 32]) -> Result<Self, SecretError> {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+            .map_err(|e| SecretError::Io(e.to_string()))?;
+        mac.update(b"bulwark record seal v1");
+        let derived: [u8; 32] = mac.finalize().into_bytes().into();
+        Ok(Sealer {
+            cipher: ChaCha20Poly1305::new(&Key::from(derived)),
+        })
+    }
+
+    /// Seals `plain`, bound to `context` (the record's key): moved to another key,
+    /// it does not open.
+    pub(crate) fn seal(&self, context: &str, plain: &[u8]) -> Result<Vec<u8>, SecretError> {
+        let nonce_bytes: [u8; 12] = rand::random();
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce_bytes),
+                Payload {
+                    msg: plain,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| SecretError::Corrupt(context.to_string()))?;
+        let mut out = SEALED_MAGIC.to_vec();
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    /// Opens what [`Sealer::seal`] made; bytes written before sealing (plain JSON) are
+    /// returned as they are.
+    pub(crate) fn open<'a>(
+        &self,
+        context: &str,
+        stored: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, SecretError> {
+        let Some(rest) = stored.strip_prefix(SEALED_MAGIC.as_slice()) else {
+            return Ok(std::borrow::Cow::Borrowed(stored));
+        };
+        if rest.len() < 12 {
+            return Err(SecretError::Corrupt(context.to_string()));
+        }
+        let (nonce, ciphertext) = rest.split_at(12);
+        let nonce: [u8; 12] = nonce
+            .try_into()
+            .map_err(|_| SecretError::Corrupt(context.to_string()))?;
+        self.cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map(std::borrow::Cow::Owned)
+            .map_err(|_| SecretError::Corrupt(context.to_string()))
+    }
+
+    /// The sealer of a data directory that already has a secrets key (none is created).
+    pub(crate) fn for_data_dir(data_dir: &Path) -> Result<Self, SecretError> {
+        let path = data_dir.join(SECRETS_KEY_FILE);
+        if !path.exists() {
+            return Err(SecretError::Io(format!(
+                "{} does not exist: {} is not a runtime's data directory",
+                path.display(),
+                data_dir.display()
+            )));
+        }
+        let key = load_or_create_key(&path)?;
+        Self::derive(&key)
+    }
+}
+
 /// The redaction key is derived, never stored: hashes of redacted values stay stable
 /// across restarts and mean nothing without the secrets key.
 fn derive_redaction_key(key: &[u8; 32]) -> Result<[u8; 32], SecretError> {
@@ -120,10 +208,16 @@ impl SecretStore {
         let key = load_or_create_key(&data_dir.join(SECRETS_KEY_FILE))?;
         let redaction_key = derive_redaction_key(&key)?;
         Ok(SecretStore {
+            sealer: Sealer::derive(&key)?,
             cipher: ChaCha20Poly1305::new(&Key::from(*key)),
             journal,
             redaction_key,
         })
+    }
+
+    /// Seals records at rest.
+    pub(crate) fn sealer(&self) -> Sealer {
+        self.sealer.clone()
     }
 
     /// The key under which redacted values are hashed.

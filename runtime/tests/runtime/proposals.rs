@@ -1105,3 +1105,50 @@ async fn an_approval_arriving_after_the_token_expired_runs_nothing() {
     assert!(run.await.unwrap().unwrap().succeeded());
     assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_are_sealed_at_rest_and_read_back_whole() {
+    let mut s = Setup::new(Duration::from_secs(3600)).await;
+    let args = json!({"to": "GB82WEST12345698765432", "amount": 900,
+                      "memo": "receipt to jane.doe@example.org"});
+    let a = s
+        .agent(
+            "ap",
+            vec![BrainAction::CallTool {
+                tool: "payout".into(),
+                args: args.clone(),
+            }],
+        )
+        .await;
+    let run = tokio::spawn(async move { a.run("pay the supplier").await });
+    let p = s.wait_for(ProposalState::Pending).await;
+    s.restart().await;
+    let _ = run.await;
+    s.h.rt.shutdown().await.unwrap();
+
+    // The database file holds neither the account nor the address in clear (the
+    // proposal is sealed; the audit trail redacts them).
+    let raw = std::fs::read(s.h.dir.path().join(bulwark_runtime::DB_FILE)).unwrap();
+    for needle in ["GB82WEST12345698765432", "jane.doe@example.org"] {
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} is stored in clear"
+        );
+    }
+    // Read back whole: offline, and by a runtime that then runs it as approved.
+    let offline = bulwark_runtime::read_proposals(s.h.dir.path()).unwrap();
+    assert_eq!(offline[0].args, args);
+    s.h.rt = build(
+        s.h.dir.path(),
+        &s.h.root,
+        s.h.clock.clone(),
+        &s.operator,
+        s.expiry,
+        s.counters.clone(),
+    )
+    .await;
+    assert_eq!(s.h.rt.proposal(&p.id).unwrap().unwrap().args, args);
+    s.h.rt.approve(&p.id, &s.approve_sig(&p)).await.unwrap();
+    s.wait_for(ProposalState::Committed).await;
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 1);
+}
