@@ -1051,8 +1051,7 @@ impl crate::sandbox::HostGate for RuntimeGate {
         // first, the guest stops and the call still settles its budget and audit
         // (it is bounded by its tool's own timeout).
         let tool = tool.to_string();
-        let call =
-            handle.spawn(async move { inner.call_tool_in_sandbox(&who, &tool, args).await });
+        let call = handle.spawn(async move { inner.call_tool_in_sandbox(&who, &tool, args).await });
         match handle.block_on(tokio::time::timeout(within, call)) {
             Ok(Ok(Ok(r))) => Ok(r.value),
             Ok(Ok(Err(e @ GateError::ApprovalInSandbox { .. }))) => {

@@ -22,9 +22,9 @@ pub(crate) fn private_dir(dir: &Path) -> Result<PathBuf, SandboxError> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(&dir).map_err(|e| {
-        SandboxError::Engine(format!("cache directory {}: {e}", dir.display()))
-    })?;
+    builder
+        .create(&dir)
+        .map_err(|e| SandboxError::Engine(format!("cache directory {}: {e}", dir.display())))?;
     #[cfg(unix)]
     unix::check(&dir)?;
     Ok(dir)
@@ -71,14 +71,16 @@ mod unix {
 
     pub(super) fn check(dir: &Path) -> Result<(), SandboxError> {
         let me = current_uid()?;
-        let real = std::fs::canonicalize(dir).map_err(|e| {
-            SandboxError::Engine(format!("cache directory {}: {e}", dir.display()))
-        })?;
+        let real = std::fs::canonicalize(dir)
+            .map_err(|e| SandboxError::Engine(format!("cache directory {}: {e}", dir.display())))?;
         let meta = stat(&real, true)?;
         if meta.uid() != me {
             return Err(unsafe_cache(
                 &real,
-                format!("is owned by uid {}, not by this user (uid {me})", meta.uid()),
+                format!(
+                    "is owned by uid {}, not by this user (uid {me})",
+                    meta.uid()
+                ),
                 format!(
                     "use a cache directory of your own (BULWARK_WASM_CACHE), or `chown {me} {}`",
                     real.display()

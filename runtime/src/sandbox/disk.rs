@@ -4,10 +4,10 @@
 //! this module wraps every WASI call that can make the scratch tree bigger:
 //! `fd_write`, `fd_pwrite`, `fd_allocate`, `fd_filestat_set_size`, `path_open` with
 //! `O_CREAT`, `path_create_directory`, `path_symlink` and `path_link`. Before such a
-//! call runs, its largest possible growth is added to what the directory holds: the
-//! bytes written, plus the gap when a write lands past the end of the file (a sparse
-//! file counts at its full length), the new length of a `set_size`, one entry for a
-//! new file, directory or link. A call that would go over the limit does not run: the
+//! call runs, its largest possible growth is added to what the directory holds: how
+//! far a write would extend its file (all of it in append mode; past the end, the
+//! gap counts too, so a sparse file counts at its full length), how far a
+//! `set_size` or `allocate` would, one entry for a new file, directory or link. A call that would go over the limit does not run: the
 //! guest is stopped and the call ends with limit `disk`.
 //!
 //! What the directory holds (the lengths of its regular files and the number of its
@@ -37,6 +37,8 @@ const EINVAL: i32 = 28;
 const REGULAR_FILE: u8 = 4;
 /// `oflags` bit `creat`.
 const O_CREAT: i32 = 1;
+/// `fdflags` bit `append`.
+const APPEND: u16 = 1;
 /// The most buffers one write may name (POSIX's `IOV_MAX`).
 const IOV_MAX: u32 = 1024;
 
@@ -53,9 +55,10 @@ enum Op {
     PathLink,
     FdFilestatGet,
     FdTell,
+    FdFdstatGet,
 }
 
-const OPS: usize = 10;
+const OPS: usize = 11;
 const NAMES: [&str; OPS] = [
     "fd_write",
     "fd_pwrite",
@@ -67,6 +70,7 @@ const NAMES: [&str; OPS] = [
     "path_link",
     "fd_filestat_get",
     "fd_tell",
+    "fd_fdstat_get",
 ];
 /// Their parameter types (all return an errno, `i32`).
 const PARAMS: [&str; OPS] = [
@@ -78,6 +82,7 @@ const PARAMS: [&str; OPS] = [
     "i32 i32 i32",
     "i32 i32 i32 i32 i32",
     "i32 i32 i32 i32 i32 i32 i32",
+    "i32 i32",
     "i32 i32",
     "i32 i32",
 ];
@@ -311,7 +316,12 @@ pub(crate) fn define(
         "path_symlink",
         move |mut c: Caller<'_, State>, old: i32, old_len: i32, fd: i32, new: i32, new_len: i32| {
             charge(&mut c, 0, 1)?;
-            call(&mut c, &i, Op::PathSymlink, (old, old_len, fd, new, new_len))
+            call(
+                &mut c,
+                &i,
+                Op::PathSymlink,
+                (old, old_len, fd, new, new_len),
+            )
         },
     )?;
     let i = inner.clone();
@@ -375,8 +385,9 @@ fn func(c: &mut Caller<'_, State>, inner: &Originals, op: Op) -> wasmtime::Resul
         let f = instance.get_func(&mut *c, name);
         c.data_mut().disk.funcs[k] = f;
     }
-    c.data().disk.funcs[op as usize]
-        .ok_or_else(|| wasmtime::Error::msg(format!("the trampoline has no `{}`", NAMES[op as usize])))
+    c.data().disk.funcs[op as usize].ok_or_else(|| {
+        wasmtime::Error::msg(format!("the trampoline has no `{}`", NAMES[op as usize]))
+    })
 }
 
 /// How much a write of the buffers at `iovs` to `fd` (at `at`, or at the file's
@@ -417,6 +428,14 @@ fn write_growth(
     if kind != REGULAR_FILE {
         return Ok(Ok(0));
     }
+    // A file in append mode writes at its end, whatever the offset says.
+    let append = match probe(c, inner, Op::FdFdstatGet, fd)? {
+        Ok(fdstat) => u16::from_le_bytes([fdstat[2], fdstat[3]]) & APPEND != 0,
+        Err(errno) => return Ok(Err(errno)),
+    };
+    if append {
+        return Ok(Ok(len));
+    }
     let offset = match at {
         Some(at) => at,
         None => match probe(c, inner, Op::FdTell, fd)? {
@@ -424,9 +443,8 @@ fn write_growth(
             Err(errno) => return Ok(Err(errno)),
         },
     };
-    // An append-mode file writes at its end whatever the offset says: counting the
-    // whole length plus any gap past the end covers both.
-    Ok(Ok(len.saturating_add(offset.saturating_sub(size))))
+    // Past the end, the gap counts too: a sparse file counts at its full length.
+    Ok(Ok(offset.saturating_add(len).saturating_sub(size)))
 }
 
 /// How much setting `fd`'s length to `new` can grow the directory.

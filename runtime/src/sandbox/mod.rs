@@ -922,7 +922,8 @@ pub(crate) fn write_files(
 
 /// The WASI context in a store's data (an empty one for a store without WASI).
 fn wasi_of(s: &mut State) -> &mut WasiP1Ctx {
-    s.wasi.get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
+    s.wasi
+        .get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
 }
 
 fn validate_guest_path(guest: &str) -> Result<(), SandboxError> {

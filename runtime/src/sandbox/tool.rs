@@ -299,7 +299,10 @@ impl Scheduled {
             }
         }
         if let (Some(gate), Program::Wasm { .. }) = (&self.tool.gate, &req.program) {
-            let granted = |tool: &str| gate.tier(&input.agent, tool).is_some_and(|t| t < Tier::Block);
+            let granted = |tool: &str| {
+                gate.tier(&input.agent, tool)
+                    .is_some_and(|t| t < Tier::Block)
+            };
             let http_get = granted(host::HTTP_GET);
             let read_secret = granted(host::READ_SECRET);
             if http_get || read_secret {

@@ -65,7 +65,10 @@ async fn a_flooding_agent_cannot_starve_the_others() {
     }
     // All but its 8 places are refused at once.
     let refused = wait_until(|| flood.iter().filter(|c| c.is_finished()).count() >= 72).await;
-    assert!(refused, "the calls beyond the flooder's places were not refused");
+    assert!(
+        refused,
+        "the calls beyond the flooder's places were not refused"
+    );
     let (done, held): (Vec<_>, Vec<_>) = flood.into_iter().partition(|c| c.is_finished());
     assert_eq!((done.len(), held.len()), (72, 8));
     for call in done {
@@ -417,16 +420,19 @@ async fn a_mount_granted_at_block_or_an_approval_tier_mounts_nothing() {
         assert_eq!(out.value["status"], "ok", "{}", out.value);
         out.value["stdout"] == "True\n"
     };
-    for (tier, mounted) in [
+    for (k, (tier, mounted)) in [
         (Tier::Auto, true),
         (Tier::AutoPlus, true),
         (Tier::Propose, false),
         (Tier::Confirm, false),
         (Tier::Block, false),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let agent = h
             .agent(
-                &format!("agent-{tier}"),
+                &format!("agent-{k}"),
                 &[("run_python", Tier::Auto), ("mount:/data", tier)],
                 "10",
                 Arc::new(ScriptedBrain::new(vec![])),
@@ -446,7 +452,8 @@ async fn a_mount_granted_at_block_or_an_approval_tier_mounts_nothing() {
         )
         .await;
     let spec = AgentSpec::new("pricing-child");
-    let blocked = Attenuation::new("pricing-child", spec.key.public()).tier("mount:/data", Tier::Block);
+    let blocked =
+        Attenuation::new("pricing-child", spec.key.public()).tier("mount:/data", Tier::Block);
     let child = parent
         .spawn_child(spec, blocked, Arc::new(ScriptedBrain::new(vec![])))
         .await
@@ -489,7 +496,10 @@ async fn a_token_can_tighten_the_scratch_disk_limit() {
     let big = json!({"code": "open('/scratch/a.bin', 'wb').write(b'x' * (8 << 20))\nprint('ok')"});
     let many = json!({"code": "for i in range(20):\n    open(f'/scratch/{i}', 'w').write('x')\nprint('ok')"});
     for script in [&big, &many] {
-        let out = parent.call_tool("run_python", script.clone()).await.unwrap();
+        let out = parent
+            .call_tool("run_python", script.clone())
+            .await
+            .unwrap();
         assert_eq!(out.value["status"], "ok", "{}", out.value);
         for narrowed in [&child, &grandchild] {
             let out = narrowed
@@ -517,7 +527,9 @@ async fn harness_with_approvals() -> Harness {
         .data_dir(dir.path())
         .root_public_key(root.public())
         .clock(clock.clone())
-        .approvals(bulwark_runtime::ApprovalConfig::new(vec![operator.public()]))
+        .approvals(bulwark_runtime::ApprovalConfig::new(vec![
+            operator.public(),
+        ]))
         .build()
         .await
         .unwrap();
@@ -549,13 +561,13 @@ fn host_calling_tool(h: &Harness, name: &str, import: &str, arg: &str, limits: L
 async fn a_host_call_that_needs_approval_is_refused_at_once() {
     let h = harness_with_approvals().await;
     let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    for (name, tier) in [("http_get", Tier::Auto), ("read_secret", Tier::Propose)] {
+    for name in ["http_get", "read_secret"] {
         let ran = ran.clone();
         h.rt.tools()
             .register(bulwark_runtime::Tool::native(
                 ToolManifest::new(name, "A tool behind the approval path")
                     .schema(json!({"type": "object"}))
-                    .tier(tier),
+                    .tier(Tier::Auto),
                 move |_| {
                     ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     async { Ok(bulwark_runtime::ToolOutput::new(json!("effect"))) }
@@ -563,9 +575,15 @@ async fn a_host_call_that_needs_approval_is_refused_at_once() {
             ))
             .unwrap();
     }
-    host_calling_tool(&h, "fetch", "http_get", "https://example.com/", honest_limits());
+    host_calling_tool(
+        &h,
+        "fetch",
+        "http_get",
+        "https://example.com/",
+        honest_limits(),
+    );
     host_calling_tool(&h, "peek", "read_secret", "db-password", honest_limits());
-    // CONFIRM from the token (http_get), PROPOSE from the manifest (read_secret).
+    // The token puts http_get at CONFIRM and read_secret at PROPOSE.
     let agent = h
         .agent(
             "reporter",
@@ -573,25 +591,25 @@ async fn a_host_call_that_needs_approval_is_refused_at_once() {
                 ("fetch", Tier::Auto),
                 ("peek", Tier::Auto),
                 ("http_get", Tier::Confirm),
-                ("read_secret", Tier::Auto),
+                ("read_secret", Tier::Propose),
             ],
             "10",
             Arc::new(ScriptedBrain::new(vec![])),
         )
         .await;
     for tool in ["fetch", "peek"] {
-        let out = tokio::time::timeout(
-            Duration::from_secs(120),
-            agent.call_tool(tool, json!({})),
-        )
-        .await
-        .expect("the call is refused at once, not left waiting for an approval")
-        .unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(120), agent.call_tool(tool, json!({})))
+            .await
+            .expect("the call is refused at once, not left waiting for an approval")
+            .unwrap();
         assert_eq!(out.value["exit_code"], 1, "DENIED: {}", out.value);
         assert!(!out.value["stdout"].to_string().contains("effect"));
     }
     assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0);
-    assert!(h.rt.proposals().unwrap().is_empty(), "no proposal was opened");
+    assert!(
+        h.rt.proposals().unwrap().is_empty(),
+        "no proposal was opened"
+    );
     let entries = h.rt.audit_tail(100).await.unwrap();
     for tool in ["http_get", "read_secret"] {
         assert!(
