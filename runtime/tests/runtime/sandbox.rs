@@ -403,8 +403,8 @@ async fn python_disk(sb: &Arc<Sandbox>, source: &str, bytes: u64, files: u64) ->
 fn last_progress(r: &RunReport) -> u64 {
     r.stdout
         .lines()
-        .filter_map(|l| l.trim().parse::<u64>().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.trim().parse::<u64>().ok())
         .unwrap_or(0)
 }
 
