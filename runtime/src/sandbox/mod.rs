@@ -61,8 +61,9 @@ pub const SCRATCH: &str = "/scratch";
 /// How the sandbox is set up.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
-    /// Where compiled modules are cached (must be private to this user). `None`
-    /// disables the on-disk cache.
+    /// Where compiled modules are cached. It must be private to this user (else
+    /// [`SandboxError::UnsafeCache`]); a missing directory is created with mode
+    /// `700`. `None` disables the on-disk cache.
     pub cache_dir: Option<PathBuf>,
     /// Where the interpreters are (see [`Interpreters::locate`]).
     pub interpreters: Option<PathBuf>,
