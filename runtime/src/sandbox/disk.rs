@@ -458,6 +458,8 @@ fn resize_growth(
         return Ok(Ok(0));
     }
     match probe(c, inner, Op::FdFilestatGet, fd)? {
+        // Only a regular file can be resized (wasmtime-wasi refuses the rest).
+        Ok(stat) if stat[16] != REGULAR_FILE => Ok(Ok(0)),
         Ok(stat) => Ok(Ok(new.saturating_sub(le_u64(&stat[32..40])))),
         Err(errno) => Ok(Err(errno)),
     }
