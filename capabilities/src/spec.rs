@@ -185,8 +185,16 @@ pub struct Attenuation {
 }
 
 /// The sandbox limits a delegation may tighten: linear memory (bytes), wall-clock
-/// deadline (milliseconds), fuel, and the cap on each of stdout and stderr (bytes).
-pub const SANDBOX_LIMITS: [&str; 4] = ["memory_bytes", "timeout_ms", "fuel", "output_bytes"];
+/// deadline (milliseconds), fuel, the cap on each of stdout and stderr (bytes), and
+/// the scratch directory's disk quota (bytes, and entries).
+pub const SANDBOX_LIMITS: [&str; 6] = [
+    "memory_bytes",
+    "timeout_ms",
+    "fuel",
+    "output_bytes",
+    "disk_bytes",
+    "disk_files",
+];
 
 impl Attenuation {
     /// Delegates to `agent` holding `holder`, with nothing narrowed yet but the depth.

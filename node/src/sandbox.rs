@@ -4,7 +4,7 @@
 //! Exit codes: 0 when the program finished with exit code 0 (its stdout is printed);
 //! 1 when the guest failed on its own; 4 when a limit stopped it; 2 for unusable
 //! input. Failures print one line on stderr naming the reason (`timeout`, `memory`,
-//! `fuel`, `output`, or the guest's failure). `--json` prints `{status, exit_code,
+//! `fuel`, `output`, `disk`, or the guest's failure). `--json` prints `{status, exit_code,
 //! stdout, stderr, limit, wall_ms, fuel_used, peak_memory_bytes}` instead.
 
 use std::io::Write;
@@ -58,6 +58,13 @@ pub struct RunArgs {
     /// Cap on each of stdout and stderr (e.g. 1MiB).
     #[arg(long, default_value = "1MiB")]
     output: String,
+    /// Bytes the scratch directory (/scratch) may hold (e.g. 16MiB); a sparse file
+    /// counts at its full length.
+    #[arg(long, default_value = "64MiB")]
+    disk: String,
+    /// Files, directories and links the scratch directory may hold.
+    #[arg(long, default_value_t = 1024)]
+    disk_files: u64,
     /// A read-only mount, HOST_DIR:GUEST_DIR:ro (repeatable).
     #[arg(long)]
     mount: Vec<String>,
@@ -107,6 +114,8 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<Outcome> {
             .with_context(|| format!("--timeout `{}`", a.timeout))?,
         fuel: a.fuel,
         output_bytes: usize::try_from(parse_size(&a.output)?).context("--output is too large")?,
+        disk_bytes: parse_size(&a.disk).context("--disk")?,
+        disk_files: a.disk_files,
         ..Limits::default()
     };
     let program = if let Some(p) = &a.python {

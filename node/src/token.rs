@@ -97,7 +97,8 @@ pub struct AttenuateArgs {
     #[arg(long = "trusted-arg", value_name = "TOOL.ARG")]
     trusted_args: Vec<String>,
     /// A cap on a sandboxed tool's limit: TOOL.LIMIT=VALUE with LIMIT one of
-    /// memory_bytes, timeout_ms, fuel, output_bytes. Repeatable.
+    /// memory_bytes, timeout_ms, fuel, output_bytes, disk_bytes, disk_files.
+    /// Repeatable.
     #[arg(long = "sandbox-limit", value_name = "TOOL.LIMIT=VALUE")]
     sandbox_limits: Vec<String>,
 }

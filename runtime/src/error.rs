@@ -130,6 +130,17 @@ pub enum GateError {
         /// The tier.
         tier: Tier,
     },
+    /// PROPOSE or CONFIRM asked for from inside a sandboxed tool (a host function):
+    /// such a call cannot wait for an approval, so it is refused at once.
+    #[error(
+        "denied: `{tool}` is at tier {tier} and needs approval, which a call made from inside a sandboxed tool cannot wait for (nested approvals are not supported)"
+    )]
+    ApprovalInSandbox {
+        /// The tool.
+        tool: String,
+        /// The tier.
+        tier: Tier,
+    },
     /// The watchdog refused the proposal.
     #[error("denied: the watchdog rejected `{tool}` (proposal {proposal}): {rule}")]
     WatchdogRejected {

@@ -80,6 +80,16 @@ pub struct Notification {
     pub args: Value,
 }
 
+/// Whether a call may wait for an approval.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Approvals {
+    /// PROPOSE and CONFIRM take the approval path.
+    Available,
+    /// The call comes from inside a sandboxed tool, which must not wait for a person:
+    /// PROPOSE and CONFIRM are refused at once.
+    Unavailable,
+}
+
 /// A tool call's result as the agent receives it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallResult {
@@ -100,9 +110,34 @@ impl Inner {
         args: Value,
         provenance: Option<&Provenance>,
     ) -> Result<CallResult, GateError> {
+        self.call_tool_as(who, tool, args, provenance, Approvals::Available)
+            .await
+    }
+
+    /// Runs one tool call made from inside a sandboxed tool (a host function): as
+    /// [`Inner::call_tool`], but a call whose tier needs an approval is refused at
+    /// once ([`GateError::ApprovalInSandbox`]) instead of waiting for one.
+    pub(crate) async fn call_tool_in_sandbox(
+        self: &Arc<Self>,
+        who: &Identity,
+        tool: &str,
+        args: Value,
+    ) -> Result<CallResult, GateError> {
+        self.call_tool_as(who, tool, args, None, Approvals::Unavailable)
+            .await
+    }
+
+    async fn call_tool_as(
+        self: &Arc<Self>,
+        who: &Identity,
+        tool: &str,
+        args: Value,
+        provenance: Option<&Provenance>,
+        approvals: Approvals,
+    ) -> Result<CallResult, GateError> {
         let span = tracing::info_span!("tool_call", agent = %who.agent, token_id = %who.token.id(), tool, tier = tracing::field::Empty, decision = tracing::field::Empty);
         let result = self
-            .gate(who, tool, &args, provenance)
+            .gate(who, tool, &args, provenance, approvals)
             .instrument(span.clone())
             .await;
         span.record(
@@ -128,6 +163,7 @@ impl Inner {
         tool: &str,
         args: &Value,
         provenance: Option<&Provenance>,
+        approvals: Approvals,
     ) -> Result<CallResult, GateError> {
         let now = self.clock.now();
         let registered = self
@@ -219,6 +255,12 @@ impl Inner {
         match tier {
             Tier::Block => return Err(GateError::Blocked(tool.to_string())),
             Tier::Propose | Tier::Confirm => {
+                if approvals == Approvals::Unavailable {
+                    return Err(GateError::ApprovalInSandbox {
+                        tool: tool.to_string(),
+                        tier,
+                    });
+                }
                 if self.approval.is_none() {
                     return Err(GateError::ApprovalPathNotConfigured {
                         tool: tool.to_string(),

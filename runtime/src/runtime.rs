@@ -1185,9 +1185,9 @@ impl RuntimeGate {
 }
 
 impl crate::sandbox::HostGate for RuntimeGate {
-    fn grants(&self, agent: &str, tool: &str) -> bool {
+    fn tier(&self, agent: &str, tool: &str) -> Option<bulwark_capabilities::Tier> {
         self.identity(agent)
-            .is_some_and(|(_, who)| who.token.effective().tools.contains_key(tool))
+            .and_then(|(_, who)| who.token.effective().tools.get(tool).copied())
     }
 
     fn call(
@@ -1195,6 +1195,7 @@ impl crate::sandbox::HostGate for RuntimeGate {
         agent: &str,
         tool: &str,
         args: serde_json::Value,
+        within: std::time::Duration,
     ) -> Result<serde_json::Value, crate::sandbox::HostCallError> {
         use crate::sandbox::HostCallError;
         let (inner, who) = self
@@ -1202,10 +1203,20 @@ impl crate::sandbox::HostGate for RuntimeGate {
             .ok_or_else(|| HostCallError::Denied(format!("no agent `{agent}`")))?;
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| HostCallError::Failed("no async runtime for the host call".into()))?;
-        match handle.block_on(inner.call_tool(&who, tool, args, None)) {
-            Ok(r) => Ok(r.value),
-            Err(e) if e.is_tool_failure() => Err(HostCallError::Failed(e.to_string())),
-            Err(e) => Err(HostCallError::Denied(e.to_string())),
+        // The call runs as its own task: when the sandboxed call's deadline comes
+        // first, the guest stops and the call still settles its budget and audit
+        // (it is bounded by its tool's own timeout).
+        let tool = tool.to_string();
+        let call = handle.spawn(async move { inner.call_tool_in_sandbox(&who, &tool, args).await });
+        match handle.block_on(tokio::time::timeout(within, call)) {
+            Ok(Ok(Ok(r))) => Ok(r.value),
+            Ok(Ok(Err(e @ GateError::ApprovalInSandbox { .. }))) => {
+                Err(HostCallError::NeedsApproval(e.to_string()))
+            }
+            Ok(Ok(Err(e))) if e.is_tool_failure() => Err(HostCallError::Failed(e.to_string())),
+            Ok(Ok(Err(e))) => Err(HostCallError::Denied(e.to_string())),
+            Ok(Err(join)) => Err(HostCallError::Failed(join.to_string())),
+            Err(_) => Err(HostCallError::TimedOut),
         }
     }
 }

@@ -10,13 +10,24 @@
 //! [`READ_SECRET`] with `{"name": …}`. Each writes the result (the body or secret as
 //! text; other JSON results as JSON text) at `out_ptr` and returns its length, or a
 //! negative code: [`DENIED`], [`FAILED`], [`TOO_LARGE`], [`BAD_MEMORY`].
+//!
+//! A host call never waits for a person: a call whose tier needs an approval
+//! (PROPOSE, CONFIRM) is refused at once ([`DENIED`]; the audit trail names the
+//! reason), and the wait for any other call ends at the sandboxed call's own
+//! deadline, which then stops the guest with limit `timeout` (the tool call itself
+//! finishes in the background, bounded by its tool's timeout, and is audited and
+//! charged as usual).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bulwark_capabilities::Tier;
 
 use serde_json::{Value, json};
-use wasmtime::{Caller, Extern, Linker};
+use wasmtime::{Caller, Extern, Linker, Trap};
 
-use super::State;
+use super::{State, TICK};
 
 /// The tool an `http_get` host call becomes.
 pub const HTTP_GET: &str = "http_get";
@@ -33,14 +44,24 @@ pub const BAD_MEMORY: i32 = -4;
 
 /// Calls tools through the gate on an agent's behalf; implemented by the runtime.
 pub trait HostGate: Send + Sync {
-    /// Whether the agent's token grants `tool`.
-    fn grants(&self, agent: &str, tool: &str) -> bool;
-    /// Calls `tool` as `agent` through the gate. Runs on a blocking thread.
-    fn call(&self, agent: &str, tool: &str, args: Value) -> Result<Value, HostCallError>;
+    /// The tier at which the agent's token grants `tool`; `None` when it does not.
+    fn tier(&self, agent: &str, tool: &str) -> Option<Tier>;
+    /// Calls `tool` as `agent` through the gate, from inside a sandboxed call. Runs
+    /// on a blocking thread. It must not wait for a person: a call whose tier needs
+    /// an approval is refused at once ([`HostCallError::NeedsApproval`]), and the
+    /// caller waits at most `within` ([`HostCallError::TimedOut`]).
+    fn call(
+        &self,
+        agent: &str,
+        tool: &str,
+        args: Value,
+        within: Duration,
+    ) -> Result<Value, HostCallError>;
 }
 
 /// Why a host call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HostCallError {
     /// The gate refused it.
     #[error("denied: {0}")]
@@ -48,6 +69,13 @@ pub enum HostCallError {
     /// The tool failed.
     #[error("failed: {0}")]
     Failed(String),
+    /// The call's tier needs an approval (PROPOSE or CONFIRM), which a call made from
+    /// inside a sandboxed tool cannot wait for.
+    #[error("refused: {0}")]
+    NeedsApproval(String),
+    /// The sandboxed call's deadline came before the host call finished.
+    #[error("the sandboxed call's deadline came first")]
+    TimedOut,
 }
 
 /// Which host functions a call's module is linked with, and whom they act for.
@@ -105,14 +133,25 @@ pub(crate) fn define(linker: &mut Linker<State>, variant: usize) -> wasmtime::Re
     Ok(())
 }
 
+/// What is left of the call's deadline.
+fn time_left(state: &State) -> Duration {
+    let ticks = state
+        .deadline
+        .load(Ordering::Relaxed)
+        .saturating_sub(state.now.load(Ordering::Relaxed));
+    // An hour at most: the longest timeout a call may have.
+    let ticks = ticks.min(3600 * 1000 / TICK.as_millis().max(1) as u64);
+    TICK.saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))
+}
+
 fn host_call(
     mut caller: Caller<'_, State>,
     tool: &str,
     arg: &str,
     (ptr, len, out, cap): (i32, i32, i32, i32),
-) -> i32 {
+) -> wasmtime::Result<i32> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return BAD_MEMORY;
+        return Ok(BAD_MEMORY);
     };
     let (Ok(ptr), Ok(len), Ok(out), Ok(cap)) = (
         usize::try_from(ptr),
@@ -120,22 +159,28 @@ fn host_call(
         usize::try_from(out),
         usize::try_from(cap),
     ) else {
-        return BAD_MEMORY;
+        return Ok(BAD_MEMORY);
     };
     if len > 64 * 1024 {
-        return TOO_LARGE;
+        return Ok(TOO_LARGE);
     }
     let mut buf = vec![0u8; len];
     if memory.read(&caller, ptr, &mut buf).is_err() {
-        return BAD_MEMORY;
+        return Ok(BAD_MEMORY);
     }
     let Ok(value) = String::from_utf8(buf) else {
-        return BAD_MEMORY;
+        return Ok(BAD_MEMORY);
     };
     let Some(access) = caller.data().host.clone() else {
-        return DENIED;
+        return Ok(DENIED);
     };
-    let result = access.gate.call(&access.agent, tool, json!({ arg: value }));
+    let within = time_left(caller.data());
+    if within.is_zero() {
+        return Err(Trap::Interrupt.into());
+    }
+    let result = access
+        .gate
+        .call(&access.agent, tool, json!({ arg: value }), within);
     let text = match result {
         Ok(Value::String(s)) => s,
         Ok(Value::Object(o)) if o.get("body").is_some_and(Value::is_string) => o
@@ -144,16 +189,18 @@ fn host_call(
             .unwrap_or_default()
             .to_string(),
         Ok(other) => other.to_string(),
-        Err(HostCallError::Denied(_)) => return DENIED,
-        Err(HostCallError::Failed(_)) => return FAILED,
+        // The deadline has passed: the guest stops as at any other deadline.
+        Err(HostCallError::TimedOut) => return Err(Trap::Interrupt.into()),
+        Err(HostCallError::Denied(_) | HostCallError::NeedsApproval(_)) => return Ok(DENIED),
+        Err(HostCallError::Failed(_)) => return Ok(FAILED),
     };
     if text.len() > cap {
-        return TOO_LARGE;
+        return Ok(TOO_LARGE);
     }
     if memory.write(&mut caller, out, text.as_bytes()).is_err() {
-        return BAD_MEMORY;
+        return Ok(BAD_MEMORY);
     }
-    i32::try_from(text.len()).unwrap_or(TOO_LARGE)
+    Ok(i32::try_from(text.len()).unwrap_or(TOO_LARGE))
 }
 
 /// A ready-made [`HTTP_GET`] tool: a GET with a 10 s timeout whose body (as text,

@@ -1,5 +1,6 @@
 //! Per-call limits: their defaults, how a tighter set combines with a looser one,
-//! and the resource limiter that enforces memory and reports its peak.
+//! and the resource limiter that enforces memory and reports its peak. The disk
+//! limits are enforced by [`super::disk`].
 
 use std::time::Duration;
 
@@ -28,6 +29,13 @@ pub struct Limits {
     pub table_elements: usize,
     /// Instances per call (default 4).
     pub instances: usize,
+    /// Bytes the scratch directory may hold (default 64 MiB): the sum of its regular
+    /// files' sizes, counting a sparse file at its full length. Files placed there
+    /// for the call count too.
+    pub disk_bytes: u64,
+    /// Entries the scratch directory may hold (default 1024): files, directories and
+    /// links, at any depth.
+    pub disk_files: u64,
 }
 
 impl Default for Limits {
@@ -40,6 +48,8 @@ impl Default for Limits {
             max_input_bytes: 1 << 20,
             table_elements: 100_000,
             instances: 4,
+            disk_bytes: 64 << 20,
+            disk_files: 1024,
         }
     }
 }
@@ -58,6 +68,8 @@ impl Limits {
             max_input_bytes: self.max_input_bytes.min(other.max_input_bytes),
             table_elements: self.table_elements.min(other.table_elements),
             instances: self.instances.min(other.instances),
+            disk_bytes: self.disk_bytes.min(other.disk_bytes),
+            disk_files: self.disk_files.min(other.disk_files),
         }
     }
 
@@ -95,6 +107,8 @@ pub enum LimitKind {
     Fuel,
     /// The output cap.
     Output,
+    /// The scratch directory's disk limit (bytes or entries).
+    Disk,
 }
 
 impl LimitKind {
@@ -105,6 +119,9 @@ impl LimitKind {
             LimitKind::Memory => "the guest asked for more memory than its limit",
             LimitKind::Fuel => "the guest used up its fuel",
             LimitKind::Output => "the guest wrote more output than its cap; the rest was cut",
+            LimitKind::Disk => {
+                "the guest tried to put more in its scratch directory than its disk limit allows"
+            }
         }
     }
 }
@@ -116,6 +133,7 @@ impl std::fmt::Display for LimitKind {
             LimitKind::Memory => "memory",
             LimitKind::Fuel => "fuel",
             LimitKind::Output => "output",
+            LimitKind::Disk => "disk",
         })
     }
 }
@@ -167,7 +185,8 @@ impl wasmtime::ResourceLimiter for Limiter {
     }
 
     fn instances(&self) -> usize {
-        self.instances
+        // One more for the disk quota's trampoline.
+        self.instances.saturating_add(1)
     }
 
     fn tables(&self) -> usize {

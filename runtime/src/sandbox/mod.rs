@@ -5,14 +5,21 @@
 //! compiled-module cache (on disk, keyed by content hash and engine fingerprint, by
 //! wasmtime's own cache; in memory as pre-linked [`wasmtime::InstancePre`]s keyed by
 //! the module's sha256), the per-call limits, the WASI surface (no network, no
-//! environment, a fresh scratch directory per call, read-only mounts only where
-//! granted) and the interpreters (CPython and QuickJS compiled to WASI).
+//! environment, a fresh scratch directory per call under a disk quota, read-only
+//! mounts only where granted) and the interpreters (CPython and QuickJS compiled to
+//! WASI).
+//!
+//! Compiled modules loaded from the on-disk cache run as native code, so the cache
+//! must be private: a cache directory (or a file in it, or a directory above it) that
+//! another user could write is refused with [`SandboxError::UnsafeCache`].
 //!
 //! A call never panics on bad input: modules that do not compile, exports that do not
 //! exist, arguments that are too large, mounts that do not exist all come back as
 //! [`SandboxError`]; what the guest does (exit codes, traps, limits hit) comes back as
 //! a [`RunReport`].
 
+mod cache;
+mod disk;
 mod host;
 mod interpreters;
 mod limits;
@@ -20,7 +27,7 @@ mod tool;
 mod warm;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,8 +61,9 @@ pub const SCRATCH: &str = "/scratch";
 /// How the sandbox is set up.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
-    /// Where compiled modules are cached (must be private to this user). `None`
-    /// disables the on-disk cache.
+    /// Where compiled modules are cached. It must be private to this user (else
+    /// [`SandboxError::UnsafeCache`]); a missing directory is created with mode
+    /// `700`. `None` disables the on-disk cache.
     pub cache_dir: Option<PathBuf>,
     /// Where the interpreters are (see [`Interpreters::locate`]).
     pub interpreters: Option<PathBuf>,
@@ -120,6 +128,19 @@ pub enum SandboxError {
     /// A mount or the scratch directory could not be set up.
     #[error("the sandbox's files could not be set up: {0}")]
     Files(String),
+    /// The compiled-module cache could be written by someone other than this user:
+    /// its modules would run as native code, so it is not used.
+    #[error(
+        "the module cache is not private: {path} {problem}; compiled code loaded from it would run as native code. Fix: {fix}"
+    )]
+    UnsafeCache {
+        /// The directory or file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
 }
 
 /// What to run.
@@ -262,6 +283,7 @@ pub(crate) struct State {
     wasi: Option<WasiP1Ctx>,
     host: Option<HostAccess>,
     limiter: Limiter,
+    disk: disk::Disk,
     /// The epoch count at which the call is interrupted (`u64::MAX`: not armed yet).
     deadline: Arc<AtomicU64>,
     now: Arc<AtomicU64>,
@@ -313,7 +335,9 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Arc<Sandbox>, SandboxError> {
         let engine_err = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_core_instances(config.max_instances)
+        // Each call may add a small instance without memory of its own (the disk
+        // quota's trampoline, see `disk`).
+        pool.total_core_instances(config.max_instances.saturating_mul(2))
             .total_memories(config.max_instances)
             .total_tables(config.max_instances)
             .total_stacks(config.max_instances)
@@ -325,24 +349,23 @@ impl Sandbox {
             .consume_fuel(true)
             .max_wasm_stack(1 << 20);
         if let Some(dir) = &config.cache_dir {
-            let dir = std::path::absolute(dir)
-                .map_err(|e| SandboxError::Engine(format!("cache directory: {e}")))?;
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                SandboxError::Engine(format!("cache directory {}: {e}", dir.display()))
-            })?;
+            let dir = cache::private_dir(dir)?;
             let mut cc = CacheConfig::new();
             cc.with_directory(dir);
             cfg.cache(Some(Cache::new(cc).map_err(engine_err)?));
         }
         let engine = Engine::new(&cfg).map_err(engine_err)?;
+        // The WASI functions as wasmtime-wasi implements them; the linkers the guests
+        // see wrap those that can grow the scratch directory (see `disk`).
+        let mut wasi: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut wasi, wasi_of).map_err(engine_err)?;
+        let wasi = Arc::new(wasi);
+        let trampoline = disk::trampoline(&engine).map_err(engine_err)?;
         let mut linkers = Vec::with_capacity(4);
         for variant in 0..4 {
             let mut linker: Linker<State> = Linker::new(&engine);
-            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| {
-                s.wasi
-                    .get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
-            })
-            .map_err(engine_err)?;
+            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, wasi_of).map_err(engine_err)?;
+            disk::define(&mut linker, &wasi, &trampoline).map_err(engine_err)?;
             host::define(&mut linker, variant).map_err(engine_err)?;
             linkers.push(linker);
         }
@@ -543,18 +566,24 @@ impl Sandbox {
         }
     }
 
+    /// A store for one call; `wasi` comes with the call's scratch directory.
     fn store(
         &self,
-        wasi: Option<WasiP1Ctx>,
+        wasi: Option<(WasiP1Ctx, &Path)>,
         limits: &Limits,
     ) -> Result<Store<State>, SandboxError> {
         let deadline = Arc::new(AtomicU64::new(u64::MAX));
+        let (wasi, disk) = match wasi {
+            Some((ctx, scratch)) => (Some(ctx), disk::Disk::new(scratch, limits)),
+            None => (None, disk::Disk::none()),
+        };
         let mut store = Store::new(
             &self.engine,
             State {
                 wasi,
                 host: None,
                 limiter: Limiter::new(limits),
+                disk,
                 deadline,
                 now: self.now.clone(),
                 fuel_at_start: None,
@@ -603,15 +632,15 @@ impl Sandbox {
         let started = Instant::now();
         let mut scratch = None;
         let mut pipes = None;
-        let wasi = if compiled.wasi {
-            let (ctx, dir, out) =
+        let mut ctx = None;
+        if compiled.wasi {
+            let (c, dir, out) =
                 self.wasi_ctx(&[], MemoryInputPipe::new(req.stdin.clone()), req, limits)?;
             scratch = Some(dir);
             pipes = Some(out);
-            Some(ctx)
-        } else {
-            None
-        };
+            ctx = Some(c);
+        }
+        let wasi = ctx.zip(scratch.as_ref().map(|d| d.path()));
         let mut store = self.store(wasi, limits)?;
         store.data_mut().host = req.host.clone();
         self.arm(store.data_mut(), limits);
@@ -655,7 +684,7 @@ impl Sandbox {
         let started = Instant::now();
         let (ctx, scratch, pipes) =
             self.wasi_ctx(&argv, MemoryInputPipe::new(stdin), req, limits)?;
-        let mut store = self.store(Some(ctx), limits)?;
+        let mut store = self.store(Some((ctx, scratch.path())), limits)?;
         if matches!(req.program, Program::Wasm { .. }) {
             store.data_mut().host = req.host.clone();
         }
@@ -712,7 +741,7 @@ impl Sandbox {
                 .tempdir(),
         }
         .map_err(|e| files_err(&e))?;
-        write_files(scratch.path(), &req.files)?;
+        write_files(scratch.path(), &req.files, limits)?;
         // One more byte than the cap: a full pipe means the guest tried to write more.
         let out = MemoryOutputPipe::new(limits.output_bytes + 1);
         let err = MemoryOutputPipe::new(limits.output_bytes + 1);
@@ -775,6 +804,7 @@ impl Sandbox {
         let limit = match trap {
             Some(Trap::Interrupt) => Some(LimitKind::Timeout),
             Some(Trap::OutOfFuel) => Some(LimitKind::Fuel),
+            _ if store.data().disk.hit() => Some(LimitKind::Disk),
             _ if store.data().limiter.hit => Some(LimitKind::Memory),
             _ => None,
         };
@@ -862,11 +892,24 @@ fn capped(bytes: &[u8], cap: usize) -> (String, bool) {
     (cut, true)
 }
 
-/// Places a call's files in its scratch directory; names must be plain file names.
+/// Places a call's files in its scratch directory; names must be plain file names,
+/// and together they must fit the call's disk limits.
 pub(crate) fn write_files(
-    dir: &std::path::Path,
+    dir: &Path,
     files: &[(String, Vec<u8>)],
+    limits: &Limits,
 ) -> Result<(), SandboxError> {
+    let bytes = files
+        .iter()
+        .fold(0u64, |n, (_, c)| n.saturating_add(c.len() as u64));
+    if bytes > limits.disk_bytes || files.len() as u64 > limits.disk_files {
+        return Err(SandboxError::Refused(format!(
+            "disk: the call's {} files hold {bytes} bytes, over the scratch directory's limit of {} bytes and {} files",
+            files.len(),
+            limits.disk_bytes,
+            limits.disk_files
+        )));
+    }
     for (name, contents) in files {
         if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
             return Err(SandboxError::Refused(format!(
@@ -876,6 +919,12 @@ pub(crate) fn write_files(
         std::fs::write(dir.join(name), contents).map_err(|e| SandboxError::Files(e.to_string()))?;
     }
     Ok(())
+}
+
+/// The WASI context in a store's data (an empty one for a store without WASI).
+fn wasi_of(s: &mut State) -> &mut WasiP1Ctx {
+    s.wasi
+        .get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
 }
 
 fn validate_guest_path(guest: &str) -> Result<(), SandboxError> {

@@ -6,10 +6,17 @@
 //! most `max(1, workers / 2)` of them and has at most `per_agent` calls running or
 //! waiting — beyond that its calls are refused at once (the tool answers `busy`).
 //! Waiting calls are served first come, first served.
+//!
+//! Grants: a read-only mount offered by the tool reaches a call only when the
+//! caller's token grants `mount:GUEST_PATH` at AUTO or AUTO+ (a mount cannot wait
+//! for an approval, so a grant at PROPOSE, CONFIRM or BLOCK mounts nothing); a host
+//! function exists when the token grants its tool at any tier but BLOCK (a call that
+//! needs an approval is then refused at once, see [`super::HostGate`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bulwark_capabilities::Tier;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
@@ -105,9 +112,11 @@ impl SandboxTool {
     }
 
     /// Offers a read-only mount. A call gets it only when the caller's token grants
-    /// the name `mount:GUEST_PATH` (for example `mount:/data`) as a tool, checked
-    /// through the gate handle ([`SandboxTool::host_gate`]; without one, no call gets
-    /// it). Delegation can drop the grant like any tool, never add it.
+    /// the name `mount:GUEST_PATH` (for example `mount:/data`) as a tool at tier AUTO
+    /// or AUTO+, checked through the gate handle ([`SandboxTool::host_gate`]; without
+    /// one, no call gets it); a grant at PROPOSE, CONFIRM or BLOCK mounts nothing, as
+    /// nothing can approve a mount in the middle of a call. Delegation can drop the
+    /// grant or raise its tier like any tool, never add it.
     pub fn mount(mut self, mount: Mount) -> Self {
         self.mounts.push(mount);
         self
@@ -283,14 +292,19 @@ impl Scheduled {
             .tighten(&token_limits(&input.sandbox_limits));
         if let Some(gate) = &self.tool.gate {
             for m in &self.tool.mounts {
-                if gate.grants(&input.agent, &format!("mount:{}", m.guest)) {
+                let tier = gate.tier(&input.agent, &format!("mount:{}", m.guest));
+                if tier.is_some_and(|t| t <= Tier::AutoPlus) {
                     req.mounts.push(m.clone());
                 }
             }
         }
         if let (Some(gate), Program::Wasm { .. }) = (&self.tool.gate, &req.program) {
-            let http_get = gate.grants(&input.agent, host::HTTP_GET);
-            let read_secret = gate.grants(&input.agent, host::READ_SECRET);
+            let granted = |tool: &str| {
+                gate.tier(&input.agent, tool)
+                    .is_some_and(|t| t < Tier::Block)
+            };
+            let http_get = granted(host::HTTP_GET);
+            let read_secret = granted(host::READ_SECRET);
             if http_get || read_secret {
                 req.host = Some(HostAccess {
                     gate: gate.clone(),
@@ -318,5 +332,7 @@ fn token_limits(set: &std::collections::BTreeMap<String, u64>) -> Limits {
         max_input_bytes: usize::MAX,
         table_elements: usize::MAX,
         instances: usize::MAX,
+        disk_bytes: get("disk_bytes").unwrap_or(u64::MAX),
+        disk_files: get("disk_files").unwrap_or(u64::MAX),
     }
 }

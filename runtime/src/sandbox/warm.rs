@@ -133,7 +133,7 @@ fn start(sb: &Arc<Sandbox>) -> Result<Warm, SandboxError> {
     let req = RunRequest::new(Program::Python(String::new()));
     let (ctx, scratch, pipes) =
         sb.wasi_ctx(&python_argv(), AsyncStdinStream::new(reader), &req, &limits)?;
-    let store = sb.store(Some(ctx), &limits)?;
+    let store = sb.store(Some((ctx, scratch.path())), &limits)?;
     let deadline = store.data().deadline.clone();
     let path = scratch.path().to_path_buf();
     let stderr = pipes.1.clone();
@@ -186,7 +186,7 @@ pub(crate) async fn try_warm(
     let Some(mut warm) = taken else {
         return Ok(None);
     };
-    super::write_files(&warm.scratch, &req.files)?;
+    super::write_files(&warm.scratch, &req.files, &req.limits)?;
     let started = Instant::now();
     sb.arm_shared(&warm.deadline, &req.limits);
     let sent = async {
