@@ -576,15 +576,7 @@ pub(crate) fn verify_trail(
                     }
                     continue;
                 }
-                match check_entry(
-                    seq,
-                    expected_seq,
-                    &prev,
-                    keyed_seen,
-                    bytes,
-                    key,
-                    key_path,
-                )? {
+                match check_entry(seq, expected_seq, &prev, keyed_seen, bytes, key, key_path)? {
                     Ok(e) => {
                         if e.v == 1 {
                             report.legacy_entries += 1;
@@ -666,7 +658,11 @@ pub(crate) fn verify_trail(
             continue;
         }
         report.checkpoints += 1;
-        if report.last_checkpoint.as_ref().is_none_or(|l| c.len >= l.len) {
+        if report
+            .last_checkpoint
+            .as_ref()
+            .is_none_or(|l| c.len >= l.len)
+        {
             report.last_checkpoint = Some(c.clone());
         }
     }
@@ -682,10 +678,8 @@ pub(crate) fn checkpoint_repair(path: &Path) -> Result<(), AuditError> {
 }
 
 fn ms_text(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-    )
-    .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 pub(crate) fn tail_db(db: &redb::Database, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
