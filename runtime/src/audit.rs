@@ -550,29 +550,27 @@ pub(crate) fn verify_trail(
                 report.entries += 1;
                 next_seq = seq + 1;
                 let decoded = serde_json::from_slice::<AuditEntry>(bytes).ok();
-                if wanted.contains(&seq) {
-                    if let Some(e) = &decoded {
-                        heads.insert(seq, e.hash.clone());
-                    }
+                if let (true, Some(e)) = (wanted.contains(&seq), &decoded) {
+                    heads.insert(seq, e.hash.clone());
                 }
                 if let Some(p) = &pending {
                     // After a break nothing verifies until an override accepting it.
-                    if let (Some(e), Some(key)) = (&decoded, key) {
-                        if is_override_for(e, seq, bytes, p.seq, key) {
-                            report.accepted.push(AcceptedBreak {
-                                broken_at: p.seq,
-                                override_at: seq,
-                                reason: e.record.detail["operator_reason"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_string(),
-                            });
-                            disowned.extend(disowned_lines(e));
-                            pending = None;
-                            prev = e.hash.clone();
-                            expected_seq = seq + 1;
-                            keyed_seen = true;
-                        }
+                    if let (Some(e), Some(key)) = (&decoded, key)
+                        && is_override_for(e, seq, bytes, p.seq, key)
+                    {
+                        report.accepted.push(AcceptedBreak {
+                            broken_at: p.seq,
+                            override_at: seq,
+                            reason: e.record.detail["operator_reason"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                        });
+                        disowned.extend(disowned_lines(e));
+                        pending = None;
+                        prev = e.hash.clone();
+                        expected_seq = seq + 1;
+                        keyed_seen = true;
                     }
                     continue;
                 }

@@ -190,10 +190,10 @@ impl Journal {
             let mut state = LedgerState::default();
             for row in audit.iter().map_err(StoreError::from_display)? {
                 let (_, v) = row.map_err(StoreError::from_display)?;
-                if let Ok(entry) = serde_json::from_slice::<AuditEntry>(v.value()) {
-                    if let Some(cmd) = &entry.record.ledger {
-                        state.apply(cmd);
-                    }
+                if let Ok(entry) = serde_json::from_slice::<AuditEntry>(v.value())
+                    && let Some(cmd) = &entry.record.ledger
+                {
+                    state.apply(cmd);
                 }
             }
             state
