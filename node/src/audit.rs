@@ -20,10 +20,14 @@ pub enum AuditCommand {
         /// DATA_DIR/audit.key).
         #[arg(long)]
         audit_key: Option<PathBuf>,
-        /// A checkpoint file to check against, e.g. a copy kept elsewhere as an
-        /// external anchor (default DATA_DIR/audit.checkpoints).
+        /// The checkpoint file, when the runtime was configured to write it elsewhere
+        /// (default DATA_DIR/audit.checkpoints).
         #[arg(long)]
         checkpoints: Option<PathBuf>,
+        /// A copy of checkpoint lines kept outside the data directory (an external
+        /// anchor) to check the trail against as well.
+        #[arg(long)]
+        anchor: Option<PathBuf>,
     },
     /// Show the latest entries.
     Tail {
@@ -45,6 +49,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<Outcome> {
             data_dir,
             audit_key,
             checkpoints,
+            anchor,
         } => {
             let mut config = AuditConfig::default();
             if let Some(k) = audit_key {
@@ -52,6 +57,9 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<Outcome> {
             }
             if let Some(c) = checkpoints {
                 config = config.checkpoint_file(c);
+            }
+            if let Some(a) = anchor {
+                config = config.anchor_file(a);
             }
             let report = open(&data_dir, &config)?
                 .report()

@@ -730,7 +730,7 @@ fn audit_verify_and_tail_detect_a_changed_byte() {
             "verify",
             "--data-dir",
             data_arg,
-            "--checkpoints",
+            "--anchor",
             anchor_arg,
         ],
     );

@@ -83,6 +83,9 @@ pub const AUDIT_FORMAT: u16 = 2;
 pub const OVERRIDE_KIND: &str = "audit.override";
 /// Kind of the entry sealing a legacy (format 1) trail under the audit key.
 pub const MIGRATED_KIND: &str = "audit.migrated";
+/// Kind of the entry recording a periodic checkpoint (its length and head), so that a
+/// checkpoint file replaced or emptied is detected from the trail itself.
+pub const CHECKPOINT_KIND: &str = "audit.checkpoint";
 /// Entries between two periodic checkpoints, by default.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1024;
 
@@ -160,6 +163,7 @@ impl AuditEntry {
 pub struct AuditConfig {
     key_file: Option<PathBuf>,
     checkpoint_file: Option<PathBuf>,
+    anchor_file: Option<PathBuf>,
     checkpoint_every: Option<u64>,
     accept_broken: Option<String>,
     migrate_legacy: bool,
@@ -178,6 +182,14 @@ impl AuditConfig {
     /// Where signed checkpoints are appended (default `DATA_DIR/audit.checkpoints`).
     pub fn checkpoint_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.checkpoint_file = Some(path.into());
+        self
+    }
+
+    /// A copy of checkpoint lines kept elsewhere (an external anchor) to check the
+    /// trail against as well, when verifying. A copy taken at any time works: each of
+    /// its lines must still match the trail.
+    pub fn anchor_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.anchor_file = Some(path.into());
         self
     }
 
@@ -371,6 +383,7 @@ pub struct AuditReader {
     db: redb::Database,
     key_path: PathBuf,
     checkpoint_path: PathBuf,
+    anchor_path: Option<PathBuf>,
 }
 
 impl AuditReader {
@@ -391,6 +404,7 @@ impl AuditReader {
             db,
             key_path: config.key_path(data_dir),
             checkpoint_path: config.checkpoint_path(data_dir),
+            anchor_path: config.anchor_file.clone(),
         })
     }
 
@@ -412,6 +426,7 @@ impl AuditReader {
             key.as_ref(),
             &self.key_path,
             &self.checkpoint_path,
+            self.anchor_path.as_deref(),
         )
     }
 
@@ -511,10 +526,23 @@ pub(crate) fn verify_trail(
     key: Option<&AuditKey>,
     key_path: &Path,
     checkpoint_path: &Path,
+    anchor_path: Option<&Path>,
 ) -> Result<AuditReport, AuditError> {
     // Checkpoints first: each was written after the commit it covers, so the trail
     // read next holds at least what they cover.
-    let lines = checkpoint::read(checkpoint_path)?;
+    let mut lines = checkpoint::read(checkpoint_path, "checkpoint")?;
+    // Only the live file's lines answer for the checkpoints the trail records; an
+    // anchored copy may be older.
+    let live_lines = lines.len();
+    if let Some(anchor) = anchor_path {
+        if !anchor.exists() {
+            return Err(AuditError::Io {
+                path: anchor.to_path_buf(),
+                reason: "no such anchored checkpoint file".into(),
+            });
+        }
+        lines.extend(checkpoint::read(anchor, "anchored checkpoint")?);
+    }
     if !lines.is_empty() && key.is_none() {
         return Err(AuditError::MissingKey(key_path.to_path_buf()));
     }
@@ -538,6 +566,10 @@ pub(crate) fn verify_trail(
     };
     let mut disowned: HashSet<String> = HashSet::new();
     let mut next_seq = 0u64;
+    // Checkpoints the trail records (entry position, length, head), and the latest
+    // override: it accepted the checkpoint file as it then was.
+    let mut notes: Vec<(u64, u64, String)> = Vec::new();
+    let mut last_override: Option<u64> = None;
     match txn.open_table(AUDIT) {
         Ok(table) => {
             let mut prev = GENESIS.to_string();
@@ -567,6 +599,7 @@ pub(crate) fn verify_trail(
                                 .to_string(),
                         });
                         disowned.extend(disowned_lines(e));
+                        last_override = Some(seq);
                         pending = None;
                         prev = e.hash.clone();
                         expected_seq = seq + 1;
@@ -582,7 +615,26 @@ pub(crate) fn verify_trail(
                             keyed_seen = true;
                         }
                         if e.record.kind == OVERRIDE_KIND {
+                            // An override of checkpoints that no longer matched (the
+                            // entries themselves verified).
+                            report.accepted.push(AcceptedBreak {
+                                broken_at: e.record.detail["broken_at"].as_u64().unwrap_or(seq),
+                                override_at: seq,
+                                reason: e.record.detail["operator_reason"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            });
                             disowned.extend(disowned_lines(&e));
+                            last_override = Some(seq);
+                        }
+                        if e.record.kind == CHECKPOINT_KIND
+                            && let (Some(len), Some(head)) = (
+                                e.record.detail["len"].as_u64(),
+                                e.record.detail["head"].as_str(),
+                            )
+                        {
+                            notes.push((seq, len, head.to_string()));
                         }
                         prev = e.hash;
                         expected_seq += 1;
@@ -602,11 +654,18 @@ pub(crate) fn verify_trail(
         Err(e) => return Err(StoreError::from_display(e).into()),
     }
 
-    for line in &lines {
+    let mut signed_lines: HashSet<(u64, &str)> = HashSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let (Ok(c), Some(k), true) = (&line.parsed, key, i < live_lines)
+            && c.key == k.public_hex()
+            && k.signature_matches(c.signed_text().as_bytes(), &c.sig)
+        {
+            signed_lines.insert((c.len, c.head.as_str()));
+        }
         if disowned.contains(&line.digest) {
             continue;
         }
-        let n = line.number;
+        let n = &line.place;
         let fail = |seq: u64, reason: String| AuditProblem {
             seq,
             reason,
@@ -615,10 +674,9 @@ pub(crate) fn verify_trail(
         let c = match &line.parsed {
             Ok(c) => c,
             Err(e) => {
-                report.problems.push(fail(
-                    next_seq,
-                    format!("checkpoint line {n} is unreadable: {e}"),
-                ));
+                report
+                    .problems
+                    .push(fail(next_seq, format!("{n} is unreadable: {e}")));
                 continue;
             }
         };
@@ -628,7 +686,7 @@ pub(crate) fn verify_trail(
         if !signed {
             report.problems.push(fail(
                 c.len.saturating_sub(1).min(next_seq),
-                format!("checkpoint line {n} is not signed by the audit key"),
+                format!("{n} is not signed by the audit key"),
             ));
             continue;
         }
@@ -636,7 +694,7 @@ pub(crate) fn verify_trail(
             report.problems.push(fail(
                 next_seq,
                 format!(
-                    "the trail ends after {next_seq} entries but checkpoint line {n} (signed at {}) covers {}: entries were removed from the end",
+                    "the trail ends after {next_seq} entries but {n} (signed at {}) covers {}: entries were removed from the end",
                     ms_text(c.at_ms),
                     c.len
                 ),
@@ -648,7 +706,7 @@ pub(crate) fn verify_trail(
             report.problems.push(fail(
                 c.len - 1,
                 format!(
-                    "entry {} is not the head signed in checkpoint line {n} (signed at {}): the trail was rewritten",
+                    "entry {} is not the head signed in {n} (signed at {}): the trail was rewritten",
                     c.len - 1,
                     ms_text(c.at_ms)
                 ),
@@ -664,7 +722,30 @@ pub(crate) fn verify_trail(
             report.last_checkpoint = Some(c.clone());
         }
     }
+    for (seq, len, head) in notes {
+        if last_override.is_some_and(|o| seq < o) {
+            continue;
+        }
+        if !signed_lines.contains(&(len, head.as_str())) {
+            report.problems.push(AuditProblem {
+                seq,
+                reason: format!(
+                    "entry {seq} records a checkpoint of {len} entries that is not in the checkpoint file: the file was replaced or lines were removed"
+                ),
+                line_digest: None,
+            });
+        }
+    }
     Ok(report)
+}
+
+/// The trail's record of a checkpoint of `len` entries with head `head`.
+pub(crate) fn checkpoint_note(len: u64, head: &str) -> AuditRecord {
+    AuditRecord::new(
+        CHECKPOINT_KIND,
+        "runtime",
+        serde_json::json!({"len": len, "head": head}),
+    )
 }
 
 pub(crate) fn checkpoint_append(path: &Path, c: &Checkpoint) -> Result<(), AuditError> {

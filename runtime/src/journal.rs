@@ -133,7 +133,7 @@ impl Journal {
             txn.commit().map_err(StoreError::from_display)?;
         }
         // The trail is verified before anything is rebuilt from it.
-        let report = audit::verify_trail(&db, Some(&key), &key_path, &checkpoint_path)?;
+        let report = audit::verify_trail(&db, Some(&key), &key_path, &checkpoint_path, None)?;
         let start_record = match (report.problems.first(), config.accepted_break()) {
             (Some(p), None) => {
                 return Err(AuditError::Broken {
@@ -247,6 +247,7 @@ impl Journal {
                         seq: audit_seq,
                         prev: audit_prev,
                         checkpointed,
+                        note: None,
                     },
                     writer_setup,
                     writer_redactor,
@@ -359,6 +360,7 @@ impl Journal {
             Some(&self.audit.key),
             &self.audit.key_path,
             &self.audit.checkpoint_path,
+            None,
         )
         .map(|r| r.verification())
         .map_err(|e| match e {
@@ -386,6 +388,8 @@ struct Chain {
     prev: String,
     /// Length covered by the latest checkpoint.
     checkpointed: u64,
+    /// The record of the latest periodic checkpoint, to seal with the next commit.
+    note: Option<AuditRecord>,
 }
 
 fn writer(
@@ -462,7 +466,11 @@ fn writer(
                     &mut chain.prev,
                     &audit.key,
                     redactor.get(),
+                    chain.note.as_ref(),
                 );
+                if r.is_ok() {
+                    chain.note = None;
+                }
                 match &r {
                     Err(e) => {
                         (chain.seq, chain.prev) = before;
@@ -475,7 +483,13 @@ fn writer(
                             || (closing.is_some() && chain.seq > chain.checkpointed);
                         if due {
                             match audit.checkpoint(chain.seq, &chain.prev) {
-                                Ok(()) => chain.checkpointed = chain.seq,
+                                Ok(()) => {
+                                    chain.checkpointed = chain.seq;
+                                    // Recorded in the trail too: deleting the
+                                    // checkpoint file alone is then detected.
+                                    chain.note =
+                                        Some(audit::checkpoint_note(chain.seq, &chain.prev));
+                                }
                                 Err(e) => tracing::error!(error = %e,
                                     "could not write an audit checkpoint"),
                             }
@@ -510,6 +524,7 @@ fn commit_batch(
     audit_prev: &mut String,
     key: &AuditKey,
     redactor: Option<&Redactor>,
+    note: Option<&AuditRecord>,
 ) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(if durable {
@@ -520,6 +535,21 @@ fn commit_batch(
     {
         let mut audit = txn.open_table(AUDIT).map_err(|e| e.to_string())?;
         let mut kv = txn.open_table(KV).map_err(|e| e.to_string())?;
+        if let Some(note) = note {
+            let entry = AuditEntry::seal(
+                *audit_seq,
+                unix_ms(SystemTime::now()),
+                note.clone(),
+                std::mem::take(audit_prev),
+                key,
+            );
+            let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+            audit
+                .insert(*audit_seq, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            *audit_prev = entry.hash;
+            *audit_seq += 1;
+        }
         for req in batch {
             for record in &req.batch.audit {
                 let mut record = record.clone();

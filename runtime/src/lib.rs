@@ -34,8 +34,8 @@ mod watchdog;
 pub use agent::{ActionRecord, AgentStatus, Outcome, Status};
 pub use audit::{
     AUDIT_FORMAT, AUDIT_KEY_FILE, AcceptedBreak, AuditConfig, AuditEntry, AuditError, AuditKey,
-    AuditProblem, AuditReader, AuditRecord, AuditReport, CHECKPOINT_FILE, Checkpoint,
-    DEFAULT_CHECKPOINT_EVERY, MIGRATED_KIND, OVERRIDE_KIND, Verification,
+    AuditProblem, AuditReader, AuditRecord, AuditReport, CHECKPOINT_FILE, CHECKPOINT_KIND,
+    Checkpoint, DEFAULT_CHECKPOINT_EVERY, MIGRATED_KIND, OVERRIDE_KIND, Verification,
 };
 pub use brain::{
     Brain, BrainAction, BrainError, BrainReply, BrainView, ContextItem, OpenAiBrain, OpenAiConfig,

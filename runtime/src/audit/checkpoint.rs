@@ -65,8 +65,8 @@ impl Checkpoint {
 /// One complete line of a checkpoint file, parsed but not yet verified.
 #[derive(Clone, Debug)]
 pub(crate) struct Line {
-    /// 1-based line number.
-    pub number: usize,
+    /// Where it is, for messages: `checkpoint line N` or `anchored checkpoint line N`.
+    pub place: String,
     /// SHA-256 of the line's text, hex: how an override names a line it disowns.
     pub digest: String,
     pub parsed: Result<Checkpoint, String>,
@@ -75,7 +75,7 @@ pub(crate) struct Line {
 /// Reads the complete lines of a checkpoint file; none when it does not exist. A
 /// last line without its newline (an append cut short by a crash) is not a
 /// checkpoint and is left out.
-pub(crate) fn read(path: &Path) -> Result<Vec<Line>, AuditError> {
+pub(crate) fn read(path: &Path, label: &str) -> Result<Vec<Line>, AuditError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -97,7 +97,7 @@ pub(crate) fn read(path: &Path) -> Result<Vec<Line>, AuditError> {
         }
         let parsed = serde_json::from_slice::<Checkpoint>(raw).map_err(|e| e.to_string());
         out.push(Line {
-            number: i + 1,
+            place: format!("{label} line {}", i + 1),
             digest: hex::encode(Sha256::digest(raw)),
             parsed,
         });

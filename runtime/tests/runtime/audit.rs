@@ -320,6 +320,28 @@ async fn removing_entries_from_the_end_is_detected_against_the_checkpoint() {
         matches!(&err, BuildError::Audit(AuditError::Broken { seq, .. }) if *seq == n - 3),
         "{err}"
     );
+    // Overridden: it starts; the override disowns the checkpoint the trail no longer
+    // matches, and a new one pins the trail as it now is.
+    let rt = build_with(
+        h.dir.path(),
+        &h.root,
+        h.clock.clone(),
+        AuditConfig::default().start_despite_broken_trail("restored from backup"),
+    )
+    .await
+    .unwrap();
+    let o = rt.audit_tail(1).await.unwrap().remove(0);
+    assert_eq!(o.record.kind, bulwark_runtime::OVERRIDE_KIND);
+    assert_eq!(o.record.detail["broken_at"], n - 3);
+    rt.shutdown().await.unwrap();
+    drop(rt);
+    let report = AuditReader::open(h.dir.path()).unwrap().report().unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(report.accepted.len(), 1);
+    assert_eq!(report.last_checkpoint.unwrap().len, n - 2);
+    // Removing the override itself is caught by the new checkpoint.
+    truncate(&h, 1);
+    assert!(matches!(verify(&h), Verification::Broken { .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,13 +358,11 @@ async fn deleting_the_checkpoints_and_truncating_needs_an_external_anchor() {
     assert_eq!(report.checkpoints, 0);
     assert!(report.last_checkpoint.is_none());
     // A copy of the checkpoints kept elsewhere detects it.
-    let anchored = AuditReader::open_with(
-        h.dir.path(),
-        &AuditConfig::default().checkpoint_file(&anchor),
-    )
-    .unwrap()
-    .verify()
-    .unwrap();
+    let anchored =
+        AuditReader::open_with(h.dir.path(), &AuditConfig::default().anchor_file(&anchor))
+            .unwrap()
+            .verify()
+            .unwrap();
     assert!(
         matches!(&anchored, Verification::Broken { seq, .. } if *seq == n - 3),
         "{anchored:?}"
@@ -633,6 +653,66 @@ async fn the_audit_key_must_be_private_and_may_live_outside_the_data_dir() {
         .unwrap();
     assert!(
         matches!(&err, BuildError::Audit(AuditError::Broken { seq: 0, .. })),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_checkpoint_file_is_detected_from_the_checkpoints_the_trail_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = KeyPair::generate();
+    let clock = Arc::new(ManualClock::new(crate::t0()));
+    let rt = build_with(
+        dir.path(),
+        &root,
+        clock.clone(),
+        AuditConfig::default().checkpoint_every(4),
+    )
+    .await
+    .unwrap();
+    let h = Harness {
+        dir,
+        root,
+        clock,
+        rt,
+    };
+    let a = h
+        .agent(
+            "spender",
+            &[("lookup", Tier::Auto)],
+            "1",
+            calls(&[("lookup", json!({})), ("lookup", json!({}))]),
+        )
+        .await;
+    a.run("spend").await.unwrap();
+    h.rt.shutdown().await.unwrap();
+    let entries = read_all(&h);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.record.kind == bulwark_runtime::CHECKPOINT_KIND),
+        "a periodic checkpoint is recorded in the trail"
+    );
+    assert!(matches!(verify(&h), Verification::Intact(_)));
+
+    std::fs::remove_file(h.dir.path().join(CHECKPOINT_FILE)).unwrap();
+    truncate(&h, 2);
+    let v = verify(&h);
+    assert!(
+        matches!(&v, Verification::Broken { reason, .. } if reason.contains("not in the checkpoint file")),
+        "{v:?}"
+    );
+    let err = build_with(
+        h.dir.path(),
+        &h.root,
+        h.clock.clone(),
+        AuditConfig::default(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, BuildError::Audit(AuditError::Broken { .. })),
         "{err}"
     );
 }
