@@ -458,16 +458,7 @@ fn writer(
             None if batch.is_empty() && !durable => Ok(()),
             None => {
                 let before = (chain.seq, chain.prev.clone());
-                let r = commit_batch(
-                    &db,
-                    &batch,
-                    durable,
-                    &mut chain.seq,
-                    &mut chain.prev,
-                    &audit.key,
-                    redactor.get(),
-                    chain.note.as_ref(),
-                );
+                let r = commit_batch(&db, &batch, durable, &mut chain, &audit.key, redactor.get());
                 if r.is_ok() {
                     chain.note = None;
                 }
@@ -520,12 +511,16 @@ fn commit_batch(
     db: &Database,
     batch: &[Request],
     durable: bool,
-    audit_seq: &mut u64,
-    audit_prev: &mut String,
+    chain: &mut Chain,
     key: &AuditKey,
     redactor: Option<&Redactor>,
-    note: Option<&AuditRecord>,
 ) -> Result<(), String> {
+    let note = chain.note.clone();
+    let Chain {
+        seq: audit_seq,
+        prev: audit_prev,
+        ..
+    } = chain;
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(if durable {
         Durability::Immediate
@@ -539,7 +534,7 @@ fn commit_batch(
             let entry = AuditEntry::seal(
                 *audit_seq,
                 unix_ms(SystemTime::now()),
-                note.clone(),
+                note,
                 std::mem::take(audit_prev),
                 key,
             );
