@@ -739,6 +739,21 @@ pub(crate) fn verify_trail(
     Ok(report)
 }
 
+/// Whether the trail holds keyed entries (judged by its last entry; one that does not
+/// decode counts as keyed).
+pub(crate) fn is_keyed(db: &redb::Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read().map_err(StoreError::from_display)?;
+    let table = match txn.open_table(AUDIT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(StoreError::from_display(e)),
+    };
+    let last = table.last().map_err(StoreError::from_display)?;
+    Ok(last.is_some_and(|(_, v)| {
+        serde_json::from_slice::<AuditEntry>(v.value()).map_or(true, |e| e.v != 1)
+    }))
+}
+
 /// The trail's record of a checkpoint of `len` entries with head `head`.
 pub(crate) fn checkpoint_note(len: u64, head: &str) -> AuditRecord {
     AuditRecord::new(

@@ -123,7 +123,6 @@ impl Journal {
         std::fs::create_dir_all(data_dir).map_err(StoreError::from_display)?;
         let key_path = config.key_path(data_dir);
         let checkpoint_path = config.checkpoint_path(data_dir);
-        let key = AuditKey::load_or_create(&key_path)?;
         audit::checkpoint_repair(&checkpoint_path)?;
         let db = Database::create(data_dir.join(DB_FILE)).map_err(StoreError::from_display)?;
         {
@@ -132,6 +131,16 @@ impl Journal {
             txn.open_table(KV).map_err(StoreError::from_display)?;
             txn.commit().map_err(StoreError::from_display)?;
         }
+        // A key is created only for a trail that has none yet: a keyed trail whose
+        // key is missing (lost, or the configured path forgotten) is refused.
+        let key = match AuditKey::load(&key_path) {
+            Err(AuditError::MissingKey(_))
+                if !audit::is_keyed(&db)? && !checkpoint_path.exists() =>
+            {
+                AuditKey::load_or_create(&key_path)?
+            }
+            other => other?,
+        };
         // The trail is verified before anything is rebuilt from it.
         let report = audit::verify_trail(&db, Some(&key), &key_path, &checkpoint_path, None)?;
         let start_record = match (report.problems.first(), config.accepted_break()) {

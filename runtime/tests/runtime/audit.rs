@@ -645,8 +645,31 @@ async fn the_audit_key_must_be_private_and_may_live_outside_the_data_dir() {
         matches!(err, BuildError::Audit(AuditError::InsecureKeyFile { .. })),
         "{err}"
     );
-    // Another key (say, a fresh one in place of a deleted key file) does not verify.
+    // A keyed trail whose key is not where the runtime looks is refused, and no new
+    // key is made for it.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = build_with(dir.path(), &root, clock.clone(), AuditConfig::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, BuildError::Audit(AuditError::MissingKey(_))),
+        "{err}"
+    );
+    assert!(!dir.path().join(bulwark_runtime::AUDIT_KEY_FILE).exists());
+    // Another key (say, a fresh one in place of the real one) does not verify.
+    let other = tempfile::tempdir().unwrap();
+    build_with(other.path(), &root, clock.clone(), AuditConfig::default())
+        .await
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    std::fs::copy(
+        other.path().join(bulwark_runtime::AUDIT_KEY_FILE),
+        dir.path().join(bulwark_runtime::AUDIT_KEY_FILE),
+    )
+    .unwrap();
     let err = build_with(dir.path(), &root, clock, AuditConfig::default())
         .await
         .err()
