@@ -144,3 +144,29 @@ pub(crate) fn append(path: &Path, checkpoint: &Checkpoint) -> Result<(), AuditEr
     f.write_all(&line).map_err(io)?;
     f.sync_data().map_err(io)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_not_read_and_is_cut_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = AuditKey::load_or_create(&dir.path().join("audit.key")).unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        let c = Checkpoint::sign(&key, 3, "ab".repeat(32), 1);
+        append(&path, &c).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"v\":1,\"len\":").unwrap();
+        let lines = read(&path, "checkpoint").unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].parsed.as_ref().unwrap(), &c);
+        repair_tail(&path).unwrap();
+        let c2 = Checkpoint::sign(&key, 5, "cd".repeat(32), 2);
+        append(&path, &c2).unwrap();
+        let lines = read(&path, "checkpoint").unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].parsed.as_ref().unwrap(), &c2);
+        assert_eq!(lines[1].place, "checkpoint line 2");
+    }
+}

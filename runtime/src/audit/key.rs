@@ -172,3 +172,67 @@ impl AuditKey {
 pub(crate) fn default_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join(AUDIT_KEY_FILE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_is_created_private_and_read_back_as_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(AUDIT_KEY_FILE);
+        let made = AuditKey::load_or_create(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let read = AuditKey::load(&path).unwrap();
+        assert_eq!(made.public_hex(), read.public_hex());
+        assert_eq!(made.mac_hex(b"entry"), read.mac_hex(b"entry"));
+        assert!(read.mac_matches(b"entry", &made.mac_hex(b"entry")));
+        assert!(!read.mac_matches(b"entry!", &made.mac_hex(b"entry")));
+        let sig = made.sign_hex(b"checkpoint");
+        assert!(read.signature_matches(b"checkpoint", &sig));
+        assert!(!read.signature_matches(b"checkpoint2", &sig));
+        assert!(!read.signature_matches(b"checkpoint", "zz"));
+    }
+
+    #[test]
+    fn another_key_neither_macs_nor_signs_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = AuditKey::load_or_create(&dir.path().join("a.key")).unwrap();
+        let b = AuditKey::load_or_create(&dir.path().join("b.key")).unwrap();
+        assert!(!b.mac_matches(b"entry", &a.mac_hex(b"entry")));
+        assert!(!b.signature_matches(b"checkpoint", &a.sign_hex(b"checkpoint")));
+    }
+
+    #[test]
+    fn malformed_or_exposed_key_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(AUDIT_KEY_FILE);
+        assert!(matches!(
+            AuditKey::load(&path),
+            Err(AuditError::MissingKey(_))
+        ));
+        std::fs::write(&path, "not a key").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            AuditKey::load(&path),
+            Err(AuditError::BadKeyFile(_))
+        ));
+        // An existing file is never replaced by a fresh key.
+        assert!(matches!(
+            AuditKey::load_or_create(&path),
+            Err(AuditError::BadKeyFile(_))
+        ));
+        std::fs::write(&path, format!("{PREFIX}{}\n", "ab".repeat(32))).unwrap();
+        assert!(AuditKey::load(&path).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = AuditKey::load(&path).unwrap_err();
+        assert!(
+            matches!(err, AuditError::InsecureKeyFile { mode: 0o640, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+}
