@@ -3,18 +3,31 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use bulwark_runtime::{AuditReader, Verification};
+use bulwark_runtime::{AuditConfig, AuditReader, AuditReport};
 use clap::Subcommand;
 
 use crate::Outcome;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Check every hash link; exit 0 when intact, 3 naming the first bad entry.
+    /// Check every keyed hash link and the trail against its signed checkpoints;
+    /// exit 0 when intact, 3 naming the first bad entry and why.
     Verify {
         /// The runtime's data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// The audit key file, when it is kept outside the data directory (default
+        /// DATA_DIR/audit.key).
+        #[arg(long)]
+        audit_key: Option<PathBuf>,
+        /// The checkpoint file, when the runtime was configured to write it elsewhere
+        /// (default DATA_DIR/audit.checkpoints).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// A copy of checkpoint lines kept outside the data directory (an external
+        /// anchor) to check the trail against as well.
+        #[arg(long)]
+        anchor: Option<PathBuf>,
     },
     /// Show the latest entries.
     Tail {
@@ -32,15 +45,31 @@ pub enum AuditCommand {
 
 pub fn run(cmd: AuditCommand) -> anyhow::Result<Outcome> {
     match cmd {
-        AuditCommand::Verify { data_dir } => {
-            let reader = open(&data_dir)?;
-            match reader.verify()? {
-                Verification::Intact(n) => {
-                    println!("intact: {n} entries");
-                    Ok(Outcome::Success)
-                }
-                Verification::Broken { seq, reason } => Ok(Outcome::Denied(format!(
-                    "audit trail broken at entry {seq}: {reason}"
+        AuditCommand::Verify {
+            data_dir,
+            audit_key,
+            checkpoints,
+            anchor,
+        } => {
+            let mut config = AuditConfig::default();
+            if let Some(k) = audit_key {
+                config = config.key_file(k);
+            }
+            if let Some(c) = checkpoints {
+                config = config.checkpoint_file(c);
+            }
+            if let Some(a) = anchor {
+                config = config.anchor_file(a);
+            }
+            let report = open(&data_dir, &config)?
+                .report()
+                .context("verifying the audit trail")?;
+            print_report(&report);
+            match report.problems.first() {
+                None => Ok(Outcome::Success),
+                Some(p) => Ok(Outcome::Denied(format!(
+                    "audit trail broken at entry {}: {}",
+                    p.seq, p.reason
                 ))),
             }
         }
@@ -49,7 +78,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<Outcome> {
             lines,
             json,
         } => {
-            for e in open(&data_dir)?.tail(lines)? {
+            for e in open(&data_dir, &AuditConfig::default())?.tail(lines)? {
                 if json {
                     println!("{}", serde_json::to_string(&e)?);
                 } else {
@@ -67,8 +96,56 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<Outcome> {
     }
 }
 
-fn open(dir: &std::path::Path) -> anyhow::Result<AuditReader> {
-    AuditReader::open(dir).with_context(|| {
+fn print_report(r: &AuditReport) {
+    if r.problems.is_empty() {
+        println!("intact: {} entries", r.entries);
+    } else {
+        println!("broken: {} entries stored", r.entries);
+    }
+    match &r.key {
+        Some(key) if r.legacy_entries < r.entries => {
+            println!("keyed chain: HMAC-SHA256 under the audit key (checkpoint key {key})");
+        }
+        _ => {}
+    }
+    if r.legacy_entries > 0 {
+        println!(
+            "unkeyed: the first {} entries are in format 1 (an earlier release){}",
+            r.legacy_entries,
+            if r.legacy_entries == r.entries {
+                "; nothing protects them against rewriting until they are migrated"
+            } else {
+                ", sealed by the migration that follows them"
+            }
+        );
+    }
+    match &r.last_checkpoint {
+        Some(c) => println!(
+            "checkpoints: {} verified; the latest covers {} entries (head {}), signed at {}",
+            r.checkpoints,
+            c.len,
+            c.head,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(c.at_ms)
+            )
+        ),
+        None => println!(
+            "checkpoints: none verified; entries removed from the end cannot be detected without one (keep copies of the checkpoint file elsewhere)"
+        ),
+    }
+    for a in &r.accepted {
+        println!(
+            "accepted break: entry {} did not verify; an operator override at entry {} started the runtime anyway ({})",
+            a.broken_at, a.override_at, a.reason
+        );
+    }
+    for p in r.problems.iter().skip(1) {
+        println!("also broken at entry {}: {}", p.seq, p.reason);
+    }
+}
+
+fn open(dir: &std::path::Path, config: &AuditConfig) -> anyhow::Result<AuditReader> {
+    AuditReader::open_with(dir, config).with_context(|| {
         format!(
             "opening the audit trail in {} (is a runtime still running on it?)",
             dir.display()

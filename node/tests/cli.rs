@@ -652,6 +652,8 @@ fn audit_verify_and_tail_detect_a_changed_byte() {
     let out = bulwark(dir.path(), &["audit", "verify", "--data-dir", data_arg]);
     let text = ok(&out);
     assert!(text.starts_with("intact: "), "{text}");
+    assert!(text.contains("keyed chain: HMAC-SHA256"), "{text}");
+    assert!(text.contains("checkpoints: 1 verified"), "{text}");
     let tail = ok(&bulwark(
         dir.path(),
         &["audit", "tail", "--data-dir", data_arg, "--json", "-n", "3"],
@@ -668,19 +670,23 @@ fn audit_verify_and_tail_detect_a_changed_byte() {
     );
 
     // Change one byte of entry 2 on disk.
-    {
-        const AUDIT: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+    const AUDIT: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+    let entries = lines[2]["seq"].as_u64().expect("seq") + 1;
+    let original = {
         let db = redb::Database::open(data.join(bulwark_runtime::DB_FILE)).expect("open db");
         let txn = db.begin_write().expect("txn");
-        {
+        let original = {
             let mut t = txn.open_table(AUDIT).expect("table");
-            let mut bytes = t.get(2).expect("get").expect("entry 2").value().to_vec();
+            let original = t.get(2).expect("get").expect("entry 2").value().to_vec();
+            let mut bytes = original.clone();
             let at = bytes.len() / 2;
             bytes[at] ^= 0x02;
             t.insert(2, bytes.as_slice()).expect("insert");
-        }
+            original
+        };
         txn.commit().expect("commit");
-    }
+        original
+    };
     let out = bulwark(dir.path(), &["audit", "verify", "--data-dir", data_arg]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(
@@ -688,6 +694,67 @@ fn audit_verify_and_tail_detect_a_changed_byte() {
         "{}",
         stderr(&out)
     );
+    // Put it back, and remove the last entry instead: the checkpoint catches it.
+    {
+        let db = redb::Database::open(data.join(bulwark_runtime::DB_FILE)).expect("open db");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut t = txn.open_table(AUDIT).expect("table");
+            t.insert(2, original.as_slice()).expect("insert");
+            t.remove(entries - 1).expect("remove");
+        }
+        txn.commit().expect("commit");
+    }
+    let out = bulwark(dir.path(), &["audit", "verify", "--data-dir", data_arg]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("broken at entry {}", entries - 1))
+            && stderr(&out).contains("removed from the end"),
+        "{}",
+        stderr(&out)
+    );
+    // With the checkpoint file deleted too, only a copy kept elsewhere catches it.
+    let anchor = dir.path().join("anchor.checkpoints");
+    std::fs::copy(data.join(bulwark_runtime::CHECKPOINT_FILE), &anchor).expect("copy");
+    std::fs::remove_file(data.join(bulwark_runtime::CHECKPOINT_FILE)).expect("remove");
+    let text = ok(&bulwark(
+        dir.path(),
+        &["audit", "verify", "--data-dir", data_arg],
+    ));
+    assert!(text.contains("checkpoints: none verified"), "{text}");
+    let anchor_arg = anchor.to_str().expect("utf-8 path");
+    let out = bulwark(
+        dir.path(),
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            data_arg,
+            "--anchor",
+            anchor_arg,
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    // A key kept outside the data directory is given by path; without it the keyed
+    // trail cannot be verified.
+    let key = dir.path().join("audit.key");
+    std::fs::rename(data.join(bulwark_runtime::AUDIT_KEY_FILE), &key).expect("move key");
+    let out = bulwark(dir.path(), &["audit", "verify", "--data-dir", data_arg]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no audit key"), "{}", stderr(&out));
+    let key_arg = key.to_str().expect("utf-8 path");
+    let text = ok(&bulwark(
+        dir.path(),
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            data_arg,
+            "--audit-key",
+            key_arg,
+        ],
+    ));
+    assert!(text.starts_with("intact: "), "{text}");
     let missing = bulwark(dir.path(), &["audit", "verify", "--data-dir", "nowhere"]);
     assert_eq!(code(&missing), 2);
     assert!(

@@ -6,7 +6,11 @@
 //! write transaction (group commit). A batch that must be durable is committed with
 //! `Durability::Immediate` before any of its callers is answered; others ride along
 //! and become durable with the next durable commit. The writer is also the audit
-//! trail's sequencer: it assigns positions and chain hashes in commit order.
+//! trail's sequencer: it assigns positions and keyed chain hashes in commit order, and
+//! after durable commits it signs checkpoints of the chain (see `audit.rs`).
+//!
+//! Opening verifies the trail (keyed hashes and checkpoints) before the budget ledger
+//! is replayed from it: a broken trail is refused unless the operator overrides.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -16,7 +20,9 @@ use std::time::SystemTime;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use crate::audit::{self, AUDIT, AuditEntry, AuditRecord};
+use crate::audit::{
+    self, AUDIT, AuditConfig, AuditEntry, AuditError, AuditKey, AuditRecord, Checkpoint,
+};
 use crate::clock::unix_ms;
 use crate::error::StoreError;
 use crate::guard::Redactor;
@@ -86,6 +92,23 @@ pub(crate) struct Journal {
     tx: mpsc::Sender<Op>,
     db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
     redactor: Arc<OnceLock<Redactor>>,
+    audit: Arc<AuditSetup>,
+}
+
+/// The audit key and where checkpoints go.
+struct AuditSetup {
+    key: AuditKey,
+    key_path: std::path::PathBuf,
+    checkpoint_path: std::path::PathBuf,
+    every: u64,
+}
+
+impl AuditSetup {
+    /// Signs and appends a checkpoint of a durable chain of `len` entries.
+    fn checkpoint(&self, len: u64, head: &str) -> Result<(), AuditError> {
+        let c = Checkpoint::sign(&self.key, len, head.to_string(), unix_ms(SystemTime::now()));
+        audit::checkpoint_append(&self.checkpoint_path, &c)
+    }
 }
 
 /// What was on disk when the journal opened.
@@ -94,45 +117,158 @@ pub(crate) struct Recovered {
 }
 
 impl Journal {
-    /// Opens (or creates) the database and starts the writer.
-    pub fn open(data_dir: &Path) -> Result<(Journal, Recovered), StoreError> {
+    /// Opens (or creates) the database, verifies the audit trail, replays the
+    /// ledger from it and starts the writer.
+    pub fn open(data_dir: &Path, config: &AuditConfig) -> Result<(Journal, Recovered), AuditError> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::from_display)?;
+        let key_path = config.key_path(data_dir);
+        let checkpoint_path = config.checkpoint_path(data_dir);
+        audit::checkpoint_repair(&checkpoint_path)?;
         let db = Database::create(data_dir.join(DB_FILE)).map_err(StoreError::from_display)?;
+        {
+            let txn = db.begin_write().map_err(StoreError::from_display)?;
+            txn.open_table(AUDIT).map_err(StoreError::from_display)?;
+            txn.open_table(KV).map_err(StoreError::from_display)?;
+            txn.commit().map_err(StoreError::from_display)?;
+        }
+        // A key is created only for a trail that has none yet: a keyed trail whose
+        // key is missing (lost, or the configured path forgotten) is refused.
+        let key = match AuditKey::load(&key_path) {
+            Err(AuditError::MissingKey(_))
+                if !audit::is_keyed(&db)? && !checkpoint_path.exists() =>
+            {
+                AuditKey::load_or_create(&key_path)?
+            }
+            other => other?,
+        };
+        // The trail is verified before anything is rebuilt from it.
+        let report = audit::verify_trail(&db, Some(&key), &key_path, &checkpoint_path, None)?;
+        let start_record = match (report.problems.first(), config.accepted_break()) {
+            (Some(p), None) => {
+                return Err(AuditError::Broken {
+                    dir: data_dir.to_path_buf(),
+                    seq: p.seq,
+                    reason: p.reason.clone(),
+                });
+            }
+            (Some(p), Some(why)) => {
+                let disowned: Vec<&str> = report
+                    .problems
+                    .iter()
+                    .filter_map(|p| p.line_digest.as_deref())
+                    .collect();
+                tracing::warn!(entry = p.seq, reason = %p.reason, operator_reason = why,
+                    "starting on a broken audit trail by operator override");
+                Some(AuditRecord::new(
+                    audit::OVERRIDE_KIND,
+                    "operator",
+                    serde_json::json!({
+                        "broken_at": p.seq,
+                        "reason": p.reason,
+                        "operator_reason": why,
+                        "entries": report.entries,
+                        "disowned_checkpoints": disowned,
+                    }),
+                ))
+            }
+            (None, _) if report.entries > 0 && report.legacy_entries == report.entries => {
+                if !config.migrates_legacy() {
+                    return Err(AuditError::Legacy {
+                        dir: data_dir.to_path_buf(),
+                        entries: report.entries,
+                    });
+                }
+                Some(AuditRecord::new(
+                    audit::MIGRATED_KIND,
+                    "runtime",
+                    serde_json::json!({
+                        "from_format": 1,
+                        "to_format": audit::AUDIT_FORMAT,
+                        "legacy_entries": report.legacy_entries,
+                    }),
+                ))
+            }
+            (None, _) => None,
+        };
+
         let txn = db.begin_write().map_err(StoreError::from_display)?;
-        txn.open_table(AUDIT).map_err(StoreError::from_display)?;
-        txn.open_table(KV).map_err(StoreError::from_display)?;
         let ledger = {
-            // The ledger is rebuilt by replaying the commands carried by audit entries.
+            // The ledger is rebuilt by replaying the commands carried by audit entries
+            // (an entry that does not decode can only be here by operator override).
             let audit = txn.open_table(AUDIT).map_err(StoreError::from_display)?;
             let mut state = LedgerState::default();
             for row in audit.iter().map_err(StoreError::from_display)? {
                 let (_, v) = row.map_err(StoreError::from_display)?;
-                let entry: AuditEntry =
-                    serde_json::from_slice(v.value()).map_err(StoreError::from_display)?;
-                if let Some(cmd) = &entry.record.ledger {
+                if let Ok(entry) = serde_json::from_slice::<AuditEntry>(v.value())
+                    && let Some(cmd) = &entry.record.ledger
+                {
                     state.apply(cmd);
                 }
             }
             state
         };
-        let (audit_seq, audit_prev) = audit::head(&txn)?;
+        let (mut audit_seq, mut audit_prev) = audit::head(&txn)?;
+        let wrote_start = start_record.is_some();
+        if let Some(record) = start_record {
+            let entry = AuditEntry::seal(
+                audit_seq,
+                unix_ms(SystemTime::now()),
+                record,
+                audit_prev,
+                &key,
+            );
+            let bytes = serde_json::to_vec(&entry).map_err(StoreError::from_display)?;
+            txn.open_table(AUDIT)
+                .map_err(StoreError::from_display)?
+                .insert(audit_seq, bytes.as_slice())
+                .map_err(StoreError::from_display)?;
+            audit_seq += 1;
+            audit_prev = entry.hash;
+        }
         txn.commit().map_err(StoreError::from_display)?;
         state_check(&ledger)?;
+        let setup = Arc::new(AuditSetup {
+            key,
+            key_path,
+            checkpoint_path,
+            every: config.every(),
+        });
+        let mut checkpointed = report.last_checkpoint.as_ref().map_or(0, |c| c.len);
+        if wrote_start {
+            // The override or migration (committed durably above) is pinned at once.
+            setup.checkpoint(audit_seq, &audit_prev)?;
+            checkpointed = audit_seq;
+        }
 
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Op>();
         let writer_db = db.clone();
         let redactor = Arc::new(OnceLock::new());
         let writer_redactor = redactor.clone();
+        let writer_setup = setup.clone();
         std::thread::Builder::new()
             .name("bulwark-journal".into())
-            .spawn(move || writer(writer_db, rx, audit_seq, audit_prev, writer_redactor))
+            .spawn(move || {
+                writer(
+                    writer_db,
+                    rx,
+                    Chain {
+                        seq: audit_seq,
+                        prev: audit_prev,
+                        checkpointed,
+                        note: None,
+                    },
+                    writer_setup,
+                    writer_redactor,
+                )
+            })
             .map_err(StoreError::from_display)?;
         Ok((
             Journal {
                 tx,
                 db: Arc::new(std::sync::RwLock::new(Some(db))),
                 redactor,
+                audit: setup,
             },
             Recovered { ledger },
         ))
@@ -227,7 +363,19 @@ impl Journal {
     }
 
     pub fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
-        audit::verify_db(&*self.db()?)
+        let db = self.db()?;
+        audit::verify_trail(
+            &db,
+            Some(&self.audit.key),
+            &self.audit.key_path,
+            &self.audit.checkpoint_path,
+            None,
+        )
+        .map(|r| r.verification())
+        .map_err(|e| match e {
+            AuditError::Store(s) => s,
+            other => StoreError::Db(other.to_string()),
+        })
     }
 
     pub fn tail_audit(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -241,11 +389,23 @@ fn state_check(ledger: &LedgerState) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Db(format!("ledger invariant broken on disk: {e}")))
 }
 
+/// The writer's position in the audit chain.
+struct Chain {
+    /// The next entry's position.
+    seq: u64,
+    /// The last entry's hash.
+    prev: String,
+    /// Length covered by the latest checkpoint.
+    checkpointed: u64,
+    /// The record of the latest periodic checkpoint, to seal with the next commit.
+    note: Option<AuditRecord>,
+}
+
 fn writer(
     db: Arc<Database>,
     rx: mpsc::Receiver<Op>,
-    mut audit_seq: u64,
-    mut audit_prev: String,
+    mut chain: Chain,
+    audit: Arc<AuditSetup>,
     redactor: Arc<OnceLock<Redactor>>,
 ) {
     let mut pending: Vec<Request> = Vec::new();
@@ -306,18 +466,36 @@ fn writer(
             Some(e) => Err(e.clone()),
             None if batch.is_empty() && !durable => Ok(()),
             None => {
-                let before = (audit_seq, audit_prev.clone());
-                let r = commit_batch(
-                    &db,
-                    &batch,
-                    durable,
-                    &mut audit_seq,
-                    &mut audit_prev,
-                    redactor.get(),
-                );
-                if let Err(e) = &r {
-                    (audit_seq, audit_prev) = before;
-                    poisoned = Some(format!("an earlier commit failed: {e}"));
+                let before = (chain.seq, chain.prev.clone());
+                let r = commit_batch(&db, &batch, durable, &mut chain, &audit.key, redactor.get());
+                if r.is_ok() {
+                    chain.note = None;
+                }
+                match &r {
+                    Err(e) => {
+                        (chain.seq, chain.prev) = before;
+                        poisoned = Some(format!("an earlier commit failed: {e}"));
+                    }
+                    // Only a durable chain is checkpointed: a crash cannot take back
+                    // what a checkpoint covers.
+                    Ok(()) if durable => {
+                        let due = chain.seq >= chain.checkpointed.saturating_add(audit.every)
+                            || (closing.is_some() && chain.seq > chain.checkpointed);
+                        if due {
+                            match audit.checkpoint(chain.seq, &chain.prev) {
+                                Ok(()) => {
+                                    chain.checkpointed = chain.seq;
+                                    // Recorded in the trail too: deleting the
+                                    // checkpoint file alone is then detected.
+                                    chain.note =
+                                        Some(audit::checkpoint_note(chain.seq, &chain.prev));
+                                }
+                                Err(e) => tracing::error!(error = %e,
+                                    "could not write an audit checkpoint"),
+                            }
+                        }
+                    }
+                    Ok(()) => {}
                 }
                 r
             }
@@ -342,10 +520,16 @@ fn commit_batch(
     db: &Database,
     batch: &[Request],
     durable: bool,
-    audit_seq: &mut u64,
-    audit_prev: &mut String,
+    chain: &mut Chain,
+    key: &AuditKey,
     redactor: Option<&Redactor>,
 ) -> Result<(), String> {
+    let note = chain.note.clone();
+    let Chain {
+        seq: audit_seq,
+        prev: audit_prev,
+        ..
+    } = chain;
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(if durable {
         Durability::Immediate
@@ -355,6 +539,21 @@ fn commit_batch(
     {
         let mut audit = txn.open_table(AUDIT).map_err(|e| e.to_string())?;
         let mut kv = txn.open_table(KV).map_err(|e| e.to_string())?;
+        if let Some(note) = note {
+            let entry = AuditEntry::seal(
+                *audit_seq,
+                unix_ms(SystemTime::now()),
+                note,
+                std::mem::take(audit_prev),
+                key,
+            );
+            let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+            audit
+                .insert(*audit_seq, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            *audit_prev = entry.hash;
+            *audit_seq += 1;
+        }
         for req in batch {
             for record in &req.batch.audit {
                 let mut record = record.clone();
@@ -366,6 +565,7 @@ fn commit_batch(
                     unix_ms(req.at),
                     record,
                     std::mem::take(audit_prev),
+                    key,
                 );
                 let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
                 audit

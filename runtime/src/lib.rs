@@ -4,8 +4,8 @@
 //! This crate owns the agent actors and their bounded reason/act loop, the gate every
 //! tool call passes, supervisors and circuit breakers, the budget ledger, the
 //! deduplication layers, encrypted credentials, the content guards (sanitized
-//! untrusted input, argument provenance, output redaction) and the hash-chained
-//! audit trail. It
+//! untrusted input, argument provenance, output redaction) and the keyed,
+//! hash-chained and checkpointed audit trail. It
 //! makes every security decision through `bulwark-capabilities` and never trusts
 //! what a brain (a model) says.
 //!
@@ -32,7 +32,11 @@ mod tools;
 mod watchdog;
 
 pub use agent::{ActionRecord, AgentStatus, Outcome, Status};
-pub use audit::{AuditEntry, AuditReader, AuditRecord, Verification};
+pub use audit::{
+    AUDIT_FORMAT, AUDIT_KEY_FILE, AcceptedBreak, AuditConfig, AuditEntry, AuditError, AuditKey,
+    AuditProblem, AuditReader, AuditRecord, AuditReport, CHECKPOINT_FILE, CHECKPOINT_KIND,
+    Checkpoint, DEFAULT_CHECKPOINT_EVERY, MIGRATED_KIND, OVERRIDE_KIND, Verification,
+};
 pub use brain::{
     Brain, BrainAction, BrainError, BrainReply, BrainView, ContextItem, OpenAiBrain, OpenAiConfig,
     ScriptedBrain, SpawnRequest, parse_completion,

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::agent::{AgentActor, AgentArgs, AgentMsg, AgentStatus, Outcome, RunScope};
-use crate::audit::{AuditEntry, AuditRecord, Verification};
+use crate::audit::{AuditConfig, AuditEntry, AuditError, AuditRecord, Verification};
 use crate::brain::{Brain, ContextItem, SpawnRequest};
 use crate::breaker::{BreakerPolicy, BreakerState, Breakers};
 use crate::clock::{Clock, SystemClock};
@@ -169,6 +169,7 @@ pub struct RuntimeBuilder {
     model_guard: Option<Arc<dyn Guard>>,
     approvals: Option<ApprovalConfig>,
     max_agents: usize,
+    audit: AuditConfig,
 }
 
 /// Why a runtime could not start.
@@ -184,6 +185,9 @@ pub enum BuildError {
     /// The secrets key could not be loaded.
     #[error(transparent)]
     Secrets(#[from] SecretError),
+    /// The audit trail does not verify, or its key could not be loaded.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The actor system refused.
     #[error("actor system: {0}")]
     Actor(String),
@@ -236,6 +240,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The audit trail's key, checkpoints and start-up checks (where the audit key
+    /// lives, how often checkpoints are signed, the override for a broken trail, the
+    /// migration of an earlier release's trail).
+    pub fn audit(mut self, config: AuditConfig) -> Self {
+        self.audit = config;
+        self
+    }
+
     /// A classifier model that also judges untrusted content before agents see it.
     pub fn model_guard(mut self, guard: Arc<dyn Guard>) -> Self {
         self.model_guard = Some(guard);
@@ -254,7 +266,7 @@ impl RuntimeBuilder {
     pub async fn build(self) -> Result<Runtime, BuildError> {
         let dir = self.data_dir.ok_or(BuildError::Missing("data_dir"))?;
         let root = self.root.ok_or(BuildError::Missing("root_public_key"))?;
-        let (journal, recovered) = Journal::open(&dir)?;
+        let (journal, recovered) = Journal::open(&dir, &self.audit)?;
         let secrets = SecretStore::open(&dir, journal.clone())?;
         let mut guards = Guards::new(self.guard_config, secrets.redaction_key());
         if let Some(model) = self.model_guard {
@@ -362,6 +374,7 @@ impl Runtime {
             approvals: None,
             tenant_budgets: HashMap::new(),
             max_agents: MAX_AGENTS,
+            audit: AuditConfig::default(),
         }
     }
 
