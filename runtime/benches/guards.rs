@@ -13,7 +13,7 @@ mod report;
 use std::hint::black_box;
 use std::time::Duration;
 
-use bulwark_runtime::guard::{Redactor, Sanitizer};
+use bulwark_runtime::guard::{Provenance, Redactor, Sanitizer};
 use criterion::{Criterion, Throughput};
 use report::{median_ns, publish};
 
@@ -96,6 +96,18 @@ fn main() {
             }
         })
     });
+    // What the runtime adds per untrusted message for argument provenance: the text,
+    // its tokens, numbers and identifiers remembered (a fresh record per message, as a
+    // short run sees it).
+    g.bench_function("provenance_messages", |b| {
+        b.iter(|| {
+            for m in &messages {
+                let mut p = Provenance::new();
+                p.observe_untrusted_from(m, "tool read_inbox");
+                black_box(&p);
+            }
+        })
+    });
     g.throughput(Throughput::Bytes(long.len() as u64));
     g.bench_function("sanitize_long_email", |b| {
         b.iter(|| black_box(sanitizer.scan(&long)))
@@ -142,6 +154,12 @@ fn main() {
         "redact_long_email",
         "raw_email_regex_messages",
         long.len(),
+    );
+    table += &row(
+        "Provenance record, corpus messages",
+        "provenance_messages",
+        "raw_email_regex_messages",
+        bytes,
     );
     publish("guards-table.md", &table);
 }
