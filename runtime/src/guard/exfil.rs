@@ -225,11 +225,9 @@ fn lax_host(s: &str, from: usize) -> Option<String> {
     } else {
         hostport.split(':').next().unwrap_or("").to_string()
     };
+    // Whatever it is, it is not a host on the allow list.
     let host = host.trim_end_matches('.').to_lowercase();
-    let plausible = host
-        .chars()
-        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '.' | '_' | '[' | ']' | ':'));
-    (!host.is_empty() && plausible).then_some(host)
+    (!host.is_empty()).then_some(host)
 }
 
 /// Removes markdown backslash escapes (a backslash before ASCII punctuation).
@@ -1439,6 +1437,7 @@ mod tests {
             "![p](https://evil.test/a(b).png)",
             "![p](https://evil%2Etest/p.png)",
             "![p](https://acme.example@evil.test/p.png)",
+            "![p](https://acme.example%40evil.test/p.png)",
             "![p](https://evil\u{3002}test/p.png)",
             "<img src=//evil.test/p.png>",
             "<img src=\"&#47;&#47;evil.test/p.png\">",
