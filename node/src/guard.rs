@@ -35,8 +35,8 @@ pub enum GuardCommand {
     Redact {
         /// The file, or - for standard input.
         input: String,
-        /// Only these kinds (comma-separated): email, phone, national_id, card, iban,
-        /// api_key, private_key. Default: all.
+        /// Only these kinds (comma-separated): email, phone, national_id, passport,
+        /// bank_account, card, iban, api_key, private_key. Default: all.
         #[arg(long, value_delimiter = ',')]
         kinds: Option<Vec<String>>,
         /// Hash under this runtime's key (its data directory), so the marks match its

