@@ -27,6 +27,9 @@ const STRINGS: [&str; 10] = [
 ];
 const N: usize = STRINGS.len();
 
+/// Tool, argument, operator, integer, string and (each, if_present, decimal) picks.
+type ConstraintPick = (usize, usize, usize, i64, usize, (bool, bool, bool));
+
 /// A random narrowing, described independently of any parent so proptest can shrink it.
 #[derive(Debug, Clone)]
 struct Step {
@@ -34,7 +37,7 @@ struct Step {
     tiers: Vec<(usize, usize)>,
     budget_cut: Option<u64>,
     expiry_cut: Option<u64>,
-    constraints: Vec<(usize, usize, usize, i64, usize, (bool, bool, bool))>,
+    constraints: Vec<ConstraintPick>,
 }
 
 fn step() -> impl Strategy<Value = Step> {
