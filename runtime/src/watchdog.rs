@@ -493,6 +493,7 @@ mod tests {
             hours: Some((8, 18)),
             max_per_agent_per_hour: Some(2),
             datalog: vec![r#"check if tool($t), $t != "pay" or arg("currency", "EUR")"#.into()],
+            every_call: BTreeSet::new(),
         }
     }
 
@@ -538,6 +539,186 @@ mod tests {
         assert_eq!(
             r.check(&facts("email", json!({"to": "Bob@ACME.example"}), 9), 0),
             WatchdogVerdict::Pass
+        );
+    }
+
+    fn rejected(r: &WatchdogRules, f: &ProposalFacts) -> String {
+        match r.check(f, 0) {
+            WatchdogVerdict::Reject { rule } => rule,
+            WatchdogVerdict::Pass => panic!("{f:?} passed"),
+        }
+    }
+
+    #[test]
+    fn recipients_are_parsed_every_one_must_be_allowed_and_smuggling_is_refused() {
+        let r = rules();
+        let email = |to: Value| facts("email", json!({ "to": to }), 10);
+        for ok in [
+            json!("bob@acme.example"),
+            json!("BOB@Acme.Example"),
+            json!("cfo@partner.example"),
+            json!(["a@acme.example", "cfo@partner.example"]),
+        ] {
+            assert_eq!(
+                r.check(&email(ok.clone()), 0),
+                WatchdogVerdict::Pass,
+                "{ok}"
+            );
+        }
+        for attack in [
+            json!("attacker@evil.test, bob@acme.example"),
+            json!("attacker@evil.test,bob@acme.example"),
+            json!("attacker@evil.test; bob@acme.example"),
+            json!("bob@acme.example\r\nBcc: attacker@evil.test"),
+            json!("attacker@evil.test\r\nCc: bob@acme.example"),
+            json!("Attacker <attacker@evil.test> bob@acme.example"),
+            json!("Bob <bob@acme.example>"),
+            json!("attacker@evil.test@acme.example"),
+            json!("attacker%evil.test@acme.example"),
+            json!("bob@sub.acme.example"),
+            json!("bob@acme.example "),
+            json!(""),
+            json!(["a@acme.example", "attacker@evil.test"]),
+            json!(["a@acme.example", 5]),
+            json!([]),
+            json!(5),
+            json!({"to": "bob@acme.example"}),
+        ] {
+            let rule = rejected(&r, &email(attack.clone()));
+            assert!(rule.contains("email.to must be one of"), "{attack}: {rule}");
+        }
+        let rule = rejected(&r, &facts("email", json!({"cc": "bob@acme.example"}), 10));
+        assert!(rule.contains("it is missing"), "{rule}");
+    }
+
+    #[test]
+    fn amounts_are_exact_non_negative_decimals_and_a_missing_one_fails_closed() {
+        let r = WatchdogRules {
+            amount_limits: vec![AmountLimit {
+                tool: "pay".into(),
+                arg: "amount".into(),
+                max: 100,
+            }],
+            ..WatchdogRules::default()
+        };
+        let pay = |amount: Value| facts("pay", json!({ "amount": amount }), 10);
+        for ok in [
+            json!(100),
+            json!(0),
+            json!(99.99),
+            json!("100"),
+            json!("100.000000"),
+            json!(100.0),
+        ] {
+            assert_eq!(r.check(&pay(ok.clone()), 0), WatchdogVerdict::Pass, "{ok}");
+        }
+        for bad in [
+            json!(-5),
+            json!(-0.5),
+            json!("-5"),
+            json!(100.5),
+            json!(100.000001),
+            json!("100.01"),
+            json!("1e9"),
+            json!("1e1"),
+            json!(1e300),
+            json!(" 5"),
+            json!("5 "),
+            json!("NaN"),
+            json!("+5"),
+            json!("0x10"),
+            json!("1,000"),
+            json!(i64::MIN),
+            json!(u64::MAX),
+            json!(null),
+            json!(true),
+            json!([5]),
+        ] {
+            let rule = rejected(&r, &pay(bad.clone()));
+            assert!(rule.contains("pay.amount"), "{bad}: {rule}");
+        }
+        let rule = rejected(&r, &facts("pay", json!({"currency": "EUR"}), 10));
+        assert!(rule.contains("pay.amount is required"), "{rule}");
+        let negative = WatchdogRules {
+            amount_limits: vec![AmountLimit {
+                tool: "pay".into(),
+                arg: "amount".into(),
+                max: -1,
+            }],
+            ..WatchdogRules::default()
+        };
+        assert!(negative.validate().is_err());
+        let bad_domain = WatchdogRules {
+            allow_lists: vec![AllowList {
+                tool: "email".into(),
+                arg: "to".into(),
+                allowed: vec!["@acme example".into()],
+            }],
+            ..WatchdogRules::default()
+        };
+        assert!(bad_domain.validate().is_err());
+    }
+
+    #[test]
+    fn a_datalog_rule_past_its_run_limits_is_unevaluated_and_retryable_not_a_pass() {
+        // A legitimate program that derives more facts than the limit allows: the
+        // cross product of 100 numbers.
+        let numbers: String = (0..100).map(|i| format!("n({i});\n")).collect();
+        let heavy = format!("{numbers}pair($x, $y) <- n($x), n($y);\ncheck if pair(0, 0);");
+        let r = WatchdogRules {
+            datalog: vec![heavy.clone()],
+            every_call: ["pay".to_string()].into(),
+            ..WatchdogRules::default()
+        };
+        r.validate().unwrap();
+        let f = facts("pay", json!({"amount": 5}), 10);
+        let failure = datalog_check(&heavy, &f).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                RuleFailure::Unevaluated {
+                    limit: DatalogLimit::Facts(_),
+                    ..
+                }
+            ),
+            "{failure:?}"
+        );
+        assert!(failure.is_retryable());
+        let rule = rejected(&r, &f);
+        assert!(
+            rule.contains("could not be evaluated") && rule.contains("retry"),
+            "{rule}"
+        );
+        let got = r.check_call("ap", "pay", &json!({"amount": 5}), std::time::UNIX_EPOCH);
+        assert!(
+            got.as_ref().is_err_and(RuleFailure::is_retryable),
+            "{got:?}"
+        );
+        // The same shape within the limits passes, and a failing rule is a plain,
+        // non-retryable failure.
+        let light = "n(0); n(1); pair($x, $y) <- n($x), n($y); check if pair(0, 1);";
+        assert_eq!(datalog_check(light, &f), Ok(()));
+        let failing = datalog_check("check if pair(7, 7);", &f).unwrap_err();
+        assert!(!failing.is_retryable(), "{failing}");
+    }
+
+    #[test]
+    fn check_call_covers_only_the_listed_tools() {
+        let mut r = rules();
+        r.hours = None;
+        let bad = json!({"to": "attacker@evil.test, bob@acme.example"});
+        let now = std::time::UNIX_EPOCH;
+        assert_eq!(r.check_call("ap", "email", &bad, now), Ok(()));
+        r.every_call.insert("email".into());
+        let failure = r.check_call("ap", "email", &bad, now).unwrap_err();
+        assert!(!failure.is_retryable());
+        assert!(
+            failure.to_string().contains("email.to must be one of"),
+            "{failure}"
+        );
+        assert_eq!(
+            r.check_call("ap", "email", &json!({"to": "bob@acme.example"}), now),
+            Ok(())
         );
     }
 
