@@ -225,10 +225,13 @@ impl WatchdogRules {
             let cap = Amount::from_units(limit.max).map_or(-1, Amount::micros);
             match amount_of(v) {
                 Some(n) if n.micros() <= cap => {}
-                Some(n) => {
+                Some(_) => {
                     return reject(format!(
-                        "{}.{} must be at most {} (got {n})",
-                        limit.tool, limit.arg, limit.max
+                        "{}.{} must be at most {} (got {})",
+                        limit.tool,
+                        limit.arg,
+                        limit.max,
+                        shown(v)
                     ));
                 }
                 None => {
