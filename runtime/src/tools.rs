@@ -388,3 +388,41 @@ pub(crate) fn to_capability_args(args: &Value) -> Args {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_capabilities::Constraint;
+    use serde_json::json;
+
+    #[test]
+    fn json_lists_reach_each_constraints_as_lists_and_other_shapes_stay_text() {
+        let args = to_capability_args(&json!({
+            "to": ["a@acme.example", "b@acme.example"],
+            "bad": ["a@acme.example", "x@evil.test"],
+            "mixed": ["a", 1],
+            "nested": [["a@acme.example"]],
+            "amount": 100.5,
+        }));
+        assert_eq!(
+            args["to"],
+            ArgValue::List(vec!["a@acme.example".into(), "b@acme.example".into()])
+        );
+        assert_eq!(args["mixed"], ArgValue::List(vec!["a".into(), 1.into()]));
+        assert_eq!(
+            args["nested"],
+            ArgValue::Str(r#"[["a@acme.example"]]"#.into())
+        );
+        assert_eq!(args["amount"], ArgValue::Str("100.5".into()));
+        let each = |arg: &str| {
+            format!("t.{arg} each ends_with @acme.example")
+                .parse::<Constraint>()
+                .unwrap()
+        };
+        assert!(each("to").allows(&args));
+        assert!(!each("bad").allows(&args));
+        assert!(!each("nested").allows(&args));
+        let amount: Constraint = "t.amount le 100.50".parse().unwrap();
+        assert!(amount.allows(&args));
+    }
+}
