@@ -5,16 +5,17 @@
 //! verified block specs directly (the fast path a long-lived agent uses on every call).
 //! Property tests hold them equal. Both fail closed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use biscuit_auth::builder;
-use biscuit_auth::error::{FailedCheck, Logic, MatchedPolicy, Token as BiscuitError};
+use biscuit_auth::builder::{self, Term};
+use biscuit_auth::error::{FailedCheck, Logic, MatchedPolicy, RunLimit, Token as BiscuitError};
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits};
 
-use crate::args::{ArgValue, Args, Constraint};
+use crate::args::{Args, Constraint, Kind};
 use crate::error::ParseError;
-use crate::spec::{BlockCheck, rfc3339, unix_secs};
+use crate::spec::{BlockCheck, rfc3339, term, unix_secs};
 use crate::{MicroUsd, Tier, Token};
 
 /// One tool call as the capability layer sees it.
@@ -127,9 +128,115 @@ pub enum Denial {
     /// The replay guard is full; requests are refused until old nonces age out.
     #[error("too many recent requests to check for replays; try again shortly")]
     ReplayCacheFull,
-    /// The token's policy could not be evaluated (e.g. Datalog limits): denied.
+    /// The token's policy could not be evaluated (a malformed evaluation): denied.
     #[error("the token's policy could not be evaluated: {0}")]
     Evaluation(String),
+    /// No decision was reached: evaluating the policy ran into a Datalog run limit
+    /// (time, facts or iterations), e.g. on an overloaded machine. This is not a
+    /// verdict on the request; it may be retried ([`Denial::is_retryable`]).
+    #[error(
+        "no decision: evaluating the policy exceeded the Datalog {limit} limit; this is not a denial of the request, retry it"
+    )]
+    LimitReached {
+        /// The limit that was reached.
+        limit: DatalogLimit,
+    },
+}
+
+impl Denial {
+    /// Whether the same request may succeed when retried: true only when no decision
+    /// was reached ([`Denial::LimitReached`]); every real denial stays a denial.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Denial::LimitReached { .. })
+    }
+}
+
+/// Bounds on one Datalog evaluation. Biscuit's own default allows 1 ms, which a busy
+/// machine exceeds on honest requests; every evaluation in Bulwark sets these
+/// explicitly instead, and reaching one is reported as [`Denial::LimitReached`] (or
+/// the caller's equivalent), never as a denial or a panic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatalogLimits {
+    /// Most facts the evaluation may hold.
+    pub max_facts: u64,
+    /// Most rounds of rule application.
+    pub max_iterations: u64,
+    /// Longest wall-clock time the evaluation may take.
+    pub max_time: Duration,
+}
+
+impl DatalogLimits {
+    /// The limits of every evaluation: 8192 facts (a token of at most
+    /// [`crate::MAX_TOKEN_BYTES`] holds far fewer), 100 iterations (Bulwark's blocks
+    /// carry no rules; operators' watchdog rules get room to derive), and 500 ms, two
+    /// orders of magnitude above an honest evaluation on a loaded machine.
+    pub const DEFAULT: DatalogLimits = DatalogLimits {
+        max_facts: 8192,
+        max_iterations: 100,
+        max_time: Duration::from_millis(500),
+    };
+
+    /// The limits as biscuit's authorizer takes them.
+    pub fn to_biscuit(self) -> AuthorizerLimits {
+        AuthorizerLimits {
+            max_facts: self.max_facts,
+            max_iterations: self.max_iterations,
+            max_time: self.max_time,
+        }
+    }
+
+    /// The limit a biscuit error reports reaching, if it is a run-limit error.
+    pub fn reached(self, error: &BiscuitError) -> Option<DatalogLimit> {
+        match error {
+            BiscuitError::RunLimit(RunLimit::Timeout) => Some(DatalogLimit::Time(self.max_time)),
+            BiscuitError::RunLimit(RunLimit::TooManyFacts) => {
+                Some(DatalogLimit::Facts(self.max_facts))
+            }
+            BiscuitError::RunLimit(RunLimit::TooManyIterations) => {
+                Some(DatalogLimit::Iterations(self.max_iterations))
+            }
+            _ => None,
+        }
+    }
+
+    /// The default limits with room for the facts of `request`'s arguments, so an
+    /// honest request of any size never reaches the facts limit.
+    fn for_request(request: &Request) -> Self {
+        let per_arg = 2 * Kind::ALL.len() as u64;
+        DatalogLimits {
+            max_facts: Self::DEFAULT
+                .max_facts
+                .saturating_add(per_arg.saturating_mul(request.args.len() as u64)),
+            ..Self::DEFAULT
+        }
+    }
+}
+
+impl Default for DatalogLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Which Datalog run limit an evaluation reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatalogLimit {
+    /// The time limit.
+    Time(Duration),
+    /// The facts limit.
+    Facts(u64),
+    /// The iterations limit.
+    Iterations(u64),
+}
+
+impl fmt::Display for DatalogLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatalogLimit::Time(t) => write!(f, "time ({} ms)", t.as_millis()),
+            DatalogLimit::Facts(n) => write!(f, "facts ({n})"),
+            DatalogLimit::Iterations(n) => write!(f, "iterations ({n})"),
+        }
+    }
 }
 
 /// A set of revoked block ids.
@@ -180,16 +287,6 @@ impl Revocations {
     }
 }
 
-/// Datalog limits for authorization: generous for Bulwark's rule-free tokens, and
-/// finite whatever a token contains.
-fn limits() -> AuthorizerLimits {
-    AuthorizerLimits {
-        max_facts: 2_000,
-        max_iterations: 100,
-        max_time: Duration::from_millis(250),
-    }
-}
-
 impl Token {
     /// Authorizes `request` with the compiled policy of this verified token.
     pub fn authorize(
@@ -226,16 +323,31 @@ impl Token {
     }
 
     /// Authorizes `request` by running the token's Datalog in biscuit's authorizer.
-    /// Slower than [`Token::authorize`], and the reference it is tested against.
+    /// Slower than [`Token::authorize`], and the reference it is tested against. Runs
+    /// under [`DatalogLimits::DEFAULT`] (with room for the request's facts).
     pub fn authorize_datalog(
         &self,
         request: &Request,
         revoked: &Revocations,
     ) -> Result<Authorized, Denial> {
+        self.authorize_datalog_with(request, revoked, DatalogLimits::for_request(request))
+    }
+
+    /// [`Token::authorize_datalog`] under explicit limits. Reaching one gives
+    /// [`Denial::LimitReached`]: no decision, retryable.
+    pub fn authorize_datalog_with(
+        &self,
+        request: &Request,
+        revoked: &Revocations,
+        limits: DatalogLimits,
+    ) -> Result<Authorized, Denial> {
         self.precheck(request, revoked)?;
-        let eval = |e: BiscuitError| Denial::Evaluation(e.to_string());
+        let eval = |e: BiscuitError| match limits.reached(&e) {
+            Some(limit) => Denial::LimitReached { limit },
+            None => Denial::Evaluation(e.to_string()),
+        };
         let mut b = AuthorizerBuilder::new()
-            .set_limits(limits())
+            .set_limits(limits.to_biscuit())
             .fact(builder::fact("time", &[builder::date(&request.time)]))
             .and_then(|b| {
                 b.fact(builder::fact(
@@ -244,15 +356,36 @@ impl Token {
                 ))
             })
             .map_err(eval)?;
+        // Each argument under every view a constraint may read it through (the same
+        // views the compiled matcher uses), and the set of names passed.
+        let mut names = BTreeSet::new();
         for (name, value) in &request.args {
-            let (pred, term) = match value {
-                ArgValue::Int(i) => ("arg_int", builder::int(*i)),
-                ArgValue::Str(s) => ("arg_str", builder::string(s)),
-            };
-            b = b
-                .fact(builder::fact(pred, &[builder::string(name), term]))
-                .map_err(eval)?;
+            names.insert(builder::string(name));
+            for kind in Kind::ALL {
+                if let Some(v) = kind.view(value) {
+                    b = b
+                        .fact(builder::fact(
+                            kind.scalar_predicate(),
+                            &[builder::string(name), term(&v)],
+                        ))
+                        .map_err(eval)?;
+                }
+                if let Some(items) = kind.view_list(value) {
+                    b = b
+                        .fact(builder::fact(
+                            kind.list_predicate(),
+                            &[
+                                builder::string(name),
+                                Term::Array(items.iter().map(term).collect()),
+                            ],
+                        ))
+                        .map_err(eval)?;
+                }
+            }
         }
+        b = b
+            .fact(builder::fact("args", &[builder::set(names)]))
+            .map_err(eval)?;
         let mut authorizer = b
             .policy("allow if operation($op), tool($op, $tier)")
             .and_then(|b| b.policy("deny if true"))

@@ -61,6 +61,14 @@ pub enum ParseError {
         /// Why.
         reason: String,
     },
+    /// Not a decimal amount (see [`crate::Amount`]).
+    #[error("`{input}` is not an amount: {reason}")]
+    Amount {
+        /// The text.
+        input: String,
+        /// Why.
+        reason: String,
+    },
     /// A name with characters or a length a token does not accept.
     #[error("invalid {kind} name `{name}`: use 1 to 128 ASCII letters, digits and _ - . : @ /")]
     Name {

@@ -28,10 +28,10 @@ mod token;
 
 pub use approval::{Approval, DECISION_VALIDITY_SECS, Decision, DecisionKind};
 pub use args::{
-    ArgValue, Args, Constraint, ConstraintValue, MAX_NAME_BYTES, MAX_VALUE_BYTES, Op, args_hash,
-    validate_name,
+    Amount, ArgValue, Args, Constraint, ConstraintValue, MAX_AMOUNT_UNITS, MAX_LIST_LEN,
+    MAX_NAME_BYTES, MAX_VALUE_BYTES, Op, args_hash, is_plain_address, validate_name,
 };
-pub use authorize::{Authorized, Denial, Request, Revocations};
+pub use authorize::{Authorized, DatalogLimit, DatalogLimits, Denial, Request, Revocations};
 pub use error::{ApprovalError, AttenuateError, KeyError, ParseError, TokenError};
 pub use holder::{ReplayGuard, SignedRequest};
 pub use keys::{KeyPair, PublicKey};

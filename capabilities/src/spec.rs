@@ -14,7 +14,7 @@ use biscuit_auth::BlockBuilder;
 use biscuit_auth::builder::{self, Check, CheckKind, Rule, Term};
 use serde::{Deserialize, Serialize};
 
-use crate::args::{ArgValue, Constraint, ConstraintValue, Op, validate_name};
+use crate::args::{ArgValue, Constraint, ConstraintValue, Kind, Op, Scalar, validate_name};
 use crate::error::{ParseError, TokenError};
 use crate::{MicroUsd, PublicKey, Tier};
 
@@ -438,6 +438,15 @@ impl Source {
         match v {
             ArgValue::Int(i) => self.int(*i),
             ArgValue::Str(s) => self.str(s),
+            // Validation keeps lists out of constraint values.
+            ArgValue::List(_) => self.raw("[]"),
+        }
+    }
+
+    fn scalar(&mut self, v: &Scalar<'_>) -> &mut Self {
+        match v {
+            Scalar::Int(i) => self.int(*i),
+            Scalar::Str(s) => self.str(s),
         }
     }
 
@@ -534,11 +543,12 @@ impl Attenuation {
                 }
                 BlockCheck::Constraint(c) => {
                     s.raw("check if operation($op), $op != ").str(&c.tool);
-                    match &c.value {
-                        ConstraintValue::Many(values) => {
+                    let kind = c.kind();
+                    match (&c.value, c.each) {
+                        (ConstraintValue::Many(values), false) => {
                             for v in values {
                                 s.raw(" or ")
-                                    .raw(arg_predicate(v))
+                                    .raw(kind.scalar_predicate())
                                     .raw("(")
                                     .str(&c.arg)
                                     .raw(", ")
@@ -546,29 +556,43 @@ impl Attenuation {
                                     .raw(")");
                             }
                         }
-                        ConstraintValue::One(v) => {
-                            s.raw(" or ")
-                                .raw(arg_predicate(v))
-                                .raw("(")
-                                .str(&c.arg)
-                                .raw(", $value), ");
-                            let (before, after) = match c.op {
-                                Op::Eq => ("$value == ", ""),
-                                Op::Ne => ("$value != ", ""),
-                                Op::StartsWith => ("$value.starts_with(", ")"),
-                                Op::EndsWith => ("$value.ends_with(", ")"),
-                                Op::Le => ("$value <= ", ""),
-                                Op::Lt => ("$value < ", ""),
-                                Op::Ge => ("$value >= ", ""),
-                                Op::Gt => ("$value > ", ""),
-                                Op::In => ("false", ""),
+                        (_, each) => {
+                            let pred = if each {
+                                kind.list_predicate()
+                            } else {
+                                kind.scalar_predicate()
                             };
+                            s.raw(" or ").raw(pred).raw("(").str(&c.arg);
+                            let (before, after) = test_source(c.op);
+                            if each {
+                                s.raw(", $list), $list.all($value -> ");
+                            } else {
+                                s.raw(", $value), ");
+                            }
                             s.raw(before);
-                            if c.op != Op::In {
-                                s.value(v);
+                            let wants = c.wants();
+                            if c.op == Op::In {
+                                s.raw("[");
+                                for (i, w) in wants.iter().enumerate() {
+                                    if i > 0 {
+                                        s.raw(", ");
+                                    }
+                                    s.scalar(w);
+                                }
+                                s.raw("]");
+                            } else if let Some(w) = wants.first() {
+                                s.scalar(w);
                             }
                             s.raw(after);
+                            if each {
+                                s.raw(")");
+                            }
                         }
+                    }
+                    if c.if_present {
+                        s.raw(" or args($names), !$names.contains(")
+                            .str(&c.arg)
+                            .raw(")");
                     }
                     s.raw(";\n");
                 }
@@ -593,10 +617,30 @@ struct Templates {
     nothing: Check,
     operation_is: Rule,
     operation_is_not: Rule,
-    /// `arg_{str,int}(arg, $value), TEST`, indexed by [`Op`] order and predicate.
-    arg_tests: HashMap<(&'static str, Op), Rule>,
-    /// `arg_{str,int}(arg, value)`: one alternative of an `in` list.
-    arg_is: HashMap<&'static str, Rule>,
+    /// `PRED(arg, $value), TEST` and `PREDS(arg, $list), $list.all($value -> TEST)`,
+    /// by kind, operator and whether the constraint is over a list.
+    arg_tests: HashMap<(Kind, Op, bool), Rule>,
+    /// `PRED(arg, value)`: one alternative of an `in` list.
+    arg_is: HashMap<Kind, Rule>,
+    /// `args($names), !$names.contains(arg)`: the argument is absent.
+    arg_absent: Rule,
+}
+
+/// The test of one value against a constraint's operator, split around the value
+/// compared with. `le` and `lt` also require a non-negative value.
+fn test_source(op: Op) -> (&'static str, &'static str) {
+    match op {
+        Op::Eq => ("$value == ", ""),
+        Op::Ne => ("$value != ", ""),
+        Op::StartsWith => ("$value.starts_with(", ")"),
+        Op::NotStartsWith => ("!$value.starts_with(", ")"),
+        Op::EndsWith => ("$value.ends_with(", ")"),
+        Op::Le => ("$value >= 0 && $value <= ", ""),
+        Op::Lt => ("$value >= 0 && $value < ", ""),
+        Op::Ge => ("$value >= ", ""),
+        Op::Gt => ("$value > ", ""),
+        Op::In => ("", ".contains($value)"),
+    }
 }
 
 fn templates() -> &'static Templates {
@@ -609,23 +653,25 @@ fn templates() -> &'static Templates {
             check.queries[0].clone()
         };
         let mut arg_tests = HashMap::new();
-        for pred in ["arg_str", "arg_int"] {
+        for kind in Kind::ALL {
             for op in Op::ALL {
-                let test = match op {
-                    Op::Eq => "$value == {want}",
-                    Op::Ne => "$value != {want}",
-                    Op::StartsWith => "$value.starts_with({want})",
-                    Op::EndsWith => "$value.ends_with({want})",
-                    Op::Le => "$value <= {want}",
-                    Op::Lt => "$value < {want}",
-                    Op::Ge => "$value >= {want}",
-                    Op::Gt => "$value > {want}",
-                    Op::In => continue,
-                };
-                arg_tests.insert(
-                    (pred, op),
-                    rule(&format!("{pred}({{arg}}, $value), {test}")),
-                );
+                let (before, after) = test_source(op);
+                let test = format!("{before}{{want}}{after}");
+                for each in [false, true] {
+                    // A single value's `in` is one alternative per value instead.
+                    if op == Op::In && !each {
+                        continue;
+                    }
+                    let source = if each {
+                        format!(
+                            "{}({{arg}}, $list), $list.all($value -> {test})",
+                            kind.list_predicate()
+                        )
+                    } else {
+                        format!("{}({{arg}}, $value), {test}", kind.scalar_predicate())
+                    };
+                    arg_tests.insert((kind, op, each), rule(&source));
+                }
             }
         }
         Templates {
@@ -634,10 +680,16 @@ fn templates() -> &'static Templates {
             operation_is: rule("operation({tool})"),
             operation_is_not: rule("operation($op), $op != {tool}"),
             arg_tests,
-            arg_is: ["arg_str", "arg_int"]
+            arg_is: Kind::ALL
                 .into_iter()
-                .map(|p| (p, rule(&format!("{p}({{arg}}, {{value}})"))))
+                .map(|k| {
+                    (
+                        k,
+                        rule(&format!("{}({{arg}}, {{value}})", k.scalar_predicate())),
+                    )
+                })
                 .collect(),
+            arg_absent: rule("args($names), !$names.contains({arg})"),
         }
     })
 }
@@ -665,44 +717,54 @@ fn expiry_check(at: u64) -> Result<Check, TokenError> {
     )?]))
 }
 
+/// A Datalog term for one value.
+pub(crate) fn term(v: &Scalar<'_>) -> Term {
+    match v {
+        Scalar::Int(i) => builder::int(*i),
+        Scalar::Str(s) => builder::string(s),
+    }
+}
+
 fn constraint_check(c: &Constraint) -> Result<Check, TokenError> {
     let t = templates();
-    let term = |v: &ArgValue| match v {
-        ArgValue::Int(i) => builder::int(*i),
-        ArgValue::Str(s) => builder::string(s),
-    };
     let arg = builder::string(&c.arg);
-    // Either the call is to another tool, or the argument satisfies the constraint.
+    let kind = c.kind();
+    let wants = c.wants();
+    // Either the call is to another tool, or the argument satisfies the constraint
+    // (or, for an `if_present` constraint, is absent).
     let mut queries = vec![with(
         &t.operation_is_not,
         &[("tool", builder::string(&c.tool))],
     )?];
-    match &c.value {
+    match (&c.value, c.each) {
         // `in` is one alternative per value, for the same reason as the tool list.
-        ConstraintValue::Many(values) => {
-            for v in values {
+        (ConstraintValue::Many(_), false) => {
+            for v in &wants {
                 queries.push(with(
-                    &t.arg_is[arg_predicate(v)],
+                    &t.arg_is[&kind],
                     &[("arg", arg.clone()), ("value", term(v))],
                 )?);
             }
         }
-        ConstraintValue::One(v) => {
-            let template = t.arg_tests.get(&(arg_predicate(v), c.op)).ok_or_else(|| {
-                TokenError::Internal(format!("no template for {} on {v}", c.op.as_str()))
+        (_, each) => {
+            let template = t.arg_tests.get(&(kind, c.op, each)).ok_or_else(|| {
+                TokenError::Internal(format!("no template for {}", c.op.as_str()))
             })?;
-            queries.push(with(template, &[("arg", arg), ("want", term(v))])?);
+            let want = if c.op == Op::In {
+                Term::Array(wants.iter().map(term).collect())
+            } else {
+                wants
+                    .first()
+                    .map(term)
+                    .ok_or_else(|| TokenError::Internal(format!("no value in {c}")))?
+            };
+            queries.push(with(template, &[("arg", arg.clone()), ("want", want)])?);
         }
     }
-    Ok(one_of(queries))
-}
-
-/// The Datalog predicate that carries arguments of `v`'s type.
-pub(crate) fn arg_predicate(v: &ArgValue) -> &'static str {
-    match v {
-        ArgValue::Int(_) => "arg_int",
-        ArgValue::Str(_) => "arg_str",
+    if c.if_present {
+        queries.push(with(&t.arg_absent, &[("arg", arg)])?);
     }
+    Ok(one_of(queries))
 }
 
 pub(crate) fn internal(e: biscuit_auth::error::Token) -> TokenError {

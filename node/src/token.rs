@@ -14,6 +14,10 @@ use clap::{Args, Subcommand};
 
 use crate::Outcome;
 
+/// Exit code of `token check` when no decision was reached (a Datalog run limit on an
+/// overloaded machine): retry. EX_TEMPFAIL in sysexits terms.
+pub const EXIT_RETRY: u8 = 75;
+
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Mint a root token signed by the cluster root key; prints it on stdout.
@@ -22,7 +26,8 @@ pub enum TokenCommand {
     Attenuate(AttenuateArgs),
     /// Show a token's chain of agents and its effective limits.
     Inspect(InspectArgs),
-    /// Decide one request: exit 0 and `allow TIER`, or exit 3 and the reason.
+    /// Decide one request: exit 0 and `allow TIER`, exit 3 and the reason, or exit 75
+    /// when no decision could be reached in time (retry).
     Check(CheckArgs),
     /// Print each block's revocation id (hex), root first.
     RevocationIds {
@@ -89,9 +94,21 @@ pub struct AttenuateArgs {
     #[arg(long)]
     ttl: Option<String>,
     /// A constraint on an argument: 'TOOL.ARG OP VALUE' with OP one of eq, ne,
-    /// starts_with, ends_with, in (a,b,c), le, lt, ge, gt. Repeatable.
+    /// starts_with, not_starts_with, ends_with, in (a,b,c), le, lt, ge, gt. The argument
+    /// must be present. A value with `@` makes it an address rule (one plain address,
+    /// no lists or headers); le/lt/ge/gt take an integer or a decimal amount such as
+    /// 100.50 (exact, non-negative). Write 'TOOL.ARG each OP VALUE' for a list
+    /// argument and 'TOOL.ARG if_present OP VALUE' for an optional one. Repeatable.
     #[arg(long = "require", value_name = "'TOOL.ARG OP VALUE'")]
     requires: Vec<String>,
+    /// Like --require, for a list argument: every element must satisfy the rule.
+    /// Repeatable.
+    #[arg(long = "require-each", value_name = "'TOOL.ARG OP VALUE'")]
+    requires_each: Vec<String>,
+    /// Like --require, but a call that omits the argument passes; one that passes it
+    /// is checked. Repeatable.
+    #[arg(long = "require-if-present", value_name = "'TOOL.ARG OP VALUE'")]
+    requires_if_present: Vec<String>,
     /// An argument whose value must not come from untrusted content (an email, a web
     /// page, another agent): TOOL.ARG. Repeatable.
     #[arg(long = "trusted-arg", value_name = "TOOL.ARG")]
@@ -127,7 +144,8 @@ pub struct CheckArgs {
     /// The tool to call.
     #[arg(long)]
     tool: String,
-    /// An argument: K=V. Integers are integers; quote ("42") to force a string.
+    /// An argument: K=V. Integers are integers; quote ("42") to force a string;
+    /// [a,b] is a list.
     #[arg(long = "arg", value_name = "K=V")]
     args: Vec<String>,
     /// Decide as of this time (RFC 3339) instead of now.
@@ -198,6 +216,12 @@ fn attenuate(a: AttenuateArgs) -> anyhow::Result<Outcome> {
     }
     for r in &a.requires {
         att = att.require(r.parse::<Constraint>()?);
+    }
+    for r in &a.requires_each {
+        att = att.require(r.parse::<Constraint>()?.each());
+    }
+    for r in &a.requires_if_present {
+        att = att.require(r.parse::<Constraint>()?.if_present());
     }
     for t in &a.trusted_args {
         let Some((tool, arg)) = t.split_once('.') else {
@@ -275,6 +299,10 @@ fn check(a: CheckArgs) -> anyhow::Result<Outcome> {
             println!("allow {}", ok.tier);
             println!("budget {}", ok.budget);
             Ok(Outcome::Success)
+        }
+        // No decision (a Datalog run limit under load): not a denial, try again.
+        Err(undecided) if undecided.is_retryable() => {
+            Ok(Outcome::Exit(EXIT_RETRY, undecided.to_string()))
         }
         Err(denial) => Ok(Outcome::Denied(denial.to_string())),
     }

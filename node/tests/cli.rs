@@ -924,3 +924,76 @@ fn attenuate_can_require_trusted_arguments() {
         stderr(&out)
     );
 }
+
+#[test]
+fn attenuate_takes_decimal_list_optional_and_not_starts_with_constraints() {
+    let s = setup();
+    let out = bulwark(
+        s.path(),
+        &[
+            "token",
+            "attenuate",
+            "--token",
+            "planner.tok",
+            "--root-pub",
+            &s.root_pub,
+            "--key",
+            "planner.key",
+            "--agent",
+            "mailer",
+            "--holder",
+            &s.mailer_pub,
+            "--require",
+            "pay.amount le 100.50",
+            "--require",
+            "send_email.subject not_starts_with URGENT",
+            "--require-each",
+            "send_email.cc ends_with @acme.example",
+            "--require-if-present",
+            "send_email.bcc ends_with @acme.example",
+        ],
+    );
+    std::fs::write(s.path().join("narrow.tok"), ok(&out)).expect("write");
+    let check = |tool: &str, args: &[&str]| {
+        let mut argv = vec![
+            "token",
+            "check",
+            "--root-pub",
+            &s.root_pub,
+            "--token",
+            "narrow.tok",
+            "--tool",
+            tool,
+        ];
+        for a in args {
+            argv.push("--arg");
+            argv.push(a);
+        }
+        bulwark(s.path(), &argv)
+    };
+    let honest = ["subject=hello", "cc=[a@acme.example,b@acme.example]"];
+    assert!(ok(&check("send_email", &honest)).starts_with("allow"));
+    let with_bcc = [honest[0], honest[1], "bcc=c@acme.example"];
+    assert!(ok(&check("send_email", &with_bcc)).starts_with("allow"));
+    for attack in [
+        vec!["subject=URGENT wire now", honest[1]],
+        vec![honest[0], "cc=[a@acme.example,x@evil.test]"],
+        vec![honest[0], "cc=a@acme.example"],
+        vec![honest[0], honest[1], "bcc=x@evil.test, b@acme.example"],
+    ] {
+        let out = check("send_email", &attack);
+        assert_eq!(code(&out), 3, "{attack:?}: {}", stderr(&out));
+    }
+    assert!(ok(&check("pay", &["amount=100.50"])).starts_with("allow"));
+    assert!(ok(&check("pay", &["amount=100"])).starts_with("allow"));
+    for attack in ["amount=100.51", "amount=-5", "amount=1e9", "amount= 5"] {
+        let out = check("pay", &[attack]);
+        assert_eq!(code(&out), 3, "{attack}: {}", stderr(&out));
+    }
+    assert_eq!(code(&check("pay", &[])), 3);
+    let shown = ok(&bulwark(
+        s.path(),
+        &["token", "inspect", "narrow.tok", "--root-pub", &s.root_pub],
+    ));
+    assert!(shown.contains("mailer"), "{shown}");
+}

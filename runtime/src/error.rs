@@ -151,6 +151,15 @@ pub enum GateError {
         /// The rule that failed.
         rule: String,
     },
+    /// A watchdog rule covering every call of the tool refused this AUTO or AUTO+ call
+    /// (or could not decide it in time: see [`crate::RuleFailure::is_retryable`]).
+    #[error("denied: the watchdog refused `{tool}`: {failure}")]
+    WatchdogRefused {
+        /// The tool.
+        tool: String,
+        /// The rule that failed.
+        failure: crate::watchdog::RuleFailure,
+    },
     /// The identical action is already waiting for a decision.
     #[error("`{tool}` with these arguments is already proposed and open: proposal {proposal}")]
     ProposalOpen {

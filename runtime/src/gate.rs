@@ -279,7 +279,14 @@ impl Inner {
                     return self.abandon(&proposal, e).await;
                 }
             }
-            Tier::Auto | Tier::AutoPlus => {}
+            // Operator rules that cover every call of the tool, not only proposals.
+            Tier::Auto | Tier::AutoPlus => crate::watchdog::check_every_call(
+                self.approval.as_ref(),
+                &who.agent,
+                tool,
+                args,
+                now,
+            )?,
         }
 
         // Text that leaves through the tool is guarded by its channel's output policy.

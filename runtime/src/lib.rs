@@ -65,4 +65,6 @@ pub use tools::{
     ChannelDedup, OutputArgs, RegisterError, Tool, ToolError, ToolInput, ToolManifest, ToolOutput,
     ToolRegistry, UntrustedPolicy,
 };
-pub use watchdog::{AllowList, AmountLimit, RuleError, WatchdogRules, WatchdogVerdict};
+pub use watchdog::{
+    AllowList, AmountLimit, RuleError, RuleFailure, WatchdogRules, WatchdogVerdict,
+};

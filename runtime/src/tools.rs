@@ -363,12 +363,29 @@ impl ToolRegistry {
     }
 }
 
+/// A JSON list of short strings and integers as a list argument.
+fn list_arg(items: &[Value]) -> Option<ArgValue> {
+    if items.len() > bulwark_capabilities::MAX_LIST_LEN {
+        return None;
+    }
+    items
+        .iter()
+        .map(|item| match item {
+            Value::String(s) if s.len() <= MAX_AUTH_STRING => Some(ArgValue::Str(s.clone())),
+            Value::Number(n) => n.as_i64().map(ArgValue::Int),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(ArgValue::List)
+}
+
 /// Longest string argument passed to authorization as is; longer values take part as
 /// their SHA-256 (constraints on them can then only match exactly).
 const MAX_AUTH_STRING: usize = 4096;
 
 /// The arguments as the capability layer sees them: strings and integers as they are,
-/// anything else as its canonical JSON text.
+/// a list of at most [`bulwark_capabilities::MAX_LIST_LEN`] strings and integers as a
+/// list, anything else as its canonical JSON text.
 pub(crate) fn to_capability_args(args: &Value) -> Args {
     let mut out = Args::new();
     if let Value::Object(map) = args {
@@ -386,10 +403,50 @@ pub(crate) fn to_capability_args(args: &Value) -> Args {
                     Some(i) => ArgValue::Int(i),
                     None => ArgValue::Str(n.to_string()),
                 },
+                Value::Array(items) => list_arg(items)
+                    .unwrap_or_else(|| ArgValue::Str(Value::Array(items.clone()).to_string())),
                 other => ArgValue::Str(other.to_string()),
             };
             out.insert(k.clone(), value);
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_capabilities::Constraint;
+    use serde_json::json;
+
+    #[test]
+    fn json_lists_reach_each_constraints_as_lists_and_other_shapes_stay_text() {
+        let args = to_capability_args(&json!({
+            "to": ["a@acme.example", "b@acme.example"],
+            "bad": ["a@acme.example", "x@evil.test"],
+            "mixed": ["a", 1],
+            "nested": [["a@acme.example"]],
+            "amount": 100.5,
+        }));
+        assert_eq!(
+            args["to"],
+            ArgValue::List(vec!["a@acme.example".into(), "b@acme.example".into()])
+        );
+        assert_eq!(args["mixed"], ArgValue::List(vec!["a".into(), 1.into()]));
+        assert_eq!(
+            args["nested"],
+            ArgValue::Str(r#"[["a@acme.example"]]"#.into())
+        );
+        assert_eq!(args["amount"], ArgValue::Str("100.5".into()));
+        let each = |arg: &str| {
+            format!("t.{arg} each ends_with @acme.example")
+                .parse::<Constraint>()
+                .unwrap()
+        };
+        assert!(each("to").allows(&args));
+        assert!(!each("bad").allows(&args));
+        assert!(!each("nested").allows(&args));
+        let amount: Constraint = "t.amount le 100.50".parse().unwrap();
+        assert!(amount.allows(&args));
+    }
 }

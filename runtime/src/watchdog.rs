@@ -5,11 +5,21 @@
 //! limits, and checks written in Biscuit Datalog over the proposal's facts
 //! (`agent($a)`, `tool($t)`, `arg($name, $value)`, `hour($h)`). A rejection names the
 //! rule that failed. Agents cannot reach the watchdog: the gate calls it, with the
-//! proposal the gate built.
+//! proposal the gate built. For tools the operator lists in
+//! [`WatchdogRules::every_call`], the gate also applies the rules to every AUTO and
+//! AUTO+ call, synchronously, through [`WatchdogRules::check_call`].
+//!
+//! Every rule fails closed: an argument a rule is about must be present; amounts are
+//! exact non-negative decimals ([`Amount`]); a recipient is one plain address
+//! ([`is_plain_address`]) or a list of them, every one of which must be allowed; a
+//! Datalog rule runs under explicit limits ([`DatalogLimits::DEFAULT`]) and one that
+//! cannot finish is reported as such ([`RuleFailure::Unevaluated`]), never passed.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::SystemTime;
 
 use biscuit_auth::builder::AuthorizerBuilder;
+use bulwark_capabilities::{Amount, DatalogLimit, DatalogLimits, is_plain_address};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,20 +29,23 @@ use serde_json::Value;
 pub struct AmountLimit {
     /// The tool.
     pub tool: String,
-    /// The argument.
+    /// The argument: a non-negative integer or decimal (number or string, e.g.
+    /// `100.50`); a call without it, or with anything else, is rejected.
     pub arg: String,
-    /// The largest value allowed.
+    /// The largest value allowed (whole units, non-negative).
     pub max: i64,
 }
 
-/// An allow-list for an address argument: exact addresses or `@domain` suffixes.
+/// An allow-list for an address argument: exact addresses or `@domain` entries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllowList {
     /// The tool.
     pub tool: String,
-    /// The argument.
+    /// The argument: one value or a list of them, every one of which must be allowed;
+    /// a call without it is rejected.
     pub arg: String,
-    /// Allowed values; an entry starting with `@` allows a domain.
+    /// Allowed values, compared without case; an entry starting with `@` allows every
+    /// plain address ([`is_plain_address`]) in exactly that domain.
     pub allowed: Vec<String>,
 }
 
@@ -53,6 +66,10 @@ pub struct WatchdogRules {
     /// Biscuit Datalog checks over the proposal's facts, e.g.
     /// `check if tool("pay"), arg("currency", "EUR") or tool($t), $t != "pay"`.
     pub datalog: Vec<String>,
+    /// Tools whose every call the rules cover, AUTO and AUTO+ included, not only the
+    /// PROPOSE and CONFIRM calls that become proposals. A call at AUTO that fails a
+    /// rule is denied with the rule named. (The per-agent rate counts proposals only.)
+    pub every_call: BTreeSet<String>,
 }
 
 /// What the watchdog decided.
@@ -78,8 +95,40 @@ pub struct RuleError {
     pub reason: String,
 }
 
+/// Why the rules stopped a call.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleFailure {
+    /// A rule failed: the call is refused.
+    #[error("{rule}")]
+    Failed {
+        /// The rule, in words.
+        rule: String,
+    },
+    /// A Datalog rule could not be evaluated within its run limits (e.g. on an
+    /// overloaded machine): no decision was made, so the call is refused now, and the
+    /// same call may pass when retried.
+    #[error(
+        "the rule `{rule}` could not be evaluated within the Datalog {limit} limit: no decision was made; retry"
+    )]
+    Unevaluated {
+        /// The rule.
+        rule: String,
+        /// The limit reached.
+        limit: DatalogLimit,
+    },
+}
+
+impl RuleFailure {
+    /// Whether the same call may pass when retried: only when no decision was made.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RuleFailure::Unevaluated { .. })
+    }
+}
+
 impl WatchdogRules {
-    /// Checks that every Datalog rule parses.
+    /// Checks that every Datalog rule parses, that limits are non-negative and that
+    /// allow-list entries are usable.
     pub fn validate(&self) -> Result<(), RuleError> {
         for rule in &self.datalog {
             AuthorizerBuilder::new().code(rule).map_err(|e| RuleError {
@@ -95,55 +144,132 @@ impl WatchdogRules {
                 reason: "hours are 0–24 and start differs from end".into(),
             });
         }
+        for limit in &self.amount_limits {
+            if Amount::from_units(limit.max).is_none() {
+                return Err(RuleError {
+                    rule: format!("{}.{} at most {}", limit.tool, limit.arg, limit.max),
+                    reason: "an amount limit is a whole number from 0 to 10^12".into(),
+                });
+            }
+        }
+        for list in &self.allow_lists {
+            for entry in &list.allowed {
+                let usable = match entry.strip_prefix('@') {
+                    Some(domain) => is_plain_address(&format!("x@{domain}")),
+                    None => !entry.is_empty(),
+                };
+                if !usable {
+                    return Err(RuleError {
+                        rule: format!("{}.{} allow-list", list.tool, list.arg),
+                        reason: format!(
+                            "`{entry}` is neither a value nor an @domain (e.g. @acme.example)"
+                        ),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
+    /// Whether the rules cover every call of `tool`, not only its proposals.
+    pub fn covers_every_call(&self, tool: &str) -> bool {
+        self.every_call.contains(tool)
+    }
+
+    /// Checks one call of `tool` by `agent` at `now`, synchronously, against every rule
+    /// except the per-agent proposal rate: what the gate calls for AUTO and AUTO+
+    /// calls. A tool not listed in [`WatchdogRules::every_call`] passes untouched.
+    pub fn check_call(
+        &self,
+        agent: &str,
+        tool: &str,
+        args: &Value,
+        now: SystemTime,
+    ) -> Result<(), RuleFailure> {
+        if !self.covers_every_call(tool) {
+            return Ok(());
+        }
+        let at_ms = crate::clock::unix_ms(now);
+        let facts = ProposalFacts {
+            agent: agent.to_string(),
+            tool: tool.to_string(),
+            args: args
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            hour: ((at_ms / 3_600_000) % 24) as u8,
+            at_ms,
+        };
+        self.evaluate(&facts, None)
+    }
+
     fn check(&self, p: &ProposalFacts, recent: usize) -> WatchdogVerdict {
-        let reject = |rule: String| WatchdogVerdict::Reject { rule };
+        match self.evaluate(p, Some(recent)) {
+            Ok(()) => WatchdogVerdict::Pass,
+            Err(failure) => WatchdogVerdict::Reject {
+                rule: failure.to_string(),
+            },
+        }
+    }
+
+    /// Every rule in order; `recent` is the agent's proposals in the past hour, when the
+    /// rate limit applies.
+    fn evaluate(&self, p: &ProposalFacts, recent: Option<usize>) -> Result<(), RuleFailure> {
+        let reject = |rule: String| Err(RuleFailure::Failed { rule });
         for limit in self.amount_limits.iter().filter(|l| l.tool == p.tool) {
-            if let Some(v) = p.args.get(&limit.arg) {
-                let n = v
-                    .as_i64()
-                    .or_else(|| v.as_f64().map(|f| f.ceil() as i64))
-                    .or_else(|| v.as_str().and_then(|s| s.trim().parse::<i64>().ok()));
-                match n {
-                    Some(n) if n <= limit.max => {}
-                    Some(n) => {
-                        return reject(format!(
-                            "{}.{} must be at most {} (got {n})",
-                            limit.tool, limit.arg, limit.max
-                        ));
-                    }
-                    None => {
-                        return reject(format!(
-                            "{}.{} must be a number at most {}",
-                            limit.tool, limit.arg, limit.max
-                        ));
-                    }
+            let Some(v) = p.args.get(&limit.arg) else {
+                return reject(format!(
+                    "{}.{} is required: it must be an amount of at most {}",
+                    limit.tool, limit.arg, limit.max
+                ));
+            };
+            let cap = Amount::from_units(limit.max).map_or(-1, Amount::micros);
+            match amount_of(v) {
+                Some(n) if n.micros() <= cap => {}
+                Some(_) => {
+                    return reject(format!(
+                        "{}.{} must be at most {} (got {})",
+                        limit.tool,
+                        limit.arg,
+                        limit.max,
+                        shown(v)
+                    ));
+                }
+                None => {
+                    return reject(format!(
+                        "{}.{} must be a non-negative number at most {} (got {})",
+                        limit.tool,
+                        limit.arg,
+                        limit.max,
+                        shown(v)
+                    ));
                 }
             }
         }
         for list in self.allow_lists.iter().filter(|l| l.tool == p.tool) {
-            let Some(v) = p.args.get(&list.arg) else {
-                continue;
-            };
-            let value = v.as_str().map(str::to_ascii_lowercase).unwrap_or_default();
-            let ok = list.allowed.iter().any(|a| {
-                let a = a.to_ascii_lowercase();
-                if a.starts_with('@') {
-                    value.ends_with(&a)
-                } else {
-                    value == a
-                }
-            });
-            if !ok {
-                return reject(format!(
-                    "{}.{} must be one of {} (got {:?})",
+            let refused = |detail: String| {
+                reject(format!(
+                    "{}.{} must be one of {} ({detail})",
                     list.tool,
                     list.arg,
                     list.allowed.join(", "),
-                    value
-                ));
+                ))
+            };
+            let Some(v) = p.args.get(&list.arg) else {
+                return refused("it is missing".into());
+            };
+            let values: Option<Vec<&str>> = match v {
+                Value::String(s) => Some(vec![s.as_str()]),
+                Value::Array(items) if !items.is_empty() => {
+                    items.iter().map(Value::as_str).collect()
+                }
+                _ => None,
+            };
+            let Some(values) = values else {
+                return refused(format!("got {}: not a value or a list of them", shown(v)));
+            };
+            if let Some(bad) = values.iter().find(|value| !list.allows(value)) {
+                return refused(format!("got {:?}", truncated(bad)));
             }
         }
         if let Some((start, end)) = self.hours {
@@ -159,7 +285,7 @@ impl WatchdogRules {
                 ));
             }
         }
-        if let Some(max) = self.max_per_agent_per_hour
+        if let (Some(max), Some(recent)) = (self.max_per_agent_per_hour, recent)
             && recent >= max as usize
         {
             return reject(format!(
@@ -168,40 +294,109 @@ impl WatchdogRules {
             ));
         }
         for rule in &self.datalog {
-            if let Err(reason) = datalog_check(rule, p) {
-                return reject(reason);
-            }
+            datalog_check(rule, p)?;
         }
-        WatchdogVerdict::Pass
+        Ok(())
     }
 }
 
-fn datalog_check(rule: &str, p: &ProposalFacts) -> Result<(), String> {
+impl AllowList {
+    /// Whether one value is allowed: equal to an entry (without case), or a plain
+    /// address in an `@domain` entry's exact domain.
+    fn allows(&self, value: &str) -> bool {
+        self.allowed
+            .iter()
+            .any(|entry| match entry.strip_prefix('@') {
+                Some(domain) => {
+                    is_plain_address(value)
+                        && value
+                            .rsplit_once('@')
+                            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+                }
+                None => value.eq_ignore_ascii_case(entry),
+            })
+    }
+}
+
+/// An argument read as an amount: a non-negative JSON integer, or a number or string
+/// whose decimal text is an [`Amount`] (`100.50`); never `-5`, `1e9`, ` 5` or NaN.
+fn amount_of(v: &Value) -> Option<Amount> {
+    match v {
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Amount::from_units(i),
+            // Floats are read from their shortest decimal text, exactly.
+            None => n.to_string().parse().ok(),
+        },
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn shown(v: &Value) -> String {
+    truncated(&v.to_string())
+}
+
+fn truncated(text: &str) -> String {
+    let mut t: String = text.chars().take(80).collect();
+    if t.len() < text.len() {
+        t.push('…');
+    }
+    t
+}
+
+fn datalog_check(rule: &str, p: &ProposalFacts) -> Result<(), RuleFailure> {
     use biscuit_auth::builder::{fact, int, string};
+    let limits = DatalogLimits::DEFAULT;
+    let fail = |e: biscuit_auth::error::Token| match limits.reached(&e) {
+        Some(limit) => RuleFailure::Unevaluated {
+            rule: rule.to_string(),
+            limit,
+        },
+        None => RuleFailure::Failed {
+            rule: format!("the rule `{rule}` failed"),
+        },
+    };
     let mut b = AuthorizerBuilder::new()
+        .set_limits(limits.to_biscuit())
         .fact(fact("agent", &[string(&p.agent)]))
         .and_then(|b| b.fact(fact("tool", &[string(&p.tool)])))
         .and_then(|b| b.fact(fact("hour", &[int(i64::from(p.hour))])))
-        .map_err(|e| format!("{rule}: {e}"))?;
+        .map_err(fail)?;
     for (k, v) in &p.args {
         let term = match v {
             Value::Number(n) if n.is_i64() => int(n.as_i64().unwrap_or_default()),
             Value::String(s) => string(s),
             other => string(&other.to_string()),
         };
-        b = b
-            .fact(fact("arg", &[string(k), term]))
-            .map_err(|e| format!("{rule}: {e}"))?;
+        b = b.fact(fact("arg", &[string(k), term])).map_err(fail)?;
     }
     let mut authorizer = b
         .code(rule)
         .and_then(|b| b.code("allow if true"))
         .and_then(|b| b.build_unauthenticated())
-        .map_err(|e| format!("{rule}: {e}"))?;
-    authorizer
-        .authorize()
-        .map(|_| ())
-        .map_err(|_| format!("the rule `{rule}` failed"))
+        .map_err(fail)?;
+    authorizer.authorize().map(|_| ()).map_err(fail)
+}
+
+/// The gate's check of an AUTO or AUTO+ call: the approval path's rules, when the
+/// tool is one they cover on every call ([`WatchdogRules::every_call`]).
+pub(crate) fn check_every_call(
+    approval: Option<&crate::proposals::ApprovalPath>,
+    agent: &str,
+    tool: &str,
+    args: &Value,
+    now: SystemTime,
+) -> Result<(), crate::error::GateError> {
+    let Some(path) = approval else {
+        return Ok(());
+    };
+    path.config
+        .rules
+        .check_call(agent, tool, args, now)
+        .map_err(|failure| crate::error::GateError::WatchdogRefused {
+            tool: tool.to_string(),
+            failure,
+        })
 }
 
 /// The facts of one proposal the watchdog sees.
@@ -326,6 +521,7 @@ mod tests {
             hours: Some((8, 18)),
             max_per_agent_per_hour: Some(2),
             datalog: vec![r#"check if tool($t), $t != "pay" or arg("currency", "EUR")"#.into()],
+            every_call: BTreeSet::new(),
         }
     }
 
@@ -342,7 +538,7 @@ mod tests {
             ),
             (
                 facts("pay", json!({"amount": "lots", "currency": "EUR"}), 10),
-                "must be a number",
+                "must be a non-negative number",
             ),
             (
                 facts("email", json!({"to": "x@evil.example"}), 10),
@@ -371,6 +567,186 @@ mod tests {
         assert_eq!(
             r.check(&facts("email", json!({"to": "Bob@ACME.example"}), 9), 0),
             WatchdogVerdict::Pass
+        );
+    }
+
+    fn rejected(r: &WatchdogRules, f: &ProposalFacts) -> String {
+        match r.check(f, 0) {
+            WatchdogVerdict::Reject { rule } => rule,
+            WatchdogVerdict::Pass => panic!("{f:?} passed"),
+        }
+    }
+
+    #[test]
+    fn recipients_are_parsed_every_one_must_be_allowed_and_smuggling_is_refused() {
+        let r = rules();
+        let email = |to: Value| facts("email", json!({ "to": to }), 10);
+        for ok in [
+            json!("bob@acme.example"),
+            json!("BOB@Acme.Example"),
+            json!("cfo@partner.example"),
+            json!(["a@acme.example", "cfo@partner.example"]),
+        ] {
+            assert_eq!(
+                r.check(&email(ok.clone()), 0),
+                WatchdogVerdict::Pass,
+                "{ok}"
+            );
+        }
+        for attack in [
+            json!("attacker@evil.test, bob@acme.example"),
+            json!("attacker@evil.test,bob@acme.example"),
+            json!("attacker@evil.test; bob@acme.example"),
+            json!("bob@acme.example\r\nBcc: attacker@evil.test"),
+            json!("attacker@evil.test\r\nCc: bob@acme.example"),
+            json!("Attacker <attacker@evil.test> bob@acme.example"),
+            json!("Bob <bob@acme.example>"),
+            json!("attacker@evil.test@acme.example"),
+            json!("attacker%evil.test@acme.example"),
+            json!("bob@sub.acme.example"),
+            json!("bob@acme.example "),
+            json!(""),
+            json!(["a@acme.example", "attacker@evil.test"]),
+            json!(["a@acme.example", 5]),
+            json!([]),
+            json!(5),
+            json!({"to": "bob@acme.example"}),
+        ] {
+            let rule = rejected(&r, &email(attack.clone()));
+            assert!(rule.contains("email.to must be one of"), "{attack}: {rule}");
+        }
+        let rule = rejected(&r, &facts("email", json!({"cc": "bob@acme.example"}), 10));
+        assert!(rule.contains("it is missing"), "{rule}");
+    }
+
+    #[test]
+    fn amounts_are_exact_non_negative_decimals_and_a_missing_one_fails_closed() {
+        let r = WatchdogRules {
+            amount_limits: vec![AmountLimit {
+                tool: "pay".into(),
+                arg: "amount".into(),
+                max: 100,
+            }],
+            ..WatchdogRules::default()
+        };
+        let pay = |amount: Value| facts("pay", json!({ "amount": amount }), 10);
+        for ok in [
+            json!(100),
+            json!(0),
+            json!(99.99),
+            json!("100"),
+            json!("100.000000"),
+            json!(100.0),
+        ] {
+            assert_eq!(r.check(&pay(ok.clone()), 0), WatchdogVerdict::Pass, "{ok}");
+        }
+        for bad in [
+            json!(-5),
+            json!(-0.5),
+            json!("-5"),
+            json!(100.5),
+            json!(100.000001),
+            json!("100.01"),
+            json!("1e9"),
+            json!("1e1"),
+            json!(1e300),
+            json!(" 5"),
+            json!("5 "),
+            json!("NaN"),
+            json!("+5"),
+            json!("0x10"),
+            json!("1,000"),
+            json!(i64::MIN),
+            json!(u64::MAX),
+            json!(null),
+            json!(true),
+            json!([5]),
+        ] {
+            let rule = rejected(&r, &pay(bad.clone()));
+            assert!(rule.contains("pay.amount"), "{bad}: {rule}");
+        }
+        let rule = rejected(&r, &facts("pay", json!({"currency": "EUR"}), 10));
+        assert!(rule.contains("pay.amount is required"), "{rule}");
+        let negative = WatchdogRules {
+            amount_limits: vec![AmountLimit {
+                tool: "pay".into(),
+                arg: "amount".into(),
+                max: -1,
+            }],
+            ..WatchdogRules::default()
+        };
+        assert!(negative.validate().is_err());
+        let bad_domain = WatchdogRules {
+            allow_lists: vec![AllowList {
+                tool: "email".into(),
+                arg: "to".into(),
+                allowed: vec!["@acme example".into()],
+            }],
+            ..WatchdogRules::default()
+        };
+        assert!(bad_domain.validate().is_err());
+    }
+
+    #[test]
+    fn a_datalog_rule_past_its_run_limits_is_unevaluated_and_retryable_not_a_pass() {
+        // A legitimate program that derives more facts than the limit allows: the
+        // cross product of 100 numbers.
+        let numbers: String = (0..100).map(|i| format!("n({i});\n")).collect();
+        let heavy = format!("{numbers}pair($x, $y) <- n($x), n($y);\ncheck if pair(0, 0);");
+        let r = WatchdogRules {
+            datalog: vec![heavy.clone()],
+            every_call: ["pay".to_string()].into(),
+            ..WatchdogRules::default()
+        };
+        r.validate().unwrap();
+        let f = facts("pay", json!({"amount": 5}), 10);
+        let failure = datalog_check(&heavy, &f).unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                RuleFailure::Unevaluated {
+                    limit: DatalogLimit::Facts(_),
+                    ..
+                }
+            ),
+            "{failure:?}"
+        );
+        assert!(failure.is_retryable());
+        let rule = rejected(&r, &f);
+        assert!(
+            rule.contains("could not be evaluated") && rule.contains("retry"),
+            "{rule}"
+        );
+        let got = r.check_call("ap", "pay", &json!({"amount": 5}), std::time::UNIX_EPOCH);
+        assert!(
+            got.as_ref().is_err_and(RuleFailure::is_retryable),
+            "{got:?}"
+        );
+        // The same shape within the limits passes, and a failing rule is a plain,
+        // non-retryable failure.
+        let light = "n(0); n(1); pair($x, $y) <- n($x), n($y); check if pair(0, 1);";
+        assert_eq!(datalog_check(light, &f), Ok(()));
+        let failing = datalog_check("check if pair(7, 7);", &f).unwrap_err();
+        assert!(!failing.is_retryable(), "{failing}");
+    }
+
+    #[test]
+    fn check_call_covers_only_the_listed_tools() {
+        let mut r = rules();
+        r.hours = None;
+        let bad = json!({"to": "attacker@evil.test, bob@acme.example"});
+        let now = std::time::UNIX_EPOCH;
+        assert_eq!(r.check_call("ap", "email", &bad, now), Ok(()));
+        r.every_call.insert("email".into());
+        let failure = r.check_call("ap", "email", &bad, now).unwrap_err();
+        assert!(!failure.is_retryable());
+        assert!(
+            failure.to_string().contains("email.to must be one of"),
+            "{failure}"
+        );
+        assert_eq!(
+            r.check_call("ap", "email", &json!({"to": "bob@acme.example"}), now),
+            Ok(())
         );
     }
 

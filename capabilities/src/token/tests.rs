@@ -281,7 +281,27 @@ fn the_direct_source_equals_biscuits_printing_of_the_built_block() {
         .require("send_email.subject eq hello".parse().unwrap())
         .require("send_email.subject ne bye".parse().unwrap())
         .require("pay.amount le 100".parse().unwrap())
-        .require("pay.amount lt -100".parse().unwrap())
+        .require("pay.amount lt 1000".parse().unwrap())
+        .require("pay.amount le 100.50".parse().unwrap())
+        .require("pay.amount if_present gt 0.5".parse().unwrap())
+        .require("pay.ref not_starts_with internal-".parse().unwrap())
+        .require(
+            "send_email.cc each if_present ends_with @acme.example"
+                .parse()
+                .unwrap(),
+        )
+        .require(
+            "send_email.cc each in a@acme.example,b@acme.example"
+                .parse()
+                .unwrap(),
+        )
+        .require(
+            "send_email.to in a@acme.example,b@acme.example"
+                .parse()
+                .unwrap(),
+        )
+        .require("pay.amounts each lt 7.25".parse().unwrap())
+        .require("pay.codes each ne 3".parse().unwrap())
         .require("pay.amount ge 0".parse().unwrap())
         .require("pay.amount gt 1".parse().unwrap())
         .require("pay.amount eq 7".parse().unwrap())

@@ -363,7 +363,7 @@ fn denials_name_the_failed_check_in_plain_words() {
     let cases = [
         (
             request("mailer", "send_email", &[("to", "eve@evil.example".into())]),
-            "argument `to` of `send_email` must end with \"@acme.example\" (set when delegating to `mailer`); got \"eve@evil.example\"",
+            "argument `to` of `send_email` must end with \"@acme.example\" (one plain email address) (set when delegating to `mailer`); got \"eve@evil.example\"",
         ),
         (
             request("mailer", "pay", &[]),

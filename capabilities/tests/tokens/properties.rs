@@ -5,15 +5,30 @@
 use std::time::Duration;
 
 use bulwark_capabilities::{
-    ArgValue, Args, Attenuation, Constraint, ConstraintValue, KeyPair, MicroUsd, Op, Request,
-    Revocations, Tier, Token,
+    Amount, ArgValue, Args, Attenuation, Constraint, ConstraintValue, KeyPair, MicroUsd, Op,
+    Request, Revocations, Tier, Token,
 };
 use proptest::prelude::*;
 
 use crate::{fixture, now};
 
 const TOOLS: [&str; 4] = ["read_inbox", "send_email", "pay", "delete_db"];
-const STRINGS: [&str; 5] = ["a@acme.example", "b@evil.example", "EUR", "USD", ""];
+const STRINGS: [&str; 10] = [
+    "a@acme.example",
+    "b@evil.example",
+    "EUR",
+    "USD",
+    "",
+    "b@evil.example, a@acme.example",
+    "a@acme.example\r\nBcc: b@evil.example",
+    "12.5",
+    "-3",
+    "1e9",
+];
+const N: usize = STRINGS.len();
+
+/// Tool, argument, operator, integer, string and (each, if_present, decimal) picks.
+type ConstraintPick = (usize, usize, usize, i64, usize, (bool, bool, bool));
 
 /// A random narrowing, described independently of any parent so proptest can shrink it.
 #[derive(Debug, Clone)]
@@ -22,7 +37,7 @@ struct Step {
     tiers: Vec<(usize, usize)>,
     budget_cut: Option<u64>,
     expiry_cut: Option<u64>,
-    constraints: Vec<(usize, usize, usize, i64, usize)>,
+    constraints: Vec<ConstraintPick>,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -32,7 +47,14 @@ fn step() -> impl Strategy<Value = Step> {
         proptest::option::of(0..100u64),
         proptest::option::of(0..4000u64),
         proptest::collection::vec(
-            (0..4usize, 0..3usize, 0..9usize, -5..200i64, 0..5usize),
+            (
+                0..4usize,
+                0..3usize,
+                0..Op::ALL.len(),
+                0..200i64,
+                0..N,
+                (any::<bool>(), any::<bool>(), any::<bool>()),
+            ),
             0..3,
         ),
     )
@@ -77,17 +99,30 @@ fn narrowing(parent: &Token, step: &Step, agent: String, holder: &KeyPair) -> At
     if let Some(cut) = step.expiry_cut {
         att = att.expires_at(parent.expires_at() - Duration::from_secs(cut));
     }
-    for &(tool, arg, op, int, s) in &step.constraints {
+    for &(tool, arg, op, int, s, (each, if_present, decimal)) in &step.constraints {
         let name = TOOLS[tool];
         if !kept.iter().any(|k| k == name) {
             continue;
         }
         let op = Op::ALL[op];
         let value = match op {
-            Op::In => ConstraintValue::Many(vec![STRINGS[s].into(), STRINGS[(s + 1) % 5].into()]),
-            Op::StartsWith | Op::EndsWith => {
-                ConstraintValue::One(STRINGS[s][..STRINGS[s].len().min(2)].into())
+            Op::In => ConstraintValue::Many(vec![STRINGS[s].into(), STRINGS[(s + 1) % N].into()]),
+            Op::StartsWith | Op::EndsWith | Op::NotStartsWith => {
+                let text = STRINGS[s];
+                // A prefix of the start or a suffix of the end, by whole characters.
+                let cut: String = if op == Op::EndsWith {
+                    let n = text.chars().count();
+                    text.chars()
+                        .skip(n.saturating_sub(int as usize % 16))
+                        .collect()
+                } else {
+                    text.chars().take(int as usize % 16).collect()
+                };
+                ConstraintValue::One(cut.into())
             }
+            Op::Le | Op::Lt | Op::Ge | Op::Gt if decimal => ConstraintValue::Amount {
+                amount: Amount::from_micros(int * 250_000).unwrap(),
+            },
             Op::Le | Op::Lt | Op::Ge | Op::Gt => ConstraintValue::One(ArgValue::Int(int)),
             Op::Eq | Op::Ne => {
                 if int % 2 == 0 {
@@ -97,7 +132,10 @@ fn narrowing(parent: &Token, step: &Step, agent: String, holder: &KeyPair) -> At
                 }
             }
         };
-        att = att.require(Constraint::new(name, ARGS[arg], op, value).unwrap());
+        let mut c = Constraint::new(name, ARGS[arg], op, value).unwrap();
+        c.each = each;
+        c.if_present = if_present;
+        att = att.require(c);
     }
     att
 }
@@ -110,9 +148,18 @@ struct Probe {
 }
 
 fn probe() -> impl Strategy<Value = Probe> {
-    let value = prop_oneof![
+    let scalar = prop_oneof![
         (-10..210i64).prop_map(ArgValue::Int),
-        (0..5usize).prop_map(|i| ArgValue::Str(STRINGS[i].into())),
+        (0..N).prop_map(|i| ArgValue::Str(STRINGS[i].into())),
+        (0..60_000_000u64).prop_map(|m| ArgValue::Str(format!(
+            "{}.{:06}",
+            m / 1_000_000,
+            m % 1_000_000
+        ))),
+    ];
+    let value = prop_oneof![
+        3 => scalar.clone(),
+        1 => proptest::collection::vec(scalar, 0..4).prop_map(ArgValue::List),
     ];
     (
         0..5usize,

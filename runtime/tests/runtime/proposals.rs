@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bulwark_capabilities::{Approval, Decision, DecisionKind, KeyPair, Tier};
 use bulwark_runtime::{
-    AgentHandle, AgentSpec, AmountLimit, ApprovalConfig, BrainAction, ManualClock, Proposal,
-    ProposalError, ProposalState, Runtime, ScriptedBrain, SignedDecision, Tool, ToolManifest,
-    ToolOutput, WatchdogRules,
+    AgentHandle, AgentSpec, AllowList, AmountLimit, ApprovalConfig, BrainAction, ManualClock,
+    Proposal, ProposalError, ProposalState, Runtime, ScriptedBrain, SignedDecision, Tool,
+    ToolManifest, ToolOutput, WatchdogRules,
 };
 use serde_json::{Value, json};
 
@@ -1151,4 +1151,183 @@ async fn proposals_are_sealed_at_rest_and_read_back_whole() {
     s.h.rt.approve(&p.id, &s.approve_sig(&p)).await.unwrap();
     s.wait_for(ProposalState::Committed).await;
     assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 1);
+
+/// A runtime whose watchdog rules cover every call of `send_email` (AUTO+) and
+/// `transfer` (AUTO), not only proposals; `read_inbox` (AUTO) is not covered.
+async fn every_call_runtime(transfers: Arc<AtomicUsize>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let root = KeyPair::generate();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let rules = WatchdogRules {
+        amount_limits: vec![AmountLimit {
+            tool: "transfer".into(),
+            arg: "amount".into(),
+            max: 100,
+        }],
+        allow_lists: vec![AllowList {
+            tool: "send_email".into(),
+            arg: "to".into(),
+            allowed: vec!["@acme.example".into()],
+        }],
+        every_call: ["send_email".to_string(), "transfer".to_string()].into(),
+        ..WatchdogRules::default()
+    };
+    rules.validate().unwrap();
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .root_public_key(root.public())
+        .clock(clock.clone())
+        .approvals(ApprovalConfig::new(vec![KeyPair::generate().public()]).rules(rules))
+        .build()
+        .await
+        .unwrap();
+    crate::register_tools(&rt);
+    rt.tools()
+        .register(Tool::native(
+            ToolManifest::new("transfer", "Moves money between own accounts").tier(Tier::Auto),
+            move |_| {
+                let t = transfers.clone();
+                async move {
+                    t.fetch_add(1, Ordering::SeqCst);
+                    Ok(ToolOutput::new(json!("moved")))
+                }
+            },
+        ))
+        .unwrap();
+    Harness {
+        dir,
+        root,
+        clock,
+        rt,
+    }
+}
+
+fn calls(calls: &[(&str, Value)]) -> Vec<BrainAction> {
+    let mut actions: Vec<BrainAction> = calls
+        .iter()
+        .map(|(tool, args)| BrainAction::CallTool {
+            tool: tool.to_string(),
+            args: args.clone(),
+        })
+        .collect();
+    actions.push(BrainAction::Finish {
+        answer: "done".into(),
+    });
+    actions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_rules_listed_for_every_call_deny_auto_calls_with_the_rule_named() {
+    let transfers = Arc::new(AtomicUsize::new(0));
+    let h = every_call_runtime(transfers.clone()).await;
+    let tools = [
+        ("send_email", Tier::AutoPlus),
+        ("transfer", Tier::Auto),
+        ("read_inbox", Tier::Auto),
+    ];
+    // The honest calls run at their tier.
+    let honest = h
+        .agent(
+            "clerk",
+            &tools,
+            "10",
+            Arc::new(ScriptedBrain::new(calls(&[
+                (
+                    "send_email",
+                    json!({"to": "bob@acme.example", "body": "hi"}),
+                ),
+                (
+                    "send_email",
+                    json!({"to": "Carol@ACME.example", "body": "hi"}),
+                ),
+                ("transfer", json!({"amount": 100})),
+                ("transfer", json!({"amount": "99.99"})),
+                ("read_inbox", json!({})),
+            ]))),
+        )
+        .await;
+    let out = honest.run("honest work").await.unwrap();
+    assert_eq!(out.denied().count(), 0, "{:?}", out.actions);
+    assert_eq!(transfers.load(Ordering::SeqCst), 2);
+
+    // Smuggled recipients, header injection, negative, malformed, missing and too
+    // large amounts: each denied by the rule, before anything runs.
+    let attacks = [
+        (
+            "send_email",
+            json!({"to": "attacker@evil.test, bob@acme.example", "body": "x"}),
+        ),
+        (
+            "send_email",
+            json!({"to": "bob@acme.example\r\nBcc: attacker@evil.test", "body": "x"}),
+        ),
+        (
+            "send_email",
+            json!({"to": "attacker@evil.test\r\nCc: bob@acme.example", "body": "x"}),
+        ),
+        (
+            "send_email",
+            json!({"to": "Bob <bob@acme.example>", "body": "x"}),
+        ),
+        (
+            "send_email",
+            json!({"to": "attacker@evil.test;bob@acme.example", "body": "x"}),
+        ),
+        ("transfer", json!({"amount": -5})),
+        ("transfer", json!({"amount": "-5"})),
+        ("transfer", json!({"amount": "1e9"})),
+        ("transfer", json!({"amount": " 5"})),
+        ("transfer", json!({"amount": 100.5})),
+        ("transfer", json!({"amount": 1e300})),
+        ("transfer", json!({})),
+        ("transfer", json!({"amount": [5]})),
+    ];
+    let attacker = h
+        .agent(
+            "mallory",
+            &tools,
+            "10",
+            Arc::new(ScriptedBrain::new(calls(&attacks))),
+        )
+        .await;
+    let out = attacker.run("exfiltrate").await.unwrap();
+    let denied: Vec<_> = out.denied().collect();
+    assert_eq!(denied.len(), attacks.len(), "{:?}", out.actions);
+    for (d, (tool, args)) in denied.iter().zip(&attacks) {
+        assert!(
+            d.detail.contains(&format!("the watchdog refused `{tool}`")),
+            "{args}: {}",
+            d.detail
+        );
+        let rule = if *tool == "send_email" {
+            "send_email.to must be one of @acme.example"
+        } else {
+            "transfer.amount"
+        };
+        assert!(d.detail.contains(rule), "{args}: {}", d.detail);
+    }
+    assert_eq!(
+        transfers.load(Ordering::SeqCst),
+        2,
+        "no denied transfer ran"
+    );
+    // Nothing became a proposal: these are AUTO calls.
+    assert!(h.rt.proposals().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_without_the_limited_argument_is_rejected_not_waved_through() {
+    let s = Setup::new(Duration::from_secs(60)).await;
+    let a = s
+        .agent("ap", calls(&[("payout", json!({"to": "ACME GmbH"}))]))
+        .await;
+    let out = a.run("pay without an amount").await.unwrap();
+    let denied: Vec<_> = out.denied().collect();
+    assert_eq!(denied.len(), 1);
+    assert!(
+        denied[0].detail.contains("payout.amount is required"),
+        "{}",
+        denied[0].detail
+    );
+    assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 0);
 }
