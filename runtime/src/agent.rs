@@ -569,7 +569,6 @@ async fn run_loop(
         };
         match action {
             BrainAction::Finish { answer } => {
-                let answer = mark_untrusted_values(inner, who, &provenance, answer);
                 let guarded = inner.guards.output(ANSWER_CHANNEL, &answer);
                 if guarded.changed() {
                     let record = who.record(
@@ -582,7 +581,8 @@ async fn run_loop(
                         .journal
                         .defer(crate::journal::Batch::audit(record), inner.clock.now());
                 }
-                let answer = guarded.text;
+                // What survived the guard is then marked where it came from.
+                let answer = mark_untrusted_values(inner, who, &provenance, guarded.text);
                 let record = who.record("agent.final", json!({"answer": answer}));
                 inner
                     .journal
@@ -774,8 +774,17 @@ fn mark_untrusted_values(
                 ));
             }
             _ => {
-                out.push_str(&f.text);
+                // The mark goes after the link's markup (`[text](URL)`, `<URL>`), so
+                // the link still renders.
+                let before = &answer[..f.span.start];
+                let after = &answer[f.span.end..];
+                let markup = (before.ends_with("](") && after.starts_with(')'))
+                    || (before.ends_with('<') && after.starts_with('>'));
+                let end = f.span.end + usize::from(markup);
+                out.push_str(&answer[f.span.start..end]);
                 out.push_str(&format!(" [unverified: from {}]", f.source));
+                at = end;
+                continue;
             }
         }
         at = f.span.end;

@@ -192,6 +192,8 @@ impl WatchdogRules {
         let at_ms = crate::clock::unix_ms(now);
         let facts = ProposalFacts {
             agent: agent.to_string(),
+            // The rate limit, the only rule that reads the tree, is not applied here.
+            root: String::new(),
             tool: tool.to_string(),
             args: args
                 .as_object()

@@ -640,19 +640,30 @@ async fn the_answer_keeps_the_reset_link_asked_for_and_loses_what_exfiltrates() 
         .await
         .unwrap();
     let answer = out.answer().unwrap();
+    // Kept whole, still a link, and marked as read from the mailbox.
     assert!(
-        answer.contains(&format!("[Reset your password]({RESET})")),
+        answer.contains(&format!(
+            "[Reset your password]({RESET}) [unverified: from tool read_mailbox]"
+        )),
         "{answer}"
     );
     assert!(!answer.contains("evil.test/"), "{answer}");
     assert!(answer.contains("[image removed: evil.test is not allow-listed]"));
     assert!(answer.contains("details [link removed: evil.test is not allow-listed]"));
 
-    let forum = posted.lock().unwrap()[0].clone();
+    // Posting the link read from the mailbox to a public forum carries that link: it
+    // needs a person, and with no approval path it is refused — nothing is posted.
+    let post = out
+        .actions
+        .iter()
+        .find(|a| a.target == "post_public")
+        .unwrap();
     assert!(
-        !forum.contains("token=") && !forum.contains("evil.test/"),
-        "{forum}"
+        !post.allowed && post.detail.contains("needs approval"),
+        "{}",
+        post.detail
     );
+    assert!(posted.lock().unwrap().is_empty());
 
     h.rt.shutdown().await.unwrap();
     let entries = AuditReader::open(h.dir.path()).unwrap().tail(1000).unwrap();

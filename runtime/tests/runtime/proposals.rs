@@ -1151,6 +1151,7 @@ async fn proposals_are_sealed_at_rest_and_read_back_whole() {
     s.h.rt.approve(&p.id, &s.approve_sig(&p)).await.unwrap();
     s.wait_for(ProposalState::Committed).await;
     assert_eq!(s.counters.payouts.load(Ordering::SeqCst), 1);
+}
 
 /// A runtime whose watchdog rules cover every call of `send_email` (AUTO+) and
 /// `transfer` (AUTO), not only proposals; `read_inbox` (AUTO) is not covered.
