@@ -474,17 +474,17 @@ async fn run_loop(
         let now = inner.clock.now();
         let mut economy = false;
         let mut reserved: u64;
+        let view_in = |economy| BrainView {
+            agent: &who.agent,
+            context: &context,
+            tools: &tools,
+            economy,
+            step,
+        };
         let reservation = loop {
             // The reservation covers what the brain will be shown (a model is billed
             // for its prompt as well as its completion).
-            let view = BrainView {
-                agent: &who.agent,
-                context: &context,
-                tools: &tools,
-                economy,
-                step,
-            };
-            let cost = state.brain.step_reservation(&view).micros();
+            let cost = state.brain.step_reservation(&view_in(economy)).micros();
             reserved = cost;
             let premium = state.brain.premium(economy);
             let intent = who.record(
@@ -513,13 +513,7 @@ async fn run_loop(
             out.status = Status::Failed(format!("audit write failed: {e}"));
             return out;
         }
-        let view = BrainView {
-            agent: &who.agent,
-            context: &context,
-            tools: &tools,
-            economy,
-            step,
-        };
+        let view = view_in(economy);
         let step_span = tracing::info_span!("agent_step", agent = %who.agent, step, economy);
         let thinking = tokio::time::timeout(state.spec.step_timeout, state.brain.step(&view))
             .instrument(step_span);

@@ -402,6 +402,34 @@ impl ProposalStore {
         Ok(p)
     }
 
+    /// Withdraws a pending or approved proposal: it fails with `error`, with a
+    /// `withdraw` decision by the runtime giving `reason`, so no later decision runs it.
+    pub async fn withdraw(
+        &self,
+        id: &str,
+        error: String,
+        reason: String,
+    ) -> Result<Proposal, ProposalError> {
+        let now_ms = self.now_ms();
+        self.transition(
+            id,
+            &[ProposalState::Pending, ProposalState::Approved],
+            "withdrawn",
+            "proposal.withdrawn",
+            |p| {
+                p.state = ProposalState::Failed;
+                p.error = Some(error);
+                p.decisions.push(DecisionRecord {
+                    kind: "withdraw".into(),
+                    by: "runtime".into(),
+                    reason,
+                    at_ms: now_ms,
+                });
+            },
+        )
+        .await
+    }
+
     fn notify(&self, p: &Proposal) {
         let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = w.get(&p.id) {
@@ -859,27 +887,8 @@ impl Inner {
     /// The waiting run was cancelled: its proposal, pending or approved but not yet
     /// run, is withdrawn so that no later decision runs it.
     async fn withdraw(&self, p: &Proposal, reason: String) -> GateError {
-        let now_ms = self.proposals.now_ms();
         let why = format!("withdrawn: the run was cancelled ({reason})");
-        let outcome = self
-            .proposals
-            .transition(
-                &p.id,
-                &[ProposalState::Pending, ProposalState::Approved],
-                "withdrawn",
-                "proposal.withdrawn",
-                |p| {
-                    p.state = ProposalState::Failed;
-                    p.error = Some(why.clone());
-                    p.decisions.push(DecisionRecord {
-                        kind: "withdraw".into(),
-                        by: "runtime".into(),
-                        reason: reason.clone(),
-                        at_ms: now_ms,
-                    });
-                },
-            )
-            .await;
+        let outcome = self.proposals.withdraw(&p.id, why, reason.clone()).await;
         match outcome {
             Ok(_) | Err(ProposalError::WrongState { .. }) => GateError::RunCancelled {
                 proposal: p.id.clone(),
@@ -1440,7 +1449,6 @@ impl Inner {
     /// Withdraws every pending or approved proposal whose token is revoked: no later
     /// decision runs it, and a step waiting on it is told.
     pub(crate) async fn withdraw_revoked_proposals(&self) -> Result<(), StoreError> {
-        let now_ms = self.proposals.now_ms();
         for p in self.proposals.list()? {
             if !matches!(p.state, ProposalState::Pending | ProposalState::Approved) {
                 continue;
@@ -1459,26 +1467,7 @@ impl Inner {
                 continue;
             }
             let why = "withdrawn: the proposing agent's token was revoked".to_string();
-            let r = self
-                .proposals
-                .transition(
-                    &p.id,
-                    &[ProposalState::Pending, ProposalState::Approved],
-                    "withdrawn",
-                    "proposal.withdrawn",
-                    |p| {
-                        p.state = ProposalState::Failed;
-                        p.error = Some(why.clone());
-                        p.decisions.push(DecisionRecord {
-                            kind: "withdraw".into(),
-                            by: "runtime".into(),
-                            reason: why.clone(),
-                            at_ms: now_ms,
-                        });
-                    },
-                )
-                .await;
-            match r {
+            match self.proposals.withdraw(&p.id, why.clone(), why).await {
                 Ok(_) | Err(ProposalError::WrongState { .. } | ProposalError::NotFound(_)) => {}
                 Err(ProposalError::Store(e)) => return Err(e),
                 Err(e) => return Err(StoreError::from_display(e)),

@@ -98,6 +98,42 @@ pub(crate) struct Sealer {
     cipher: ChaCha20Poly1305,
 }
 
+/// `nonce ‖ ciphertext` of `plain`, authenticated with `aad`.
+fn encrypt(cipher: &ChaCha20Poly1305, aad: &str, plain: &[u8]) -> Result<Vec<u8>, SecretError> {
+    let nonce_bytes: [u8; 12] = rand::random();
+    let ciphertext = cipher
+        .encrypt(
+            &Nonce::from(nonce_bytes),
+            Payload {
+                msg: plain,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| SecretError::Corrupt(aad.to_string()))?;
+    let mut out = nonce_bytes.to_vec();
+    out.extend_from_slice(&ciphertext);
+    Ok(out)
+}
+
+/// The plain text of what [`encrypt`] made with the same `aad`.
+fn decrypt(cipher: &ChaCha20Poly1305, aad: &str, stored: &[u8]) -> Result<Vec<u8>, SecretError> {
+    let corrupt = || SecretError::Corrupt(aad.to_string());
+    if stored.len() < 12 {
+        return Err(corrupt());
+    }
+    let (nonce, ciphertext) = stored.split_at(12);
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| corrupt())?;
+    cipher
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| corrupt())
+}
+
 /// What sealed bytes start with (JSON never does).
 const SEALED_MAGIC: &[u8; 4] = b"BWS1";
 
@@ -116,20 +152,8 @@ impl Sealer {
     /// Seals `plain`, bound to `context` (the record's key): moved to another key,
     /// it does not open.
     pub(crate) fn seal(&self, context: &str, plain: &[u8]) -> Result<Vec<u8>, SecretError> {
-        let nonce_bytes: [u8; 12] = rand::random();
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce_bytes),
-                Payload {
-                    msg: plain,
-                    aad: context.as_bytes(),
-                },
-            )
-            .map_err(|_| SecretError::Corrupt(context.to_string()))?;
         let mut out = SEALED_MAGIC.to_vec();
-        out.extend_from_slice(&nonce_bytes);
-        out.extend_from_slice(&ciphertext);
+        out.extend_from_slice(&encrypt(&self.cipher, context, plain)?);
         Ok(out)
     }
 
@@ -140,26 +164,10 @@ impl Sealer {
         context: &str,
         stored: &'a [u8],
     ) -> Result<std::borrow::Cow<'a, [u8]>, SecretError> {
-        let Some(rest) = stored.strip_prefix(SEALED_MAGIC.as_slice()) else {
-            return Ok(std::borrow::Cow::Borrowed(stored));
-        };
-        if rest.len() < 12 {
-            return Err(SecretError::Corrupt(context.to_string()));
+        match stored.strip_prefix(SEALED_MAGIC.as_slice()) {
+            Some(rest) => decrypt(&self.cipher, context, rest).map(std::borrow::Cow::Owned),
+            None => Ok(std::borrow::Cow::Borrowed(stored)),
         }
-        let (nonce, ciphertext) = rest.split_at(12);
-        let nonce: [u8; 12] = nonce
-            .try_into()
-            .map_err(|_| SecretError::Corrupt(context.to_string()))?;
-        self.cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: context.as_bytes(),
-                },
-            )
-            .map(std::borrow::Cow::Owned)
-            .map_err(|_| SecretError::Corrupt(context.to_string()))
     }
 
     /// The sealer of a data directory that already has a secrets key (none is created).
@@ -231,19 +239,7 @@ impl SecretStore {
 
     /// Stores (or replaces) a secret, durably.
     pub async fn put(&self, name: &str, value: &str) -> Result<(), SecretError> {
-        let nonce_bytes: [u8; 12] = rand::random();
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce_bytes),
-                Payload {
-                    msg: value.as_bytes(),
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| SecretError::Corrupt(name.to_string()))?;
-        let mut stored = nonce_bytes.to_vec();
-        stored.extend_from_slice(&ciphertext);
+        let stored = encrypt(&self.cipher, name, value.as_bytes())?;
         let batch = Batch {
             kv: vec![(Self::key(name), Some(stored))],
             ..Batch::default()
@@ -260,23 +256,7 @@ impl SecretStore {
             .journal
             .kv_get(&Self::key(name))?
             .ok_or_else(|| SecretError::Missing(name.to_string()))?;
-        if stored.len() < 12 {
-            return Err(SecretError::Corrupt(name.to_string()));
-        }
-        let (nonce, ciphertext) = stored.split_at(12);
-        let nonce: [u8; 12] = nonce
-            .try_into()
-            .map_err(|_| SecretError::Corrupt(name.to_string()))?;
-        let plain = self
-            .cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| SecretError::Corrupt(name.to_string()))?;
+        let plain = decrypt(&self.cipher, name, &stored)?;
         String::from_utf8(plain)
             .map(Zeroizing::new)
             .map_err(|_| SecretError::Corrupt(name.to_string()))
