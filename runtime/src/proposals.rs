@@ -1360,8 +1360,7 @@ impl Inner {
             tokio::time::sleep(Duration::from_millis(50)).await;
             registered = self.tools.get(&tool);
         }
-        let Some(registered) = registered else {
-            let reason = format!("not run: no tool `{tool}` was registered within a minute");
+        let fail = |reason: String| async move {
             self.proposals
                 .transition(
                     id,
@@ -1373,7 +1372,13 @@ impl Inner {
                         p.error = Some(reason);
                     },
                 )
-                .await?;
+                .await
+        };
+        let Some(registered) = registered else {
+            fail(format!(
+                "not run: no tool `{tool}` was registered within a minute"
+            ))
+            .await?;
             return Err(GateError::UnknownTool(tool));
         };
         // The approval does not outlive the token: revocation, expiry and grants are
@@ -1384,19 +1389,7 @@ impl Inner {
             .ok_or_else(|| ProposalError::NotFound(id.to_string()))?;
         let manifest = registered.tool.manifest.clone();
         if let Err(e) = self.reauthorize_proposal(&current, &manifest.secrets) {
-            let reason = format!("not run: {e}");
-            self.proposals
-                .transition(
-                    id,
-                    &[ProposalState::Approved],
-                    "failed",
-                    "proposal.failed",
-                    |p| {
-                        p.state = ProposalState::Failed;
-                        p.error = Some(reason);
-                    },
-                )
-                .await?;
+            fail(format!("not run: {e}")).await?;
             return Err(e);
         }
         let p = self

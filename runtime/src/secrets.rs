@@ -172,15 +172,7 @@ impl Sealer {
 
     /// The sealer of a data directory that already has a secrets key (none is created).
     pub(crate) fn for_data_dir(data_dir: &Path) -> Result<Self, SecretError> {
-        let path = data_dir.join(SECRETS_KEY_FILE);
-        if !path.exists() {
-            return Err(SecretError::Io(format!(
-                "{} does not exist: {} is not a runtime's data directory",
-                path.display(),
-                data_dir.display()
-            )));
-        }
-        let key = load_or_create_key(&path)?;
+        let key = existing_key(data_dir)?;
         Self::derive(&key)
     }
 }
@@ -199,6 +191,12 @@ fn derive_redaction_key(key: &[u8; 32]) -> Result<[u8; 32], SecretError> {
 /// the same marks as its audit trail. The data directory must already have a secrets
 /// key; none is created.
 pub fn redaction_key(data_dir: &Path) -> Result<[u8; 32], SecretError> {
+    let key = existing_key(data_dir)?;
+    derive_redaction_key(&key)
+}
+
+/// The secrets key of a data directory that already has one (none is created).
+fn existing_key(data_dir: &Path) -> Result<Zeroizing<[u8; 32]>, SecretError> {
     let path = data_dir.join(SECRETS_KEY_FILE);
     if !path.exists() {
         return Err(SecretError::Io(format!(
@@ -207,8 +205,7 @@ pub fn redaction_key(data_dir: &Path) -> Result<[u8; 32], SecretError> {
             data_dir.display()
         )));
     }
-    let key = load_or_create_key(&path)?;
-    derive_redaction_key(&key)
+    load_or_create_key(&path)
 }
 
 impl SecretStore {
