@@ -63,6 +63,8 @@ async fn runtime(name: &str) -> Setup {
         .data_dir(data_dir(name))
         .root_public_key(root.public())
         .tenant_budget("acme", MicroUsd::from_usd(1_000_000).unwrap())
+        // The spawn benchmark starts hundreds of thousands of agents.
+        .max_agents(usize::MAX)
         .build()
         .await
         .unwrap();
