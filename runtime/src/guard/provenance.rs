@@ -270,31 +270,28 @@ struct Found {
     span: std::ops::Range<usize>,
 }
 
-#[allow(clippy::expect_used)] // constant patterns, checked by the tests
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)(?:mailto:)?[a-z0-9._%+\-]+@(?:[a-z0-9\-]+\.)+[a-z]{2,}")
-        .expect("email pattern")
+        .expect("the constant email pattern compiles")
 });
-#[allow(clippy::expect_used)]
 static URL: LazyLock<Regex> = LazyLock::new(|| {
     // A scheme-ful or protocol-relative link, or a bare host name with an alphabetic
     // top-level label, with an optional port and path.
     Regex::new(
         r#"(?i)(?:\b[a-z][a-z0-9+.\-]*:)?//[^\s<>"'`]+|\b(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}(?::\d{1,5})?(?:[/?#][^\s<>"'`]*)?"#,
     )
-    .expect("url pattern")
+    .expect("the constant link pattern compiles")
 });
-#[allow(clippy::expect_used)]
 static IBAN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b[a-z]{2}\d{2}(?:[ \-./]?[a-z0-9]){11,30}\b").expect("iban pattern")
+    Regex::new(r"(?i)\b[a-z]{2}\d{2}(?:[ \-./]?[a-z0-9]){11,30}\b")
+        .expect("the constant IBAN pattern compiles")
 });
-#[allow(clippy::expect_used)]
-static NUMBER: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\+?\(?\d[\d \-./()]{6,}\d").expect("number pattern"));
-#[allow(clippy::expect_used)]
+static NUMBER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\+?\(?\d[\d \-./()]{6,}\d").expect("the constant number pattern compiles")
+});
 static DATE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:\d{4}[\-./]\d{1,2}[\-./]\d{1,2}|\d{1,2}[\-./]\d{1,2}[\-./]\d{2,4})$")
-        .expect("date pattern")
+        .expect("the constant date pattern compiles")
 });
 
 /// Percent-decodes (lossily) and folds case.
