@@ -191,8 +191,14 @@ impl Seen {
     }
 }
 
+/// NFKC and lower case (ASCII text, the common case, is only lower-cased: NFKC
+/// leaves it as it is).
 fn fold(text: &str) -> String {
-    text.nfkc().flat_map(char::to_lowercase).collect()
+    if text.is_ascii() {
+        text.to_ascii_lowercase()
+    } else {
+        text.nfkc().flat_map(char::to_lowercase).collect()
+    }
 }
 
 /// The tokens of folded text, compact.
@@ -278,16 +284,16 @@ static URL: LazyLock<Regex> = LazyLock::new(|| {
     // A scheme-ful or protocol-relative link, or a bare host name with an alphabetic
     // top-level label, with an optional port and path.
     Regex::new(
-        r#"(?i)(?:\b[a-z][a-z0-9+.\-]*:)?//[^\s<>"'`]+|\b(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}(?::\d{1,5})?(?:[/?#][^\s<>"'`]*)?"#,
+        r#"(?i)(?:(?-u:\b)[a-z][a-z0-9+.\-]*:)?//[^\s<>"'`]+|(?-u:\b)(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,}(?::[0-9]{1,5})?(?:[/?#][^\s<>"'`]*)?"#,
     )
     .expect("the constant link pattern compiles")
 });
 static IBAN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b[a-z]{2}\d{2}(?:[ \-./]?[a-z0-9]){11,30}\b")
+    Regex::new(r"(?i)(?-u:\b)[a-z]{2}[0-9]{2}(?:[ \-./]?[a-z0-9]){11,30}(?-u:\b)")
         .expect("the constant IBAN pattern compiles")
 });
 static NUMBER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\+?\(?\d[\d \-./()]{6,}\d").expect("the constant number pattern compiles")
+    Regex::new(r"\+?\(?[0-9][0-9 \-./()]{6,}[0-9]").expect("the constant number pattern compiles")
 });
 static DATE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:\d{4}[\-./]\d{1,2}[\-./]\d{1,2}|\d{1,2}[\-./]\d{1,2}[\-./]\d{2,4})$")
