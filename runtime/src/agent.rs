@@ -808,7 +808,6 @@ fn cancel_run(inner: &Inner, who: &Identity, mut out: Outcome, reason: String) -
 }
 
 /// Untrusted content on its way into an agent's context.
-#[derive(Clone, Copy)]
 enum Untrusted<'a> {
     /// A tool's result.
     Json(&'a serde_json::Value),
@@ -826,29 +825,22 @@ async fn admit(
     raw: Untrusted<'_>,
 ) -> (String, GuardNote) {
     let sanitizer = inner.guards.sanitizer();
-    let (mut content, scan, raw_text) = match raw {
+    // Both what arrived and what the model sees are remembered; a tool result by the
+    // strings inside it, not its JSON text.
+    let (mut content, scan) = match raw {
         Untrusted::Json(v) => {
             let (clean, scan) = sanitizer.scan_json(v);
-            (clean.to_string(), scan, v.to_string())
+            provenance.observe_untrusted_json(v, source);
+            provenance.observe_untrusted_json(&clean, source);
+            (clean.to_string(), scan)
         }
         Untrusted::Text(t) => {
             let scan = sanitizer.scan(t);
-            (scan.sanitized.clone(), scan, t.to_string())
+            provenance.observe_untrusted_from(t, source);
+            provenance.observe_untrusted_from(&scan.sanitized, source);
+            (scan.sanitized.clone(), scan)
         }
     };
-    // A tool result is remembered by the strings inside it, not its JSON text.
-    match raw {
-        Untrusted::Json(v) => {
-            provenance.observe_untrusted_json(v, source);
-            if let Ok(clean) = serde_json::from_str::<serde_json::Value>(&content) {
-                provenance.observe_untrusted_json(&clean, source);
-            }
-        }
-        Untrusted::Text(_) => {
-            provenance.observe_untrusted_from(&raw_text, source);
-            provenance.observe_untrusted_from(&content, source);
-        }
-    }
     for decoded in &scan.decoded {
         provenance.observe_untrusted_from(decoded, source);
     }

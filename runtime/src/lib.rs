@@ -24,6 +24,7 @@ pub mod guard;
 mod journal;
 mod ledger;
 mod proposals;
+mod rate;
 mod runtime;
 pub mod sandbox;
 mod secrets;

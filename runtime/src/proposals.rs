@@ -761,21 +761,12 @@ impl Inner {
                 "{open} proposals are open, the most the store holds; decide some first"
             )));
         }
-        let hour_ago = now_ms.saturating_sub(3_600_000);
         let mut rate = self.proposal_rate.lock().unwrap_or_else(|p| p.into_inner());
-        if rate.len() >= crate::watchdog::MAX_TRACKED && !rate.contains_key(tree) {
-            rate.retain(|_, times| times.back().is_some_and(|t| *t >= hour_ago));
-        }
-        let times = rate.entry(tree.to_string()).or_default();
-        while times.front().is_some_and(|t| *t < hour_ago) {
-            times.pop_front();
-        }
-        if times.len() >= max_per_hour {
+        if !rate.admit(tree, now_ms, max_per_hour) {
             return Err(refuse(format!(
                 "the agent tree {tree} made {max_per_hour} proposals in the last hour, the most it may"
             )));
         }
-        times.push_back(now_ms);
         Ok(())
     }
 
@@ -1449,13 +1440,8 @@ impl Inner {
             let Some(text) = self.proposals.token(&p.id)? else {
                 continue;
             };
-            let revoked = match Token::from_base64(&text, &self.root) {
-                Ok(t) => {
-                    let set = self.revocations.read().unwrap_or_else(|e| e.into_inner());
-                    t.revocation_ids().iter().any(|id| set.contains(id))
-                }
-                Err(_) => true,
-            };
+            let revoked =
+                Token::from_base64(&text, &self.root).map_or(true, |t| self.is_revoked(&t));
             if !revoked {
                 continue;
             }

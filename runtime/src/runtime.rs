@@ -144,9 +144,9 @@ pub(crate) struct Inner {
     /// Most agents held at once.
     pub max_agents: usize,
     /// Per agent tree, when its recent proposals were made (ms).
-    pub proposal_rate: Mutex<HashMap<String, std::collections::VecDeque<u64>>>,
+    pub proposal_rate: Mutex<crate::rate::RateWindows>,
     /// Per sending agent, when its recent messages were sent (ms).
-    pub message_rate: Mutex<HashMap<String, std::collections::VecDeque<u64>>>,
+    pub message_rate: Mutex<crate::rate::RateWindows>,
     pub brains: RwLock<HashMap<String, BrainFactory>>,
     pub notifications: broadcast::Sender<Notification>,
     pub supervisor: Mutex<Option<ActorRef<()>>>,
@@ -334,9 +334,9 @@ impl RuntimeBuilder {
             clock: self.clock,
             root,
             agents: RwLock::new(HashMap::new()),
-            message_rate: Mutex::new(HashMap::new()),
+            message_rate: Mutex::new(crate::rate::RateWindows::new(60_000)),
             max_agents: self.max_agents,
-            proposal_rate: Mutex::new(HashMap::new()),
+            proposal_rate: Mutex::new(crate::rate::RateWindows::new(3_600_000)),
             brains: RwLock::new(HashMap::new()),
             notifications,
             supervisor: Mutex::new(None),
@@ -802,11 +802,8 @@ impl Inner {
         if token.holder() != spec.key.public() {
             return Err(SpawnError::WrongKey);
         }
-        {
-            let revoked = self.revocations.read().unwrap_or_else(|p| p.into_inner());
-            if token.revocation_ids().iter().any(|id| revoked.contains(id)) {
-                return Err(SpawnError::Revoked(spec.id.clone()));
-            }
+        if self.is_revoked(&token) {
+            return Err(SpawnError::Revoked(spec.id.clone()));
         }
         {
             let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
@@ -865,6 +862,12 @@ impl Inner {
             id: args.spec.id.clone(),
             inner: self.clone(),
         })
+    }
+
+    /// Whether any block of `token`'s chain is revoked.
+    pub(crate) fn is_revoked(&self, token: &Token) -> bool {
+        let revoked = self.revocations.read().unwrap_or_else(|p| p.into_inner());
+        token.revocation_ids().iter().any(|id| revoked.contains(id))
     }
 
     /// Starts (or restarts) an agent's actor under the supervisor.
@@ -1010,23 +1013,17 @@ impl Inner {
                 authorized.tier
             )));
         }
+        let now_ms = crate::clock::unix_ms(self.clock.now());
+        if !self
+            .message_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(&sender.agent, now_ms, MAX_MESSAGES_PER_MINUTE)
         {
-            let now_ms = crate::clock::unix_ms(self.clock.now());
-            let mut sent = self.message_rate.lock().unwrap_or_else(|p| p.into_inner());
-            if sent.len() >= crate::watchdog::MAX_TRACKED && !sent.contains_key(&sender.agent) {
-                sent.retain(|_, times| times.back().is_some_and(|t| *t + 60_000 > now_ms));
-            }
-            let times = sent.entry(sender.agent.clone()).or_default();
-            while times.front().is_some_and(|t| *t + 60_000 <= now_ms) {
-                times.pop_front();
-            }
-            if times.len() >= MAX_MESSAGES_PER_MINUTE {
-                return Err(refuse(format!(
-                    "`{}` may send at most {MAX_MESSAGES_PER_MINUTE} messages per minute",
-                    sender.agent
-                )));
-            }
-            times.push_back(now_ms);
+            return Err(refuse(format!(
+                "`{}` may send at most {MAX_MESSAGES_PER_MINUTE} messages per minute",
+                sender.agent
+            )));
         }
         let mut inbox = entry.inbox.lock().unwrap_or_else(|p| p.into_inner());
         let mine = inbox.iter().filter(|e| e.from == sender.agent).count();

@@ -15,7 +15,7 @@
 //! Datalog rule runs under explicit limits ([`DatalogLimits::DEFAULT`]) and one that
 //! cannot finish is reported as such ([`RuleFailure::Unevaluated`]), never passed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use biscuit_auth::builder::AuthorizerBuilder;
@@ -423,18 +423,11 @@ pub(crate) enum WatchdogMsg {
 
 pub(crate) struct Watchdog;
 
-/// Most proposal times kept per tree for the rate limit.
-const MAX_RATE_WINDOW: usize = 10_000;
-/// Trees tracked before idle ones are dropped.
-const MAX_RATE_TREES: usize = 10_000;
-/// Senders (or trees) a rate limiter tracks before idle ones are dropped.
-pub(crate) const MAX_TRACKED: usize = MAX_RATE_TREES;
-
 pub(crate) struct WatchdogState {
     rules: WatchdogRules,
     /// Per root agent's tree, when its recent proposals were made (ms), for the rate
     /// limit. Rejected proposals count too; bounded per tree and in trees.
-    recent: HashMap<String, VecDeque<u64>>,
+    recent: crate::rate::RateWindows,
 }
 
 impl Actor for Watchdog {
@@ -449,7 +442,7 @@ impl Actor for Watchdog {
     ) -> Result<WatchdogState, ActorProcessingErr> {
         Ok(WatchdogState {
             rules,
-            recent: HashMap::new(),
+            recent: crate::rate::RateWindows::new(3_600_000),
         })
     }
 
@@ -461,27 +454,15 @@ impl Actor for Watchdog {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WatchdogMsg::Validate { facts, reply } => {
-                let hour_ago = facts.at_ms.saturating_sub(3_600_000);
-                if state.recent.len() >= MAX_RATE_TREES {
-                    state
-                        .recent
-                        .retain(|_, times| times.back().is_some_and(|t| *t >= hour_ago));
-                }
-                let recent = state.recent.entry(facts.root.clone()).or_default();
-                while recent.front().is_some_and(|t| *t < hour_ago) {
-                    recent.pop_front();
-                }
-                let verdict = state.rules.check(&facts, recent.len());
+                let recent = state.recent.recent(&facts.root, facts.at_ms);
+                let verdict = state.rules.check(&facts, recent);
                 // Every proposal counts, rejected ones included: a flood of refused
                 // proposals is still a flood. Beyond the limit, nothing more is kept.
-                let cap = state
+                let keep = state
                     .rules
                     .max_per_agent_per_hour
-                    .map_or(MAX_RATE_WINDOW, |m| (m as usize).saturating_add(1))
-                    .min(MAX_RATE_WINDOW);
-                if recent.len() < cap {
-                    recent.push_back(facts.at_ms);
-                }
+                    .map_or(usize::MAX, |m| (m as usize).saturating_add(1));
+                state.recent.record(&facts.root, facts.at_ms, keep);
                 let _ = reply.send(verdict);
             }
         }
