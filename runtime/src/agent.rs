@@ -14,6 +14,8 @@
 //! waits (the proposal is withdrawn) and while a child runs (the child is cancelled
 //! too); a tool that already started runs to its end.
 
+use crate::audit::AuditKind;
+use crate::sync::LockExt;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -24,13 +26,15 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::brain::SpawnRequest;
 use crate::brain::{Brain, BrainAction, BrainView, ContextItem};
 use crate::clock::unix_ms;
 use crate::error::{BudgetDenial, GateError};
-use crate::gate::Identity;
+use crate::gate::{CallContext, Identity};
 use crate::guard::{
     ANSWER_CHANNEL, AnswerProvenance, GuardNote, GuardVerdict, Provenance, Verdict,
 };
+use crate::ledger::Reservation;
 use crate::runtime::{AgentSpec, Envelope, Inner};
 use crate::tools::ToolManifest;
 
@@ -90,18 +94,10 @@ pub(crate) struct RunControl {
 impl RunControl {
     /// Why the run was cancelled, once it was.
     pub(crate) fn cancelled(&self) -> Option<String> {
-        self.cancel.is_cancelled().then(|| {
-            self.reason
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-        })
+        self.cancel
+            .is_cancelled()
+            .then(|| self.reason.lock_or_recover().clone())
     }
-}
-
-tokio::task_local! {
-    /// The run or direct call the current task serves.
-    pub(crate) static RUN: RunControl;
 }
 
 /// What an agent is doing, as its actor reports it.
@@ -149,7 +145,7 @@ impl AgentState {
     fn cancel_all(&mut self, reason: &str) -> bool {
         self.calls.retain(|c| !c.cancel.is_cancelled());
         let busy = self.current.is_some() || !self.calls.is_empty();
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_string();
+        *self.reason.lock_or_recover() = reason.to_string();
         self.generation.cancel();
         self.generation = CancellationToken::new();
         self.reason = Arc::new(Mutex::new(String::new()));
@@ -182,10 +178,10 @@ impl AgentState {
             agent = %args.identity.agent,
             token_id = %args.identity.token.id()
         );
-        let run = tokio::spawn(RUN.scope(
-            control,
-            async move { run_loop(&inner, &args, context, inherited).await }.instrument(span),
-        ));
+        let run = tokio::spawn(
+            async move { run_loop(&inner, &args, &control, context, inherited).await }
+                .instrument(span),
+        );
         tokio::spawn(async move {
             match run.await {
                 Ok(outcome) => {
@@ -351,13 +347,14 @@ impl Actor for AgentActor {
                 let control = state.control(None);
                 state.calls.push(control.clone());
                 let identity = state.args.identity.clone();
-                tokio::spawn(RUN.scope(control.clone(), async move {
+                tokio::spawn(async move {
                     // The embedding program calls directly: its arguments are its own.
-                    let result = Box::pin(inner.call_tool(&identity, &tool, args, None)).await;
+                    let ctx = CallContext::new(&identity).in_run(&control);
+                    let result = Box::pin(inner.sign_and_call(ctx, &tool, args)).await;
                     let _ = reply.send(result);
                     // Marks the call finished for status and cancellation.
                     control.cancel.cancel();
-                }));
+                });
             }
             AgentMsg::Cancel { reason, reply } => {
                 let busy = state.cancel_all(&reason);
@@ -368,7 +365,7 @@ impl Actor for AgentActor {
                 let waiting_on = state
                     .current
                     .as_ref()
-                    .and_then(|c| c.waiting.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                    .and_then(|c| c.waiting.lock_or_recover().clone());
                 let _ = reply.send(AgentStatus {
                     running: state.current.is_some(),
                     queued: state.queue.len(),
@@ -405,124 +402,199 @@ fn visible_tools(inner: &Inner, who: &Identity) -> Vec<(ToolManifest, Tier)> {
         .collect()
 }
 
+/// What the run loop ends a step with.
+enum Flow {
+    /// On to the next step.
+    Next,
+    /// The run is over; its outcome is final.
+    End,
+}
+
+/// One run in progress: what the agent has seen and done so far.
+struct Run<'a> {
+    inner: &'a Arc<Inner>,
+    args: &'a AgentArgs,
+    control: &'a RunControl,
+    out: Outcome,
+    context: Vec<ContextItem>,
+    provenance: Provenance,
+    tools: Vec<(ToolManifest, Tier)>,
+}
+
+/// The bounded reason/act loop: each step checks for cancellation and shutdown,
+/// admits the messages that arrived, lets the brain think (its cost reserved first)
+/// and carries out the one action it chose.
 async fn run_loop(
     inner: &Arc<Inner>,
-    state: &AgentArgs,
-    mut context: Vec<ContextItem>,
+    args: &AgentArgs,
+    control: &RunControl,
+    context: Vec<ContextItem>,
     inherited: Option<Box<Provenance>>,
 ) -> Outcome {
-    let who = &state.identity;
-    let mut out = Outcome {
-        agent: who.agent.clone(),
-        status: Status::StepLimit,
-        steps: 0,
-        actions: Vec::new(),
-        charged: 0,
-        tool_failures: 0,
-    };
-    let tools = visible_tools(inner, who);
-    let control = RUN.try_with(Clone::clone).ok();
-    let cancelled = || control.as_ref().and_then(RunControl::cancelled);
-    // What this run has seen, for argument provenance. A task from the embedding
-    // program (and what it passed) is trusted. A task a brain wrote for a child is
-    // text that brain chose: it is no more trusted than what that brain had read, so
-    // the child starts from its parent's view and its task adds nothing trusted.
-    // Everything admitted below is untrusted.
-    let mut provenance = match inherited {
-        Some(parent) => *parent,
-        None => {
-            let mut p = Provenance::new();
-            for item in &context {
-                if let ContextItem::Task { text } | ContextItem::Passed { text } = item {
-                    p.observe_trusted(text);
+    let mut run = Run::new(inner, args, control, context, inherited);
+    for step in 0..args.spec.max_steps {
+        if let Flow::End = run.begin_step(step) {
+            return run.out;
+        }
+        run.admit_messages().await;
+        let Some(action) = run.think(step).await else {
+            return run.out;
+        };
+        if let Flow::End = run.act(action).await {
+            return run.out;
+        }
+    }
+    run.out
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        inner: &'a Arc<Inner>,
+        args: &'a AgentArgs,
+        control: &'a RunControl,
+        context: Vec<ContextItem>,
+        inherited: Option<Box<Provenance>>,
+    ) -> Self {
+        let who = &args.identity;
+        // What this run has seen, for argument provenance. A task from the embedding
+        // program (and what it passed) is trusted. A task a brain wrote for a child is
+        // text that brain chose: it is no more trusted than what that brain had read,
+        // so the child starts from its parent's view and its task adds nothing
+        // trusted. Everything admitted later is untrusted.
+        let provenance = match inherited {
+            Some(parent) => *parent,
+            None => {
+                let mut p = Provenance::new();
+                for item in &context {
+                    if let ContextItem::Task { text } | ContextItem::Passed { text } = item {
+                        p.observe_trusted(text);
+                    }
                 }
+                p
             }
-            p
+        };
+        Run {
+            inner,
+            args,
+            control,
+            out: Outcome {
+                agent: who.agent.clone(),
+                status: Status::StepLimit,
+                steps: 0,
+                actions: Vec::new(),
+                charged: 0,
+                tool_failures: 0,
+            },
+            context,
+            provenance,
+            tools: visible_tools(inner, who),
         }
-    };
-    for step in 0..state.spec.max_steps {
-        if let Some(reason) = cancelled() {
-            return cancel_run(inner, who, out, reason);
+    }
+
+    fn who(&self) -> &'a Identity {
+        &self.args.identity
+    }
+
+    /// Ends the run when it was cancelled or the runtime is shutting down.
+    fn begin_step(&mut self, step: usize) -> Flow {
+        if let Some(reason) = self.control.cancelled() {
+            return self.cancel(reason);
         }
-        if *inner.closing.borrow() {
+        if *self.inner.closing.borrow() {
             // Shutdown abandons the run at its current step.
-            out.status = Status::Failed("the runtime shut down".into());
-            return out;
+            self.out.status = Status::Failed("the runtime shut down".into());
+            return Flow::End;
         }
-        out.steps = step + 1;
-        // Messages that arrived since the last step.
-        let arrived: Vec<Envelope> =
-            std::mem::take(&mut *state.inbox.lock().unwrap_or_else(|p| p.into_inner()));
+        self.out.steps = step + 1;
+        Flow::Next
+    }
+
+    fn cancel(&mut self, reason: String) -> Flow {
+        let out = std::mem::replace(&mut self.out, Outcome::failed("", ""));
+        self.out = cancel_run(self.inner, self.who(), out, reason);
+        Flow::End
+    }
+
+    /// Admits the messages that arrived since the last step, marked untrusted.
+    async fn admit_messages(&mut self) {
+        let arrived: Vec<Envelope> = std::mem::take(&mut *self.args.inbox.lock_or_recover());
         for e in arrived {
             let source = format!("agent {}", e.from);
             let (content, note) = admit(
-                inner,
-                who,
-                &mut provenance,
+                self.inner,
+                self.who(),
+                &mut self.provenance,
                 &source,
                 Untrusted::Text(&e.content),
             )
             .await;
-            context.push(ContextItem::Message {
+            self.context.push(ContextItem::Message {
                 from: e.from,
                 content,
                 guard: Some(note),
             });
         }
+    }
 
-        // Reserve the model call; at 80 % of the budget only the cheap model is allowed.
+    /// Reserves the step's model cost (at 80 % of the budget only the cheap model is
+    /// allowed), durably; `None` ends the run.
+    async fn reserve_step(&mut self, step: usize) -> Option<(Reservation, u64, bool)> {
+        let (inner, who, brain) = (self.inner, self.who(), &self.args.brain);
         let now = inner.clock.now();
         let mut economy = false;
-        let mut reserved: u64;
-        let view_in = |economy| BrainView {
-            agent: &who.agent,
-            context: &context,
-            tools: &tools,
-            economy,
-            step,
-        };
-        let reservation = loop {
+        let reserved = loop {
             // The reservation covers what the brain will be shown (a model is billed
             // for its prompt as well as its completion).
-            let cost = state.brain.step_reservation(&view_in(economy)).micros();
-            reserved = cost;
-            let premium = state.brain.premium(economy);
+            let view = self.view(step, economy);
+            let cost = brain.step_reservation(&view).micros();
             let intent = who.record(
-                "model.call",
+                AuditKind::ModelCall,
                 json!({"step": step, "reserved_micro_usd": cost, "economy": economy}),
             );
-            match inner.reserve(who, cost, premium, intent, now) {
-                Ok(r) => break Ok(r),
+            match inner.reserve(who, cost, brain.premium(economy), intent, now) {
+                Ok(r) => break (r, cost),
                 Err(BudgetDenial::PremiumRefused { .. }) if !economy => economy = true,
-                Err(d) => break Err(d),
+                Err(d) => {
+                    self.out.status = Status::BudgetExhausted(d.to_string());
+                    return None;
+                }
             }
         };
-        let reservation = match reservation {
-            Ok(r) => r,
-            Err(d) => {
-                out.status = Status::BudgetExhausted(d.to_string());
-                return out;
-            }
-        };
-        if let Ok(Err(e)) | Err(e) = reservation
-            .durable
+        let (mut reservation, cost) = reserved;
+        let written = (&mut reservation.durable)
             .await
-            .map(|r| r.map_err(|e| e.to_string()))
-            .map_err(|e| e.to_string())
-        {
-            out.status = Status::Failed(format!("audit write failed: {e}"));
-            return out;
+            .unwrap_or(Err(crate::error::StoreError::WriterGone));
+        if let Err(e) = written {
+            self.out.status = Status::Failed(format!("audit write failed: {e}"));
+            return None;
         }
-        let view = view_in(economy);
+        Some((reservation, cost, economy))
+    }
+
+    fn view(&self, step: usize, economy: bool) -> BrainView<'_> {
+        BrainView {
+            agent: &self.args.identity.agent,
+            context: &self.context,
+            tools: &self.tools,
+            economy,
+            step,
+        }
+    }
+
+    /// One brain step: its cost reserved, its answer within the step timeout (or
+    /// until the run is cancelled), the cost settled. `None` ends the run.
+    async fn think(&mut self, step: usize) -> Option<BrainAction> {
+        let (reservation, reserved, economy) = self.reserve_step(step).await?;
+        let (inner, who, spec) = (self.inner, self.who(), &self.args.spec);
         let step_span = tracing::info_span!("agent_step", agent = %who.agent, step, economy);
-        let thinking = tokio::time::timeout(state.spec.step_timeout, state.brain.step(&view))
-            .instrument(step_span);
-        let reply = match &control {
-            Some(c) => tokio::select! {
+        let reply = {
+            let view = self.view(step, economy);
+            let thinking = tokio::time::timeout(spec.step_timeout, self.args.brain.step(&view))
+                .instrument(step_span);
+            tokio::select! {
                 r = thinking => Some(r),
-                () = c.cancel.cancelled() => None,
-            },
-            None => Some(thinking.await),
+                () = self.control.cancel.cancelled() => None,
+            }
         };
         let (action, cost, error) = match reply {
             // Cancelled while the brain thought: the reserved cost is charged in full.
@@ -545,195 +617,200 @@ async fn run_loop(
                 reserved,
                 Some(format!(
                     "the brain did not answer within {:?}",
-                    state.spec.step_timeout
+                    spec.step_timeout
                 )),
             ),
         };
         let done = who.record(
-            "model.result",
+            AuditKind::ModelResult,
             json!({"step": step, "action": action, "error": error}),
         );
-        out.charged += inner.settle(reservation.id, cost, done, inner.clock.now());
-        let Some(action) = action else {
-            if let Some(reason) = cancelled() {
-                return cancel_run(inner, who, out, reason);
+        self.out.charged += inner
+            .ledger
+            .settle(reservation.id, cost, done, inner.clock.now());
+        if action.is_none() {
+            match self.control.cancelled() {
+                Some(reason) => _ = self.cancel(reason),
+                None => self.out.status = Status::Failed(error.unwrap_or_default()),
             }
-            out.status = Status::Failed(error.unwrap_or_default());
-            return out;
-        };
+        }
+        action
+    }
+
+    /// Carries out the brain's action.
+    async fn act(&mut self, action: BrainAction) -> Flow {
         match action {
             BrainAction::Finish { answer } => {
-                let guarded = inner.guards.output(ANSWER_CHANNEL, &answer);
-                if guarded.changed() {
-                    let record = who.record(
-                        "guard.output",
-                        json!({"channel": ANSWER_CHANNEL,
-                               "redacted": guarded.redactions.iter().map(|f| json!({"kind": f.kind, "hash": f.hash})).collect::<Vec<_>>(),
-                               "removed_urls": guarded.removed}),
-                    );
-                    inner
-                        .journal
-                        .defer(crate::journal::Batch::audit(record), inner.clock.now());
-                }
-                // What survived the guard is then marked where it came from.
-                let answer = mark_untrusted_values(inner, who, &provenance, guarded.text);
-                let record = who.record("agent.final", json!({"answer": answer}));
-                inner
-                    .journal
-                    .defer(crate::journal::Batch::audit(record), inner.clock.now());
-                out.status = Status::Finished(answer);
-                return out;
+                self.finish(answer);
+                Flow::End
             }
-            BrainAction::CallTool { tool, args } => {
-                context.push(ContextItem::Action {
-                    text: format!("call {tool} with {args}"),
-                });
-                match inner.call_tool(who, &tool, args, Some(&provenance)).await {
-                    Ok(result) => {
-                        out.charged += result.charged;
-                        let source = format!("tool {tool}");
-                        let (content, note) = admit(
-                            inner,
-                            who,
-                            &mut provenance,
-                            &source,
-                            Untrusted::Json(&result.value),
-                        )
-                        .await;
-                        out.actions.push(ActionRecord {
-                            kind: "tool".into(),
-                            target: tool.clone(),
-                            allowed: true,
-                            detail: short(&content),
-                        });
-                        context.push(ContextItem::ToolResult {
-                            tool,
-                            content,
-                            guard: Some(note),
-                        });
-                    }
-                    Err(e) => {
-                        if e.is_tool_failure() {
-                            out.tool_failures += 1;
-                        }
-                        if let GateError::Store(s) = &e {
-                            out.status = Status::Failed(s.to_string());
-                            return out;
-                        }
-                        if let GateError::ShuttingDown { .. } = &e {
-                            out.status = Status::Failed(e.to_string());
-                            return out;
-                        }
-                        out.actions.push(ActionRecord {
-                            kind: "tool".into(),
-                            target: tool,
-                            allowed: false,
-                            detail: e.to_string(),
-                        });
-                        context.push(ContextItem::Error {
-                            text: e.to_string(),
-                        });
-                    }
-                }
-            }
+            BrainAction::CallTool { tool, args } => self.call_tool(tool, args).await,
             BrainAction::Spawn(req) => {
-                context.push(ContextItem::Action {
-                    text: format!("spawn {} for: {}", req.agent, req.task),
-                });
-                let spawned = inner.spawn_requested(who, &req).await;
-                match spawned {
-                    Ok(child) => {
-                        let scope = control.as_ref().and_then(|c| c.scope.clone());
-                        let child_run = Box::pin(inner.run_scoped(
-                            child.id(),
-                            &req.task,
-                            req.pass.clone(),
-                            scope,
-                            Some(Box::new(provenance.clone())),
-                        ));
-                        let child_outcome = match &control {
-                            Some(c) => {
-                                tokio::pin!(child_run);
-                                tokio::select! {
-                                    o = &mut child_run => o,
-                                    () = c.cancel.cancelled() => {
-                                        // The child is cancelled with its parent; its
-                                        // outcome is still awaited so nothing is lost.
-                                        let reason = c.cancelled().unwrap_or_default();
-                                        let _ = child.cancel(&reason).await;
-                                        child_run.await
-                                    }
-                                }
-                            }
-                            None => child_run.await,
-                        };
-                        let summary = match &child_outcome {
-                            Ok(o) => o
-                                .answer()
-                                .map_or_else(|| format!("{:?}", o.status), str::to_string),
-                            Err(e) => e.to_string(),
-                        };
-                        out.actions.push(ActionRecord {
-                            kind: "spawn".into(),
-                            target: req.agent.clone(),
-                            allowed: true,
-                            detail: short(&summary),
-                        });
-                        let source = format!("agent {}", req.agent);
-                        let (content, note) = admit(
-                            inner,
-                            who,
-                            &mut provenance,
-                            &source,
-                            Untrusted::Text(&summary),
-                        )
-                        .await;
-                        context.push(ContextItem::Message {
-                            from: req.agent,
-                            content,
-                            guard: Some(note),
-                        });
-                    }
-                    Err(e) => {
-                        out.actions.push(ActionRecord {
-                            kind: "spawn".into(),
-                            target: req.agent,
-                            allowed: false,
-                            detail: e.to_string(),
-                        });
-                        context.push(ContextItem::Error {
-                            text: e.to_string(),
-                        });
-                    }
-                }
+                self.spawn(req).await;
+                Flow::Next
             }
             BrainAction::Send { to, content } => {
-                let envelope = Envelope {
-                    v: 1,
-                    from: who.agent.clone(),
-                    to: to.clone(),
-                    content,
-                    sent_at_ms: unix_ms(inner.clock.now()),
-                };
-                let result = inner.send_from_agent(who, envelope);
-                let record = who.record(
-                    "agent.message",
-                    json!({"to": to, "allowed": result.is_ok(),
-                           "reason": result.as_ref().err().map(ToString::to_string)}),
-                );
-                inner
-                    .journal
-                    .defer(crate::journal::Batch::audit(record), inner.clock.now());
-                out.actions.push(ActionRecord {
-                    kind: "send".into(),
-                    target: to,
-                    allowed: result.is_ok(),
-                    detail: result.err().map(|e| e.to_string()).unwrap_or_default(),
-                });
+                self.send(to, content);
+                Flow::Next
             }
         }
     }
-    out
+
+    /// The answer passes the answer channel's output guard, then what survived is
+    /// marked where it came from.
+    fn finish(&mut self, answer: String) {
+        let (inner, who) = (self.inner, self.who());
+        let guarded = inner.guards.output(ANSWER_CHANNEL, &answer);
+        if guarded.changed() {
+            inner.audit_later(who.record(
+                AuditKind::GuardOutput,
+                json!({"channel": ANSWER_CHANNEL,
+                       "redacted": guarded.redactions.iter().map(|f| json!({"kind": f.kind, "hash": f.hash})).collect::<Vec<_>>(),
+                       "removed_urls": guarded.removed}),
+            ));
+        }
+        let answer = mark_untrusted_values(inner, who, &self.provenance, guarded.text);
+        inner.audit_later(who.record(AuditKind::AgentFinal, json!({"answer": answer})));
+        self.out.status = Status::Finished(answer);
+    }
+
+    /// A tool call through the gate; its result re-enters the context untrusted.
+    async fn call_tool(&mut self, tool: String, args: serde_json::Value) -> Flow {
+        self.context.push(ContextItem::Action {
+            text: format!("call {tool} with {args}"),
+        });
+        let ctx = CallContext::new(self.who())
+            .in_run(self.control)
+            .with_provenance(&self.provenance);
+        let called = self.inner.sign_and_call(ctx, &tool, args).await;
+        match called {
+            Ok(result) => {
+                self.out.charged += result.charged;
+                let source = format!("tool {tool}");
+                let (content, note) = admit(
+                    self.inner,
+                    self.who(),
+                    &mut self.provenance,
+                    &source,
+                    Untrusted::Json(&result.value),
+                )
+                .await;
+                self.record_action("tool", tool.clone(), true, short(&content));
+                self.context.push(ContextItem::ToolResult {
+                    tool,
+                    content,
+                    guard: Some(note),
+                });
+            }
+            Err(e) => {
+                if e.is_tool_failure() {
+                    self.out.tool_failures += 1;
+                }
+                if e.ends_run() {
+                    self.out.status = Status::Failed(e.to_string());
+                    return Flow::End;
+                }
+                self.record_action("tool", tool, false, e.to_string());
+                self.context.push(ContextItem::Error {
+                    text: e.to_string(),
+                });
+            }
+        }
+        Flow::Next
+    }
+
+    fn record_action(&mut self, kind: &str, target: String, allowed: bool, detail: String) {
+        self.out.actions.push(ActionRecord {
+            kind: kind.into(),
+            target,
+            allowed,
+            detail,
+        });
+    }
+
+    /// Spawns the child the brain asked for and runs its task; the child's answer
+    /// re-enters the context untrusted.
+    async fn spawn(&mut self, req: SpawnRequest) {
+        self.context.push(ContextItem::Action {
+            text: format!("spawn {} for: {}", req.agent, req.task),
+        });
+        let child = match self.inner.spawn_requested(self.who(), &req).await {
+            Ok(child) => child,
+            Err(e) => {
+                self.record_action("spawn", req.agent, false, e.to_string());
+                self.context.push(ContextItem::Error {
+                    text: e.to_string(),
+                });
+                return;
+            }
+        };
+        let summary = match self.run_child(&child, &req).await {
+            Ok(o) => o
+                .answer()
+                .map_or_else(|| format!("{:?}", o.status), str::to_string),
+            Err(e) => e.to_string(),
+        };
+        self.record_action("spawn", req.agent.clone(), true, short(&summary));
+        let source = format!("agent {}", req.agent);
+        let (content, note) = admit(
+            self.inner,
+            self.who(),
+            &mut self.provenance,
+            &source,
+            Untrusted::Text(&summary),
+        )
+        .await;
+        self.context.push(ContextItem::Message {
+            from: req.agent,
+            content,
+            guard: Some(note),
+        });
+    }
+
+    /// Runs a child's task in this run's scope; cancelling this run cancels the
+    /// child, whose outcome is still awaited so nothing is lost.
+    async fn run_child(
+        &self,
+        child: &crate::runtime::AgentHandle,
+        req: &SpawnRequest,
+    ) -> Result<Outcome, crate::error::RunError> {
+        let child_run = Box::pin(self.inner.run_scoped(
+            child.id(),
+            &req.task,
+            req.pass.clone(),
+            self.control.scope.clone(),
+            Some(Box::new(self.provenance.clone())),
+        ));
+        tokio::pin!(child_run);
+        tokio::select! {
+            o = &mut child_run => o,
+            () = self.control.cancel.cancelled() => {
+                let reason = self.control.cancelled().unwrap_or_default();
+                let _ = child.cancel(&reason).await;
+                child_run.await
+            }
+        }
+    }
+
+    /// A message to another agent, through the messaging capability; audited.
+    fn send(&mut self, to: String, content: String) {
+        let (inner, who) = (self.inner, self.who());
+        let envelope = Envelope {
+            v: 1,
+            from: who.agent.clone(),
+            to: to.clone(),
+            content,
+            sent_at_ms: unix_ms(inner.clock.now()),
+        };
+        let result = inner.send_from_agent(who, envelope);
+        inner.audit_later(who.record(
+            AuditKind::AgentMessage,
+            json!({"to": to, "allowed": result.is_ok(),
+                   "reason": result.as_ref().err().map(ToString::to_string)}),
+        ));
+        let detail = result.err().map(|e| e.to_string()).unwrap_or_default();
+        self.record_action("send", to, detail.is_empty(), detail);
+    }
 }
 
 /// Marks (or withholds, by policy) each link, address or account number in the answer
@@ -785,24 +862,20 @@ fn mark_untrusted_values(
     }
     out.push_str(&answer[at..]);
     let record = who.record(
-        "guard.answer_provenance",
+        AuditKind::GuardAnswerProvenance,
         json!({"policy": policy, "values": found}),
     );
-    inner
-        .journal
-        .defer(crate::journal::Batch::audit(record), inner.clock.now());
+    inner.audit_later(record);
     out
 }
 
 /// Ends a run that was cancelled, with an audit entry.
 fn cancel_run(inner: &Inner, who: &Identity, mut out: Outcome, reason: String) -> Outcome {
     let record = who.record(
-        "agent.cancelled",
+        AuditKind::AgentCancelled,
         json!({"reason": reason, "steps": out.steps}),
     );
-    inner
-        .journal
-        .defer(crate::journal::Batch::audit(record), inner.clock.now());
+    inner.audit_later(record);
     out.status = Status::Cancelled(reason);
     out
 }
@@ -862,23 +935,19 @@ async fn admit(
             note.verdict = Verdict::Injection;
             note.signals.push("model_guard".into());
             let record = who.record(
-                "guard.model",
+                AuditKind::GuardModel,
                 json!({"source": source, "reason": verdict.reason, "categories": verdict.categories}),
             );
-            inner
-                .journal
-                .defer(crate::journal::Batch::audit(record), inner.clock.now());
+            inner.audit_later(record);
         }
     }
     if note.verdict != Verdict::Clean {
         let record = who.record(
-            "guard.input",
+            AuditKind::GuardInput,
             json!({"source": source, "score": note.score, "verdict": note.verdict,
                    "signals": note.signals}),
         );
-        inner
-            .journal
-            .defer(crate::journal::Batch::audit(record), inner.clock.now());
+        inner.audit_later(record);
     }
     (content, note)
 }

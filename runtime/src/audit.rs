@@ -31,13 +31,17 @@ use crate::error::StoreError;
 use crate::journal::DB_FILE;
 use crate::ledger::LedgerCommand;
 
+mod kind;
+pub use kind::AuditKind;
+
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// What an audit entry records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
-    /// The kind of event: `tool.call`, `tool.result`, `tool.denied`, `model.call`,
-    /// `agent.spawn`, `agent.final`, `breaker.open`, `budget.denied`, ...
+    /// The kind of event by its name in the trail ([`AuditKind::as_str`]): `tool.call`,
+    /// `tool.result`, `tool.denied`, `model.call`, `agent.spawn`, ... Kept as text so
+    /// that a trail written by another release still decodes.
     pub kind: String,
     /// The agent the event concerns.
     pub agent: String,
@@ -59,15 +63,20 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// A record of `kind` about `agent` with `detail`.
-    pub fn new(kind: &str, agent: &str, detail: serde_json::Value) -> Self {
+    pub fn new(kind: AuditKind, agent: &str, detail: serde_json::Value) -> Self {
         AuditRecord {
-            kind: kind.to_string(),
+            kind: kind.as_str().to_string(),
             agent: agent.to_string(),
             token_id: String::new(),
             chain: Vec::new(),
             detail,
             ledger: None,
         }
+    }
+
+    /// The kind, if this release knows it.
+    pub fn kind(&self) -> Option<AuditKind> {
+        AuditKind::parse(&self.kind)
     }
 
     /// Attaches the ledger command this event applies.
@@ -80,12 +89,12 @@ impl AuditRecord {
 /// Format version of entries written now.
 pub const AUDIT_FORMAT: u16 = 2;
 /// Kind of the entry recording an operator's override of a broken trail.
-pub const OVERRIDE_KIND: &str = "audit.override";
+pub const OVERRIDE_KIND: &str = AuditKind::AuditOverride.as_str();
 /// Kind of the entry sealing a legacy (format 1) trail under the audit key.
-pub const MIGRATED_KIND: &str = "audit.migrated";
+pub const MIGRATED_KIND: &str = AuditKind::AuditMigrated.as_str();
 /// Kind of the entry recording a periodic checkpoint (its length and head), so that a
 /// checkpoint file replaced or emptied is detected from the trail itself.
-pub const CHECKPOINT_KIND: &str = "audit.checkpoint";
+pub const CHECKPOINT_KIND: &str = AuditKind::AuditCheckpoint.as_str();
 /// Entries between two periodic checkpoints, by default.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1024;
 
@@ -757,7 +766,7 @@ pub(crate) fn is_keyed(db: &redb::Database) -> Result<bool, StoreError> {
 /// The trail's record of a checkpoint of `len` entries with head `head`.
 pub(crate) fn checkpoint_note(len: u64, head: &str) -> AuditRecord {
     AuditRecord::new(
-        CHECKPOINT_KIND,
+        AuditKind::AuditCheckpoint,
         "runtime",
         serde_json::json!({"len": len, "head": head}),
     )

@@ -3,6 +3,7 @@
 //! test double, a real model behind an OpenAI-compatible API, or a model an attacker
 //! fully controls.
 
+use crate::sync::LockExt;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -262,8 +263,7 @@ impl Brain for ScriptedBrain {
             Some(f) => f(view),
             None => self
                 .script
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .lock_or_recover()
                 .pop_front()
                 .unwrap_or(BrainAction::Finish {
                     answer: "script finished".into(),

@@ -5,6 +5,7 @@
 //! run through (half-open): success closes it and resets the steps, failure opens it
 //! for the next step. State is written durably, so a restarted runtime keeps it.
 
+use crate::audit::AuditKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +109,7 @@ impl Breakers {
         if success {
             if state.trips > 0 || state.failures > 0 {
                 audit.push(AuditRecord::new(
-                    "breaker.closed",
+                    AuditKind::BreakerClosed,
                     agent,
                     serde_json::json!({"task": task}),
                 ));
@@ -124,7 +125,7 @@ impl Breakers {
                 state.trips += 1;
                 state.failures = 0;
                 audit.push(AuditRecord::new(
-                    "breaker.open",
+                    AuditKind::BreakerOpen,
                     agent,
                     serde_json::json!({"task": task, "trip": state.trips, "open_secs": open_for.as_secs()}),
                 ));

@@ -1,6 +1,7 @@
 //! Time as a seam: the runtime asks a [`Clock`], so tests can move time forward
 //! (circuit-breaker backoff, daily budget windows, dedup windows) without waiting.
 
+use crate::sync::LockExt;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -32,14 +33,14 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        let mut now = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut now = self.0.lock_or_recover();
         *now += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.0.lock_or_recover()
     }
 }
 

@@ -261,15 +261,64 @@ pub enum GateError {
     Store(#[from] StoreError),
 }
 
+/// What kind of outcome a [`GateError`] is: the one classification the gate, the
+/// agent loop and the sandbox's host functions act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GateErrorKind {
+    /// The call was not allowed: the token, the tier, a guard, the budget, the
+    /// watchdog or an operator refused it. Audited as `tool.denied`.
+    Refused,
+    /// The call needs an approval its caller cannot wait for (a call from inside a
+    /// sandboxed tool).
+    NeedsApproval,
+    /// The tool ran and failed, panicked or timed out (it counts toward a breaker).
+    ToolFailure,
+    /// The run was cancelled while the call waited.
+    Interrupted,
+    /// The runtime is shutting down.
+    ShuttingDown,
+    /// The durable record could not be written, so nothing ran.
+    Store,
+}
+
 impl GateError {
+    /// What kind of outcome this is.
+    pub fn kind(&self) -> GateErrorKind {
+        match self {
+            GateError::ToolFailed { .. }
+            | GateError::ToolPanicked(_)
+            | GateError::ToolTimedOut { .. } => GateErrorKind::ToolFailure,
+            GateError::ApprovalInSandbox { .. } => GateErrorKind::NeedsApproval,
+            GateError::RunCancelled { .. } => GateErrorKind::Interrupted,
+            GateError::ShuttingDown { .. } => GateErrorKind::ShuttingDown,
+            GateError::Store(_) => GateErrorKind::Store,
+            _ => GateErrorKind::Refused,
+        }
+    }
+
     /// Whether the error is a failure of the tool itself (it counts toward a breaker),
     /// as opposed to a refusal.
     pub fn is_tool_failure(&self) -> bool {
+        self.kind() == GateErrorKind::ToolFailure
+    }
+
+    /// Whether the gate records the error as a `tool.denied` audit entry: every
+    /// outcome but a tool's own failure (recorded as `tool.failed`) and a store that
+    /// cannot write.
+    pub(crate) fn is_audited_as_denial(&self) -> bool {
+        !matches!(
+            self.kind(),
+            GateErrorKind::ToolFailure | GateErrorKind::Store
+        )
+    }
+
+    /// Whether the error ends the agent's run: nothing more can be recorded durably,
+    /// or the runtime is going away.
+    pub(crate) fn ends_run(&self) -> bool {
         matches!(
-            self,
-            GateError::ToolFailed { .. }
-                | GateError::ToolPanicked(_)
-                | GateError::ToolTimedOut { .. }
+            self.kind(),
+            GateErrorKind::Store | GateErrorKind::ShuttingDown
         )
     }
 }

@@ -12,6 +12,7 @@
 //! Opening verifies the trail (keyed hashes and checkpoints) before the budget ledger
 //! is replayed from it: a broken trail is refused unless the operator overrides.
 
+use crate::sync::RwLockExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -26,7 +27,7 @@ use crate::audit::{
 use crate::clock::unix_ms;
 use crate::error::StoreError;
 use crate::guard::Redactor;
-use crate::ledger::LedgerState;
+use crate::ledger::{LedgerState, LocalLedger};
 
 /// The database file inside a data directory.
 pub const DB_FILE: &str = "bulwark.redb";
@@ -65,6 +66,9 @@ pub(crate) enum Mode {
     /// durable commit. For records whose effect is already covered by a durable one.
     Deferred,
 }
+
+/// Resolves once a submitted write is durable (or failed).
+pub(crate) type Durable = oneshot::Receiver<Result<(), StoreError>>;
 
 /// Longest a deferred write waits for a commit to ride along with.
 const DEFER_MS: u64 = 5;
@@ -160,7 +164,7 @@ impl Journal {
                 tracing::warn!(entry = p.seq, reason = %p.reason, operator_reason = why,
                     "starting on a broken audit trail by operator override");
                 Some(AuditRecord::new(
-                    audit::OVERRIDE_KIND,
+                    audit::AuditKind::AuditOverride,
                     "operator",
                     serde_json::json!({
                         "broken_at": p.seq,
@@ -179,7 +183,7 @@ impl Journal {
                     });
                 }
                 Some(AuditRecord::new(
-                    audit::MIGRATED_KIND,
+                    audit::AuditKind::AuditMigrated,
                     "runtime",
                     serde_json::json!({
                         "from_format": 1,
@@ -196,14 +200,21 @@ impl Journal {
             // The ledger is rebuilt by replaying the commands carried by audit entries
             // (an entry that does not decode can only be here by operator override).
             let audit = txn.open_table(AUDIT).map_err(StoreError::from_display)?;
-            let mut state = LedgerState::default();
-            for row in audit.iter().map_err(StoreError::from_display)? {
-                let (_, v) = row.map_err(StoreError::from_display)?;
-                if let Ok(entry) = serde_json::from_slice::<AuditEntry>(v.value())
-                    && let Some(cmd) = &entry.record.ledger
-                {
-                    state.apply(cmd);
-                }
+            let mut unreadable = None;
+            let entries = audit
+                .iter()
+                .map_err(StoreError::from_display)?
+                .map_while(|row| match row {
+                    Ok((_, v)) => Some(serde_json::from_slice::<AuditEntry>(v.value()).ok()),
+                    Err(e) => {
+                        unreadable = Some(StoreError::from_display(e));
+                        None
+                    }
+                })
+                .flatten();
+            let state = LocalLedger::replay(entries);
+            if let Some(e) = unreadable {
+                return Err(e.into());
             }
             state
         };
@@ -282,12 +293,7 @@ impl Journal {
 
     /// Queues `batch`; returns a receiver that resolves once it is committed (and, for
     /// [`Mode::Durable`], on disk). Queue order is commit order.
-    pub fn submit(
-        &self,
-        batch: Batch,
-        mode: Mode,
-        at: SystemTime,
-    ) -> oneshot::Receiver<Result<(), StoreError>> {
+    pub fn submit(&self, batch: Batch, mode: Mode, at: SystemTime) -> Durable {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::SendError(Op::Write(req))) = self.tx.send(Op::Write(Request {
             batch,
@@ -326,13 +332,12 @@ impl Journal {
         if self.tx.send(Op::Close(reply)).is_ok() {
             let _ = rx.await;
         }
-        self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        self.db.write_or_recover().take();
     }
 
     fn db(&self) -> Result<Arc<Database>, StoreError> {
         self.db
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_or_recover()
             .clone()
             .ok_or(StoreError::WriterGone)
     }

@@ -28,6 +28,7 @@ mod rate;
 mod runtime;
 pub mod sandbox;
 mod secrets;
+mod sync;
 pub mod telemetry;
 mod tools;
 mod watchdog;
@@ -45,7 +46,7 @@ pub use brain::{
 pub use breaker::{BreakerPolicy, BreakerState};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dedup::{BoardTask, Dedup, Submission, TaskState};
-pub use error::{BudgetDenial, GateError, RunError, SpawnError, StoreError};
+pub use error::{BudgetDenial, GateError, GateErrorKind, RunError, SpawnError, StoreError};
 pub use gate::{CallResult, Notification, NotificationKind};
 pub use journal::DB_FILE;
 pub use ledger::{

@@ -4,6 +4,7 @@
 //! arguments must match, the tier, the most a call may cost, the secrets it needs,
 //! an optional compensation, and how calls are deduplicated on a channel.
 
+use crate::sync::RwLockExt;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -336,7 +337,7 @@ impl ToolRegistry {
                 tool: m.name.clone(),
                 reason: e.to_string(),
             })?;
-        let mut tools = self.tools.write().unwrap_or_else(|p| p.into_inner());
+        let mut tools = self.tools.write_or_recover();
         if tools.contains_key(&m.name) {
             return Err(RegisterError::Duplicate(m.name.clone()));
         }
@@ -345,18 +346,13 @@ impl ToolRegistry {
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Registered>> {
-        self.tools
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.tools.read_or_recover().get(name).cloned()
     }
 
     /// The manifests of the named tools that are registered.
     pub fn manifests(&self) -> Vec<ToolManifest> {
         self.tools
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_or_recover()
             .values()
             .map(|r| r.tool.manifest.clone())
             .collect()

@@ -303,6 +303,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::LockExt;
 
     #[test]
     fn channels_get_their_own_policy() {
@@ -374,10 +375,7 @@ mod tests {
         struct Sink(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Sink {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(b);
+                self.0.lock_or_recover().extend_from_slice(b);
                 Ok(b.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
@@ -397,8 +395,7 @@ mod tests {
                 "paid with card 4111 1111 1111 1111"
             );
         });
-        let text = String::from_utf8(captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .unwrap_or_default();
+        let text = String::from_utf8(captured.0.lock_or_recover().clone()).unwrap_or_default();
         assert!(text.contains("[REDACTED:email:"), "{text}");
         assert!(text.contains("[REDACTED:card:"), "{text}");
         assert!(

@@ -4,6 +4,7 @@
 //! `BULWARK_INTERPRETERS` directory, then `~/.cache/bulwark/interpreters`, and checked
 //! against their pinned sha256 before first use.
 
+use crate::sync::LockExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -82,7 +83,7 @@ impl Interpreters {
 
     /// The interpreter's module bytes, verified against the pinned sha256.
     pub fn bytes(&self, which: Interpreter) -> Result<Arc<Vec<u8>>, SandboxError> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loaded = self.loaded.lock_or_recover();
         if let Some((_, b)) = loaded.iter().find(|(w, _)| *w == which) {
             return Ok(b.clone());
         }

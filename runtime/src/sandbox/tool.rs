@@ -13,6 +13,7 @@
 //! function exists when the token grants its tool at any tier but BLOCK (a call that
 //! needs an approval is then refused at once, see [`super::HostGate`]).
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -184,7 +185,7 @@ struct Place<'a> {
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        let mut agents = self.s.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let mut agents = self.s.agents.lock_or_recover();
         if let Some(slot) = agents.get_mut(&self.agent) {
             slot.pending -= 1;
             if slot.pending == 0 {
@@ -198,7 +199,7 @@ impl Scheduled {
     async fn call(&self, input: ToolInput) -> Result<ToolOutput, ToolError> {
         let pool = self.tool.pool;
         let running = {
-            let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+            let mut agents = self.agents.lock_or_recover();
             let slot = agents
                 .entry(input.agent.clone())
                 .or_insert_with(|| AgentSlot {

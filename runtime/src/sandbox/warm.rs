@@ -8,6 +8,7 @@
 //! instance's limits and mounts are fixed when it starts); others start cold, through
 //! the same loader.
 
+use crate::sync::LockExt;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -91,14 +92,13 @@ impl WarmPool {
 
     /// How many instances have started or are starting.
     pub fn ready(&self) -> usize {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.ready.lock_or_recover().len()
     }
 
     /// How many instances are waiting for their script (start-up done).
     pub fn waiting(&self) -> usize {
         self.ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_or_recover()
             .iter()
             .filter(|w| !w.stderr.contents().is_empty())
             .count()
@@ -111,11 +111,7 @@ pub(crate) fn fill(sb: &Arc<Sandbox>) {
     while pool.ready() + pool.starting.load(Ordering::SeqCst) < pool.target {
         pool.starting.fetch_add(1, Ordering::SeqCst);
         match start(sb) {
-            Ok(w) => pool
-                .ready
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_back(w),
+            Ok(w) => pool.ready.lock_or_recover().push_back(w),
             Err(e) => {
                 tracing::warn!(error = %e, "could not pre-start a Python interpreter");
                 pool.starting.fetch_sub(1, Ordering::SeqCst);
@@ -175,7 +171,7 @@ pub(crate) async fn try_warm(
         return Ok(None);
     }
     let taken = {
-        let mut ready = pool.ready.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ready = pool.ready.lock_or_recover();
         let at = ready
             .iter()
             .position(|w| !w.stderr.contents().is_empty())

@@ -1,4 +1,4 @@
-//! The budget ledger: a deterministic state machine, `apply(command) -> outcome`.
+//! The budget ledger's state: a deterministic state machine, `apply(command) -> outcome`.
 //!
 //! Accounts form a tree (tenant at the root, then agent subtrees); every account has a
 //! daily cap no larger than its parent's, and every reservation must fit under the cap
@@ -314,4 +314,5 @@ impl LedgerState {
 }
 
 #[cfg(test)]
+#[path = "tests.rs"]
 mod tests;

@@ -1,0 +1,106 @@
+//! The runtime's shared state, which every part of it holds.
+
+use crate::clock::Clock;
+use crate::sync::RwLockExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use bulwark_capabilities::{MicroUsd, PublicKey, ReplayGuard, Revocations, Token};
+use ractor::ActorRef;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::agent::{AgentArgs, AgentMsg};
+use crate::audit::AuditRecord;
+use crate::brain::Brain;
+use crate::breaker::Breakers;
+use crate::dedup::Dedup;
+use crate::error::BudgetDenial;
+use crate::gate::{Identity, Notification};
+use crate::guard::Guards;
+use crate::journal::{Batch, Journal};
+use crate::proposals::{ApprovalPath, ProposalStore};
+use crate::secrets::SecretStore;
+use crate::tools::ToolRegistry;
+
+use super::*;
+
+/// Where revoked block ids are kept in the store (`revoked/HEX`).
+pub(crate) const REVOKED_PREFIX: &str = "revoked/";
+
+/// Makes brains for agents spawned by other agents (a model names a brain, it cannot
+/// hand over code).
+pub type BrainFactory = Arc<dyn Fn() -> Arc<dyn Brain> + Send + Sync>;
+
+pub(crate) struct AgentEntry {
+    pub actor: ActorRef<AgentMsg>,
+    pub inbox: Arc<Mutex<Vec<Envelope>>>,
+    pub args: AgentArgs,
+}
+
+pub(crate) struct Inner {
+    pub journal: Journal,
+    pub ledger: Arc<dyn crate::ledger::LedgerService>,
+    pub tools: ToolRegistry,
+    pub revocations: RwLock<Revocations>,
+    pub replay: Mutex<ReplayGuard>,
+    pub dedup: Dedup,
+    pub secrets: SecretStore,
+    pub breakers: Breakers,
+    pub clock: Arc<dyn Clock>,
+    pub root: PublicKey,
+    pub agents: RwLock<HashMap<String, AgentEntry>>,
+    /// Most agents held at once.
+    pub max_agents: usize,
+    /// Per agent tree, when its recent proposals were made (ms).
+    pub proposal_rate: Mutex<crate::rate::RateWindows>,
+    /// Per sending agent, when its recent messages were sent (ms).
+    pub message_rate: Mutex<crate::rate::RateWindows>,
+    pub brains: RwLock<HashMap<String, BrainFactory>>,
+    pub notifications: broadcast::Sender<Notification>,
+    pub supervisor: Mutex<Option<ActorRef<()>>>,
+    pub tenant_budgets: HashMap<String, MicroUsd>,
+    pub guards: Guards,
+    pub proposals: ProposalStore,
+    pub approval: Option<ApprovalPath>,
+    /// Set when the runtime shuts down: suspended steps stop waiting.
+    pub closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Inner {
+    /// Whether any block of `token`'s chain is revoked.
+    pub(crate) fn is_revoked(&self, token: &Token) -> bool {
+        let revoked = self.revocations.read_or_recover();
+        token.revocation_ids().iter().any(|id| revoked.contains(id))
+    }
+}
+
+impl Inner {
+    /// Queues `record` for the audit trail, deferred: for records whose effect is
+    /// already covered by a durable one, or that have no effect to protect (a
+    /// refusal). The next durable commit persists it.
+    pub(crate) fn audit_later(&self, record: AuditRecord) {
+        self.journal.defer(Batch::audit(record), self.clock.now());
+    }
+
+    /// Reserves `amount` on `who`'s account with `intent` journaled durably beside
+    /// it; a denial is recorded.
+    pub(crate) fn reserve(
+        &self,
+        who: &Identity,
+        amount: u64,
+        premium: bool,
+        intent: AuditRecord,
+        now: SystemTime,
+    ) -> Result<crate::ledger::Reservation, BudgetDenial> {
+        self.ledger
+            .reserve(&who.account, amount, premium, intent, now)
+            .inspect_err(|denial| {
+                self.audit_later(who.record(
+                    AuditKind::BudgetDenied,
+                    json!({"reason": denial.to_string()}),
+                ));
+            })
+    }
+}

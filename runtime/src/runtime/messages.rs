@@ -1,0 +1,139 @@
+//! Messages between agents: the envelope, the inbox bounds and the messaging capability.
+
+use crate::sync::{LockExt, RwLockExt};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RunError;
+use crate::gate::Identity;
+
+use super::*;
+
+/// A message between agents. Agents address each other by id; the envelope is
+/// serializable so a cluster can carry it between machines unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Format version.
+    pub v: u16,
+    /// Sender agent id.
+    pub from: String,
+    /// Recipient agent id.
+    pub to: String,
+    /// The text.
+    pub content: String,
+    /// When it was sent, ms since the epoch.
+    pub sent_at_ms: u64,
+}
+
+/// Most undelivered messages an agent's inbox holds. Beyond it, a message from the
+/// embedding program drops the oldest; a message from an agent is refused.
+pub const MAX_INBOX: usize = 256;
+
+/// Most undelivered messages one agent may have in another agent's inbox: a flood from
+/// one sender cannot push out the others' messages.
+pub const MAX_INBOX_PER_SENDER: usize = 32;
+
+/// Most agents one runtime holds; beyond it spawning is refused.
+pub const MAX_AGENTS: usize = 10_000;
+
+/// Most messages one agent may send per minute.
+pub const MAX_MESSAGES_PER_MINUTE: usize = 60;
+
+/// The capability an agent's token must grant to message other agents (of its own
+/// tenant only). Authorized with the arguments `to` (the recipient) and `tree` (the
+/// recipient's root agent), so a token can narrow it with constraints, e.g. to its own
+/// tree: `message:send.tree == ROOT`.
+pub const MESSAGE_CAPABILITY: &str = "message:send";
+impl Inner {
+    /// A message from the embedding program: bounded, the oldest dropped when full.
+    pub(crate) fn deliver(&self, envelope: Envelope) -> Result<(), RunError> {
+        let agents = self.agents.read_or_recover();
+        let entry = agents
+            .get(&envelope.to)
+            .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
+        let mut inbox = entry.inbox.lock_or_recover();
+        // A bounded inbox: a flood cannot exhaust memory.
+        if inbox.len() >= MAX_INBOX {
+            inbox.remove(0);
+        }
+        inbox.push(envelope);
+        Ok(())
+    }
+
+    /// A message one agent's brain sends another: a granted capability, within the
+    /// sender's tenant, rate-limited per sender, and held to a per-sender share of the
+    /// recipient's inbox (refused, never evicting others, beyond it).
+    pub(crate) fn send_from_agent(
+        &self,
+        sender: &Identity,
+        envelope: Envelope,
+    ) -> Result<(), RunError> {
+        let to = envelope.to.clone();
+        let refuse = |reason: String| RunError::MessageRefused {
+            to: to.clone(),
+            reason,
+        };
+        let agents = self.agents.read_or_recover();
+        let entry = agents
+            .get(&envelope.to)
+            .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
+        let recipient = &entry.args.identity;
+        if recipient.token.tenant() != sender.token.tenant() {
+            return Err(refuse("the recipient belongs to another tenant".into()));
+        }
+        let mut args = bulwark_capabilities::Args::new();
+        args.insert(
+            "to".into(),
+            bulwark_capabilities::ArgValue::Str(envelope.to.clone()),
+        );
+        args.insert(
+            "tree".into(),
+            bulwark_capabilities::ArgValue::Str(
+                recipient.chain.first().unwrap_or(&recipient.agent).clone(),
+            ),
+        );
+        let request = bulwark_capabilities::Request {
+            agent: sender.agent.clone(),
+            tool: MESSAGE_CAPABILITY.into(),
+            args,
+            time: self.clock.now(),
+        };
+        let authorized = {
+            let revoked = self.revocations.read_or_recover();
+            sender
+                .token
+                .authorize(&request, &revoked)
+                .map_err(|d| refuse(d.to_string()))?
+        };
+        if authorized.tier > bulwark_capabilities::Tier::AutoPlus {
+            return Err(refuse(format!(
+                "`{MESSAGE_CAPABILITY}` is at tier {} for this agent; messages do not wait for approval",
+                authorized.tier
+            )));
+        }
+        let now_ms = crate::clock::unix_ms(self.clock.now());
+        if !self.message_rate.lock_or_recover().admit(
+            &sender.agent,
+            now_ms,
+            MAX_MESSAGES_PER_MINUTE,
+        ) {
+            return Err(refuse(format!(
+                "`{}` may send at most {MAX_MESSAGES_PER_MINUTE} messages per minute",
+                sender.agent
+            )));
+        }
+        let mut inbox = entry.inbox.lock_or_recover();
+        let mine = inbox.iter().filter(|e| e.from == sender.agent).count();
+        if mine >= MAX_INBOX_PER_SENDER {
+            return Err(refuse(format!(
+                "`{}` already has {MAX_INBOX_PER_SENDER} unread messages there",
+                sender.agent
+            )));
+        }
+        if inbox.len() >= MAX_INBOX {
+            return Err(refuse("the inbox is full".into()));
+        }
+        inbox.push(envelope);
+        Ok(())
+    }
+}

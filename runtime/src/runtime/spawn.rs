@@ -1,0 +1,178 @@
+//! Spawning agents: root agents, children by attenuation, and the spawns brains ask for.
+
+use crate::audit::AuditKind;
+use crate::sync::{LockExt, RwLockExt};
+use ractor::Actor;
+use std::sync::{Arc, Mutex};
+
+use bulwark_capabilities::{Attenuation, Constraint, Token};
+use serde_json::json;
+
+use crate::agent::{AgentActor, AgentArgs};
+use crate::brain::{Brain, SpawnRequest};
+use crate::error::SpawnError;
+use crate::gate::Identity;
+
+use super::*;
+
+impl Inner {
+    /// Opens a budget account under `parent` (none for a tenant) with a daily cap.
+    pub(crate) async fn open_account(
+        &self,
+        account: &str,
+        parent: Option<&str>,
+        cap: u64,
+    ) -> Result<(), SpawnError> {
+        self.ledger
+            .open(account, parent, cap, self.clock.now())
+            .map_err(SpawnError::Budget)
+    }
+
+    pub(crate) async fn spawn(
+        self: &Arc<Self>,
+        spec: AgentSpec,
+        token: Token,
+        brain: Arc<dyn Brain>,
+        parent_account: Option<String>,
+        parent_chain: Option<&[String]>,
+    ) -> Result<AgentHandle, SpawnError> {
+        if token.agent() != spec.id {
+            return Err(SpawnError::WrongAgent {
+                token_agent: token.agent().to_string(),
+                agent: spec.id.clone(),
+            });
+        }
+        if token.holder() != spec.key.public() {
+            return Err(SpawnError::WrongKey);
+        }
+        if self.is_revoked(&token) {
+            return Err(SpawnError::Revoked(spec.id.clone()));
+        }
+        {
+            let agents = self.agents.read_or_recover();
+            if agents.contains_key(&spec.id) {
+                return Err(SpawnError::Duplicate(spec.id.clone()));
+            }
+            if agents.len() >= self.max_agents {
+                return Err(SpawnError::TooManyAgents(self.max_agents));
+            }
+        }
+        let account = format!("agent:{}", spec.id);
+        // An agent's cap is its token's budget, carved out of its parent's account.
+        let parent_cap = parent_account
+            .as_deref()
+            .and_then(|p| self.ledger.account(p).map(|a| a.cap.micros()));
+        let cap = token
+            .effective()
+            .budget
+            .micros()
+            .min(parent_cap.unwrap_or(u64::MAX));
+        self.open_account(&account, parent_account.as_deref(), cap)
+            .await?;
+        let chain: Vec<String> = match parent_chain {
+            Some(c) => c
+                .iter()
+                .cloned()
+                .chain(std::iter::once(spec.id.clone()))
+                .collect(),
+            None => token.chain().into_iter().map(|l| l.agent).collect(),
+        };
+        let identity = Arc::new(Identity {
+            agent: spec.id.clone(),
+            account,
+            chain: chain.clone(),
+            key: spec.key.clone(),
+            token,
+        });
+        let args = AgentArgs {
+            spec,
+            identity,
+            brain,
+            inner: Arc::downgrade(self),
+            inbox: Arc::new(Mutex::new(Vec::new())),
+        };
+        self.start_actor(args.clone()).await?;
+        // Like the account, the spawn entry becomes durable with the agent's first
+        // durable write, which precedes any effect it can have.
+        let record = args
+            .identity
+            .record(AuditKind::AgentSpawn, json!({"chain": chain}));
+        self.audit_later(record);
+        Ok(AgentHandle {
+            id: args.spec.id.clone(),
+            inner: self.clone(),
+        })
+    }
+
+    /// Starts (or restarts) an agent's actor under the supervisor.
+    pub(crate) async fn start_actor(&self, args: AgentArgs) -> Result<(), SpawnError> {
+        let sup = self
+            .supervisor
+            .lock_or_recover()
+            .clone()
+            .ok_or_else(|| SpawnError::Actor("the runtime is shut down".into()))?;
+        let (actor, _) = Actor::spawn_linked(None, AgentActor, args.clone(), sup.get_cell())
+            .await
+            .map_err(|e| SpawnError::Actor(e.to_string()))?;
+        self.agents.write_or_recover().insert(
+            args.spec.id.clone(),
+            AgentEntry {
+                actor,
+                inbox: args.inbox.clone(),
+                args,
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn spawn_child(
+        self: &Arc<Self>,
+        parent: &Identity,
+        spec: AgentSpec,
+        attenuation: Attenuation,
+        brain: Arc<dyn Brain>,
+    ) -> Result<AgentHandle, SpawnError> {
+        let child_token = parent.token.attenuate(&parent.key, attenuation)?;
+        self.spawn(
+            spec,
+            child_token,
+            brain,
+            Some(parent.account.clone()),
+            Some(&parent.chain),
+        )
+        .await
+    }
+
+    /// A child requested by a brain: everything in the request is checked like any
+    /// other input from a model.
+    pub(crate) async fn spawn_requested(
+        self: &Arc<Self>,
+        parent: &Identity,
+        req: &SpawnRequest,
+    ) -> Result<AgentHandle, SpawnError> {
+        let factory = self
+            .brains
+            .read_or_recover()
+            .get(&req.brain)
+            .cloned()
+            .ok_or_else(|| SpawnError::UnknownBrain(req.brain.clone()))?;
+        let spec = AgentSpec::new(req.agent.clone());
+        let mut att = Attenuation::new(req.agent.clone(), spec.key.public());
+        if let Some(tools) = &req.tools {
+            att = att.only_tools(tools.clone());
+        }
+        for (tool, tier) in &req.tiers {
+            att = att.tier(tool.clone(), *tier);
+        }
+        if let Some(b) = req.budget {
+            att = att.budget(b);
+        }
+        for c in &req.constraints {
+            let c: Constraint = c.parse().map_err(|e| {
+                SpawnError::Attenuate(bulwark_capabilities::AttenuateError::Invalid(e))
+            })?;
+            att = att.require(c);
+        }
+        self.spawn_child(parent, spec, att, factory()).await
+    }
+}
