@@ -145,31 +145,12 @@ impl Inner {
                 closed_at: rfc3339(until),
             });
         }
-        let registered = self.tools.get(&p.tool);
-        let compensation = registered
-            .as_ref()
-            .and_then(|r| r.tool.manifest.compensation.clone())
-            .ok_or_else(|| ProposalError::CompensationFailed {
-                id: id.to_string(),
-                tool: "(none)".into(),
-                reason: format!("`{}` has no compensation", p.tool),
-            })?;
-        let comp =
-            self.tools
-                .get(&compensation)
-                .ok_or_else(|| ProposalError::CompensationFailed {
-                    id: id.to_string(),
-                    tool: compensation.clone(),
-                    reason: "the compensating tool is not registered".into(),
-                })?;
+        let (compensation, comp) = self.compensation_of(&p)?;
         let failed = |reason: String| ProposalError::CompensationFailed {
             id: id.to_string(),
             tool: compensation.clone(),
             reason,
         };
-        if comp.tool.manifest.tier == Tier::Block {
-            return Err(failed("the compensating tool is at tier block".into()));
-        }
         // The action being undone must come from a token this runtime issued; the undo
         // runs as that agent, its intent and budget reservation durable first. A
         // revoked or expired token does not stop it: revoking an agent must never
@@ -203,6 +184,36 @@ impl Inner {
                 },
             )
             .await
+    }
+
+    /// The tool that undoes `p`'s action, registered and not at tier block.
+    fn compensation_of(
+        &self,
+        p: &Proposal,
+    ) -> Result<(String, Arc<crate::tools::Registered>), ProposalError> {
+        let failed = |tool: &str, reason: String| ProposalError::CompensationFailed {
+            id: p.id.clone(),
+            tool: tool.to_string(),
+            reason,
+        };
+        let compensation = self
+            .tools
+            .get(&p.tool)
+            .and_then(|r| r.tool.manifest.compensation.clone())
+            .ok_or_else(|| failed("(none)", format!("`{}` has no compensation", p.tool)))?;
+        let comp = self.tools.get(&compensation).ok_or_else(|| {
+            failed(
+                &compensation,
+                "the compensating tool is not registered".into(),
+            )
+        })?;
+        if comp.tool.manifest.tier == Tier::Block {
+            return Err(failed(
+                &compensation,
+                "the compensating tool is at tier block".into(),
+            ));
+        }
+        Ok((compensation, comp))
     }
 
     /// Applies one signed approval, rejection or cancellation.
@@ -240,6 +251,48 @@ impl Inner {
         }
         self.path()?;
         let approve = matches!(decisions[0], SignedDecision::Approve(_));
+        let (operator, root_agent, ids) = self.verify_batch(group, decisions, approve)?;
+        let record = AuditRecord::new(
+            AuditKind::ProposalBatch,
+            &root_agent,
+            json!({"group": group, "by": operator,
+                   "decision": if approve { "approve" } else { "reject" }, "proposals": ids}),
+        );
+        self.journal
+            .write(Batch::audit(record), Mode::Durable, self.clock.now())
+            .await?;
+        let mut out = BatchOutcome {
+            group: group.to_string(),
+            operator,
+            decided: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for d in decisions {
+            match self.decide(d.proposal_id(), d).await {
+                Ok(p) => out.decided.push(p),
+                Err(e @ ProposalError::WrongState { .. }) => {
+                    out.skipped
+                        .push((d.proposal_id().to_string(), e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verifies a whole batch before anything is applied: every proposal pending, of
+    /// `group`, batchable and named once; every decision of one kind, signed by one
+    /// operator. Returns the operator, the group's root agent and the proposals.
+    fn verify_batch(
+        &self,
+        group: &str,
+        decisions: &[SignedDecision],
+        approve: bool,
+    ) -> Result<(String, String, Vec<String>), ProposalError> {
+        let refuse = |reason: String| ProposalError::Batch {
+            group: group.to_string(),
+            reason,
+        };
         let mut operator = None;
         let mut root_agent = String::new();
         let mut ids = Vec::with_capacity(decisions.len());
@@ -288,31 +341,6 @@ impl Inner {
             ids.push(id.to_string());
         }
         let operator = operator.map(|k| k.to_hex()).unwrap_or_default();
-        let record = AuditRecord::new(
-            AuditKind::ProposalBatch,
-            &root_agent,
-            json!({"group": group, "by": operator,
-                   "decision": if approve { "approve" } else { "reject" }, "proposals": ids}),
-        );
-        self.journal
-            .write(Batch::audit(record), Mode::Durable, self.clock.now())
-            .await?;
-        let mut out = BatchOutcome {
-            group: group.to_string(),
-            operator,
-            decided: Vec::new(),
-            skipped: Vec::new(),
-        };
-        for d in decisions {
-            match self.decide(d.proposal_id(), d).await {
-                Ok(p) => out.decided.push(p),
-                Err(e @ ProposalError::WrongState { .. }) => {
-                    out.skipped
-                        .push((d.proposal_id().to_string(), e.to_string()));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+        Ok((operator, root_agent, ids))
     }
 }
