@@ -44,10 +44,55 @@ pub(crate) struct AgentArgs {
     pub identity: Arc<Identity>,
     pub brain: Arc<dyn Brain>,
     pub inner: Weak<Inner>,
+    /// The inbox, owned by the agent's actor (messages arrive through it) and kept
+    /// across restarts.
     pub inbox: Arc<Mutex<Vec<Envelope>>>,
 }
 
+/// Who sends a message to an agent, which decides what a full inbox does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sender {
+    /// The embedding program: a full inbox drops its oldest message.
+    Program,
+    /// Another agent: held to its share of the inbox, refused (never evicting others)
+    /// beyond it or when the inbox is full.
+    Agent,
+}
+
+/// Puts `envelope` into a bounded inbox by `from`'s policy.
+fn accept(inbox: &mut Vec<Envelope>, envelope: Envelope, from: Sender) -> Result<(), String> {
+    use crate::runtime::{MAX_INBOX, MAX_INBOX_PER_SENDER};
+    match from {
+        Sender::Program => {
+            // A bounded inbox: a flood cannot exhaust memory.
+            if inbox.len() >= MAX_INBOX {
+                inbox.remove(0);
+            }
+        }
+        Sender::Agent => {
+            let mine = inbox.iter().filter(|e| e.from == envelope.from).count();
+            if mine >= MAX_INBOX_PER_SENDER {
+                return Err(format!(
+                    "`{}` already has {MAX_INBOX_PER_SENDER} unread messages there",
+                    envelope.from
+                ));
+            }
+            if inbox.len() >= MAX_INBOX {
+                return Err("the inbox is full".into());
+            }
+        }
+    }
+    inbox.push(envelope);
+    Ok(())
+}
+
 pub(crate) enum AgentMsg {
+    /// A message for the agent's inbox, read at the start of its next step.
+    Deliver {
+        envelope: Envelope,
+        from: Sender,
+        reply: Option<RpcReplyPort<Result<(), String>>>,
+    },
     Run {
         context: Vec<ContextItem>,
         scope: RunScope,
@@ -360,6 +405,16 @@ impl Actor for AgentActor {
                 let busy = state.cancel_all(&reason);
                 let _ = reply.send(busy);
             }
+            AgentMsg::Deliver {
+                envelope,
+                from,
+                reply,
+            } => {
+                let accepted = accept(&mut state.args.inbox.lock_or_recover(), envelope, from);
+                if let Some(reply) = reply {
+                    let _ = reply.send(accepted);
+                }
+            }
             AgentMsg::Status { reply } => {
                 state.calls.retain(|c| !c.cancel.is_cancelled());
                 let waiting_on = state
@@ -650,7 +705,7 @@ impl<'a> Run<'a> {
                 Flow::Next
             }
             BrainAction::Send { to, content } => {
-                self.send(to, content);
+                self.send(to, content).await;
                 Flow::Next
             }
         }
@@ -793,7 +848,7 @@ impl<'a> Run<'a> {
     }
 
     /// A message to another agent, through the messaging capability; audited.
-    fn send(&mut self, to: String, content: String) {
+    async fn send(&mut self, to: String, content: String) {
         let (inner, who) = (self.inner, self.who());
         let envelope = Envelope {
             v: 1,
@@ -802,7 +857,7 @@ impl<'a> Run<'a> {
             content,
             sent_at_ms: unix_ms(inner.clock.now()),
         };
-        let result = inner.send_from_agent(who, envelope);
+        let result = inner.send_from_agent(who, envelope).await;
         inner.audit_later(who.record(
             AuditKind::AgentMessage,
             json!({"to": to, "allowed": result.is_ok(),

@@ -96,7 +96,7 @@ impl AgentHandle {
             .agents
             .read_or_recover()
             .get(&self.id)
-            .map(|e| e.actor.clone())
+            .map(|e| e.agent.actor().clone())
             .ok_or_else(|| GateError::UnknownAgent(self.id.clone()))?;
         let tool = tool.to_string();
         match actor
@@ -150,7 +150,7 @@ impl AgentHandle {
             .agents
             .read_or_recover()
             .get(&self.id)
-            .map(|e| e.actor.clone())
+            .map(|e| e.agent.actor().clone())
             .ok_or_else(|| RunError::NoSuchAgent(self.id.clone()))
     }
 

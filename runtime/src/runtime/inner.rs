@@ -33,9 +33,27 @@ pub(crate) const REVOKED_PREFIX: &str = "revoked/";
 /// hand over code).
 pub type BrainFactory = Arc<dyn Fn() -> Arc<dyn Brain> + Send + Sync>;
 
+/// How the runtime reaches an agent: the one reference agents are addressed by.
+/// Today an agent of this runtime, reached through its actor; a cluster adds the
+/// agents other nodes host (by node and agent id), the way ractor's actor ids are
+/// local or remote, so that callers keep one type.
+#[derive(Clone)]
+pub(crate) enum AgentRef {
+    /// An agent of this process, reached through its actor's mailbox.
+    Local(ActorRef<AgentMsg>),
+}
+
+impl AgentRef {
+    /// The agent's actor.
+    pub fn actor(&self) -> &ActorRef<AgentMsg> {
+        match self {
+            AgentRef::Local(actor) => actor,
+        }
+    }
+}
+
 pub(crate) struct AgentEntry {
-    pub actor: ActorRef<AgentMsg>,
-    pub inbox: Arc<Mutex<Vec<Envelope>>>,
+    pub agent: AgentRef,
     pub args: AgentArgs,
 }
 

@@ -8,6 +8,7 @@ use crate::error::RunError;
 use crate::gate::Identity;
 
 use super::*;
+use crate::agent::{AgentMsg, Sender};
 
 /// A message between agents. Agents address each other by id; the envelope is
 /// serializable so a cluster can carry it between machines unchanged.
@@ -45,25 +46,34 @@ pub const MAX_MESSAGES_PER_MINUTE: usize = 60;
 /// tree: `message:send.tree == ROOT`.
 pub const MESSAGE_CAPABILITY: &str = "message:send";
 impl Inner {
-    /// A message from the embedding program: bounded, the oldest dropped when full.
+    /// A message from the embedding program: handed to the recipient's actor, whose
+    /// bounded inbox drops its oldest message when full.
     pub(crate) fn deliver(&self, envelope: Envelope) -> Result<(), RunError> {
-        let agents = self.agents.read_or_recover();
-        let entry = agents
-            .get(&envelope.to)
-            .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
-        let mut inbox = entry.inbox.lock_or_recover();
-        // A bounded inbox: a flood cannot exhaust memory.
-        if inbox.len() >= MAX_INBOX {
-            inbox.remove(0);
-        }
-        inbox.push(envelope);
-        Ok(())
+        let to = envelope.to.clone();
+        let agent = self.agent_ref(&to)?;
+        agent
+            .actor()
+            .cast(AgentMsg::Deliver {
+                envelope,
+                from: Sender::Program,
+                reply: None,
+            })
+            .map_err(|_| RunError::NoSuchAgent(to))
+    }
+
+    /// The reference to agent `id`.
+    fn agent_ref(&self, id: &str) -> Result<AgentRef, RunError> {
+        self.agents
+            .read_or_recover()
+            .get(id)
+            .map(|e| e.agent.clone())
+            .ok_or_else(|| RunError::NoSuchAgent(id.to_string()))
     }
 
     /// A message one agent's brain sends another: a granted capability, within the
     /// sender's tenant, rate-limited per sender, and held to a per-sender share of the
     /// recipient's inbox (refused, never evicting others, beyond it).
-    pub(crate) fn send_from_agent(
+    pub(crate) async fn send_from_agent(
         &self,
         sender: &Identity,
         envelope: Envelope,
@@ -73,11 +83,13 @@ impl Inner {
             to: to.clone(),
             reason,
         };
-        let agents = self.agents.read_or_recover();
-        let entry = agents
-            .get(&envelope.to)
-            .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
-        let recipient = &entry.args.identity;
+        let (agent, recipient) = {
+            let agents = self.agents.read_or_recover();
+            let entry = agents
+                .get(&envelope.to)
+                .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
+            (entry.agent.clone(), entry.args.identity.clone())
+        };
         if recipient.token.tenant() != sender.token.tenant() {
             return Err(refuse("the recipient belongs to another tenant".into()));
         }
@@ -122,18 +134,20 @@ impl Inner {
                 sender.agent
             )));
         }
-        let mut inbox = entry.inbox.lock_or_recover();
-        let mine = inbox.iter().filter(|e| e.from == sender.agent).count();
-        if mine >= MAX_INBOX_PER_SENDER {
-            return Err(refuse(format!(
-                "`{}` already has {MAX_INBOX_PER_SENDER} unread messages there",
-                sender.agent
-            )));
+        let delivered = agent
+            .actor()
+            .call(
+                |reply| AgentMsg::Deliver {
+                    envelope,
+                    from: Sender::Agent,
+                    reply: Some(reply),
+                },
+                None,
+            )
+            .await;
+        match delivered {
+            Ok(ractor::rpc::CallResult::Success(accepted)) => accepted.map_err(refuse),
+            _ => Err(RunError::NoSuchAgent(to)),
         }
-        if inbox.len() >= MAX_INBOX {
-            return Err(refuse("the inbox is full".into()));
-        }
-        inbox.push(envelope);
-        Ok(())
     }
 }

@@ -37,7 +37,7 @@ pub use builder::{BuildError, RuntimeBuilder};
 pub use handle::{AgentHandle, AgentSpec};
 use host_gate::RuntimeGate;
 pub use inner::BrainFactory;
-pub(crate) use inner::{AgentEntry, Inner, REVOKED_PREFIX};
+pub(crate) use inner::{AgentEntry, AgentRef, Inner, REVOKED_PREFIX};
 pub use messages::{
     Envelope, MAX_AGENTS, MAX_INBOX, MAX_INBOX_PER_SENDER, MAX_MESSAGES_PER_MINUTE,
     MESSAGE_CAPABILITY,
@@ -275,7 +275,7 @@ impl Runtime {
             .agents
             .write_or_recover()
             .drain()
-            .map(|(_, e)| e.actor)
+            .map(|(_, e)| e.agent.actor().clone())
             .collect();
         for a in agents {
             a.stop(None);

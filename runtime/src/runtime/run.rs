@@ -52,7 +52,7 @@ impl Inner {
             .agents
             .read_or_recover()
             .get(agent)
-            .map(|e| e.actor.clone())
+            .map(|e| e.agent.actor().clone())
             .ok_or_else(|| RunError::NoSuchAgent(agent.to_string()))?;
         let mut context = vec![ContextItem::Task {
             text: task.to_string(),

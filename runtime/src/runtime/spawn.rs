@@ -117,8 +117,7 @@ impl Inner {
         self.agents.write_or_recover().insert(
             args.spec.id.clone(),
             AgentEntry {
-                actor,
-                inbox: args.inbox.clone(),
+                agent: AgentRef::Local(actor),
                 args,
             },
         );

@@ -59,6 +59,6 @@ fn find_agent(inner: &Inner, cell: &ActorCell) -> Option<AgentArgs> {
         .agents
         .read_or_recover()
         .values()
-        .find(|e| e.actor.get_id() == cell.get_id())
+        .find(|e| e.agent.actor().get_id() == cell.get_id())
         .map(|e| e.args.clone())
 }
