@@ -23,18 +23,18 @@ use std::path::{Path, PathBuf};
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint};
 pub use key::{AUDIT_KEY_FILE, AuditKey};
 
-use redb::{ReadableTable, TableDefinition};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
-use crate::journal::DB_FILE;
+use crate::layout::DB_FILE;
 use crate::ledger::LedgerCommand;
 
 mod kind;
 pub use kind::AuditKind;
 
-pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+pub(crate) use crate::layout::AUDIT;
 
 /// What an audit entry records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! for the next step. State is written durably, so a restarted runtime keeps it.
 
 use crate::audit::AuditKind;
+use crate::layout;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +75,7 @@ impl Breakers {
         h.update((agent.len() as u64).to_be_bytes());
         h.update(agent.as_bytes());
         h.update(task.as_bytes());
-        format!("breaker/{}", hex::encode(h.finalize()))
+        layout::key(layout::BREAKER, &hex::encode(h.finalize()))
     }
 
     pub fn state(&self, agent: &str, task: &str) -> Result<BreakerState, StoreError> {

@@ -9,6 +9,7 @@
 //! State lives in the journal's key-value table, so a restart keeps it. Each layer
 //! checks and records under one lock, so two racing callers cannot both pass.
 
+use crate::layout;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -126,15 +127,15 @@ impl Dedup {
     }
 
     fn task_key(agent: &str, title: &str) -> String {
-        format!("dedup/task/{}", digest(&[agent, &normalize(title)]))
+        layout::key(layout::DEDUP_TASK, &digest(&[agent, &normalize(title)]))
     }
 
     fn channel_key(channel: &str, content: &str) -> String {
-        format!("dedup/chan/{}", digest(&[channel, content]))
+        layout::key(layout::DEDUP_CHANNEL, &digest(&[channel, content]))
     }
 
     fn proposal_key(agent: &str, action: &str) -> String {
-        format!("dedup/prop/{}", digest(&[agent, action]))
+        layout::key(layout::DEDUP_PROPOSAL, &digest(&[agent, action]))
     }
 
     /// Task layer: true if `agent` may start `title` now (and records it).
@@ -195,7 +196,7 @@ impl Dedup {
     /// progress.
     pub async fn submit_task(&self, title: &str) -> Result<Submission, StoreError> {
         let _guard = self.lock.lock().await;
-        let key = format!("board/{}", digest(&[&normalize(title)]));
+        let key = layout::key(layout::BOARD, &digest(&[&normalize(title)]));
         if let Some(raw) = self.journal.kv_get(&key)?
             && let Ok(task) = serde_json::from_slice::<BoardTask>(&raw)
             && task.state != TaskState::Done
@@ -217,7 +218,7 @@ impl Dedup {
     /// Discovery layer: moves a task to `state`.
     pub async fn set_task_state(&self, title: &str, state: TaskState) -> Result<bool, StoreError> {
         let _guard = self.lock.lock().await;
-        let key = format!("board/{}", digest(&[&normalize(title)]));
+        let key = layout::key(layout::BOARD, &digest(&[&normalize(title)]));
         let Some(raw) = self.journal.kv_get(&key)? else {
             return Ok(false);
         };

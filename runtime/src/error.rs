@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use bulwark_capabilities::{AttenuateError, Denial, Tier};
+use bulwark_capabilities::{ApprovalError, AttenuateError, Denial, Tier};
+
+use crate::proposal_state::ProposalState;
 
 /// Storage failed: the runtime stops rather than run without a durable record.
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +222,7 @@ pub enum GateError {
     },
     /// A proposal could not be handled.
     #[error(transparent)]
-    Proposal(#[from] crate::proposals::ProposalError),
+    Proposal(#[from] ProposalError),
     /// The same content was already sent to the same channel within the window.
     #[error(
         "duplicate: the same content was already sent to `{channel}` in the last {window_secs}s"
@@ -408,6 +410,67 @@ pub enum RunError {
         /// Why.
         reason: String,
     },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a proposal operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposalError {
+    /// No proposal has that id.
+    #[error("no proposal `{0}`")]
+    NotFound(String),
+    /// A batch decision does not hold as a whole; nothing in it was applied.
+    #[error("batch decision for group `{group}` refused: {reason}")]
+    Batch {
+        /// The group.
+        group: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The proposal is not in a state that allows the operation.
+    #[error("proposal `{id}` is {state}: it cannot be {action}")]
+    WrongState {
+        /// The proposal.
+        id: String,
+        /// Its state.
+        state: ProposalState,
+        /// What was attempted.
+        action: String,
+    },
+    /// The signed approval or decision does not hold.
+    #[error("refused for proposal `{id}`: {source}")]
+    Signature {
+        /// The proposal.
+        id: String,
+        /// What is wrong with the signature.
+        source: ApprovalError,
+    },
+    /// The rollback window has closed.
+    #[error(
+        "proposal `{id}` can no longer be cancelled: its rollback window closed at {closed_at}"
+    )]
+    WindowClosed {
+        /// The proposal.
+        id: String,
+        /// When, RFC 3339.
+        closed_at: String,
+    },
+    /// The compensation failed; the action stays committed.
+    #[error("the compensation `{tool}` of proposal `{id}` failed: {reason}")]
+    CompensationFailed {
+        /// The proposal.
+        id: String,
+        /// The compensating tool.
+        tool: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The runtime has no approval path.
+    #[error("no approval path is configured: set Runtime::builder().approvals(..)")]
+    NoApprovalPath,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

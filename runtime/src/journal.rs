@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable};
 use tokio::sync::oneshot;
 
 use crate::audit::{
@@ -27,12 +27,9 @@ use crate::audit::{
 use crate::clock::unix_ms;
 use crate::error::StoreError;
 use crate::guard::Redactor;
-use crate::ledger::{LedgerState, LocalLedger};
 
-/// The database file inside a data directory.
-pub const DB_FILE: &str = "bulwark.redb";
-
-pub(crate) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+pub use crate::layout::DB_FILE;
+pub(crate) use crate::layout::KV;
 
 /// Most requests folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -115,15 +112,11 @@ impl AuditSetup {
     }
 }
 
-/// What was on disk when the journal opened.
-pub(crate) struct Recovered {
-    pub ledger: LedgerState,
-}
-
 impl Journal {
-    /// Opens (or creates) the database, verifies the audit trail, replays the
-    /// ledger from it and starts the writer.
-    pub fn open(data_dir: &Path, config: &AuditConfig) -> Result<(Journal, Recovered), AuditError> {
+    /// Opens (or creates) the database, verifies the audit trail and starts the
+    /// writer. The budget ledger is then replayed from the verified trail
+    /// (`LocalLedger::recover`).
+    pub fn open(data_dir: &Path, config: &AuditConfig) -> Result<Journal, AuditError> {
         std::fs::create_dir_all(data_dir).map_err(StoreError::from_display)?;
         let key_path = config.key_path(data_dir);
         let checkpoint_path = config.checkpoint_path(data_dir);
@@ -196,28 +189,6 @@ impl Journal {
         };
 
         let txn = db.begin_write().map_err(StoreError::from_display)?;
-        let ledger = {
-            // The ledger is rebuilt by replaying the commands carried by audit entries
-            // (an entry that does not decode can only be here by operator override).
-            let audit = txn.open_table(AUDIT).map_err(StoreError::from_display)?;
-            let mut unreadable = None;
-            let entries = audit
-                .iter()
-                .map_err(StoreError::from_display)?
-                .map_while(|row| match row {
-                    Ok((_, v)) => Some(serde_json::from_slice::<AuditEntry>(v.value()).ok()),
-                    Err(e) => {
-                        unreadable = Some(StoreError::from_display(e));
-                        None
-                    }
-                })
-                .flatten();
-            let state = LocalLedger::replay(entries);
-            if let Some(e) = unreadable {
-                return Err(e.into());
-            }
-            state
-        };
         let (mut audit_seq, mut audit_prev) = audit::head(&txn)?;
         let wrote_start = start_record.is_some();
         if let Some(record) = start_record {
@@ -237,7 +208,6 @@ impl Journal {
             audit_prev = entry.hash;
         }
         txn.commit().map_err(StoreError::from_display)?;
-        state_check(&ledger)?;
         let setup = Arc::new(AuditSetup {
             key,
             key_path,
@@ -274,15 +244,12 @@ impl Journal {
                 )
             })
             .map_err(StoreError::from_display)?;
-        Ok((
-            Journal {
-                tx,
-                db: Arc::new(std::sync::RwLock::new(Some(db))),
-                redactor,
-                audit: setup,
-            },
-            Recovered { ledger },
-        ))
+        Ok(Journal {
+            tx,
+            db: Arc::new(std::sync::RwLock::new(Some(db))),
+            redactor,
+            audit: setup,
+        })
     }
 
     /// From now on, the text of audit records is redacted (personal data and secrets
@@ -352,6 +319,20 @@ impl Journal {
             .map(|v| v.value().to_vec()))
     }
 
+    /// Calls `each` with every audit entry that decodes, in order (an entry that
+    /// does not decode can only be in a trail started by operator override).
+    pub fn each_audit_entry(&self, mut each: impl FnMut(AuditEntry)) -> Result<(), StoreError> {
+        let txn = self.db()?.begin_read().map_err(StoreError::from_display)?;
+        let table = txn.open_table(AUDIT).map_err(StoreError::from_display)?;
+        for row in table.iter().map_err(StoreError::from_display)? {
+            let (_, v) = row.map_err(StoreError::from_display)?;
+            if let Ok(entry) = serde_json::from_slice::<AuditEntry>(v.value()) {
+                each(entry);
+            }
+        }
+        Ok(())
+    }
+
     /// Every key-value entry whose key starts with `prefix`, in key order.
     pub fn kv_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.db()?.begin_read().map_err(StoreError::from_display)?;
@@ -386,12 +367,6 @@ impl Journal {
     pub fn tail_audit(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
         audit::tail_db(&*self.db()?, n)
     }
-}
-
-fn state_check(ledger: &LedgerState) -> Result<(), StoreError> {
-    ledger
-        .check_invariants()
-        .map_err(|e| StoreError::Db(format!("ledger invariant broken on disk: {e}")))
 }
 
 /// The writer's position in the audit chain.

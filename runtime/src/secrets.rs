@@ -3,6 +3,7 @@
 //! A tool receives a secret only when the calling token grants `secret:NAME` (checked
 //! by the gate, like a tool); the store itself never decides who may read.
 
+use crate::layout;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -231,7 +232,7 @@ impl SecretStore {
     }
 
     fn key(name: &str) -> String {
-        format!("secret/{name}")
+        layout::key(layout::SECRET, name)
     }
 
     /// Stores (or replaces) a secret, durably.

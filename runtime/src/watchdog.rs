@@ -380,27 +380,6 @@ fn datalog_check(rule: &str, p: &ProposalFacts) -> Result<(), RuleFailure> {
     authorizer.authorize().map(|_| ()).map_err(fail)
 }
 
-/// The gate's check of an AUTO or AUTO+ call: the approval path's rules, when the
-/// tool is one they cover on every call ([`WatchdogRules::every_call`]).
-pub(crate) fn check_every_call(
-    approval: Option<&crate::proposals::ApprovalPath>,
-    agent: &str,
-    tool: &str,
-    args: &Value,
-    now: SystemTime,
-) -> Result<(), crate::error::GateError> {
-    let Some(path) = approval else {
-        return Ok(());
-    };
-    path.config
-        .rules
-        .check_call(agent, tool, args, now)
-        .map_err(|failure| crate::error::GateError::WatchdogRefused {
-            tool: tool.to_string(),
-            failure,
-        })
-}
-
 /// The facts of one proposal the watchdog sees.
 #[derive(Clone, Debug)]
 pub(crate) struct ProposalFacts {

@@ -214,14 +214,18 @@ impl Inner {
                 }
                 Ok(proposal)
             }
+            // The operator's rules that cover every call of the tool
+            // ([`crate::WatchdogRules::every_call`]), not only proposals.
             Tier::Auto | Tier::AutoPlus => {
-                crate::watchdog::check_every_call(
-                    self.approval.as_ref(),
-                    &ctx.who.agent,
-                    tool,
-                    args,
-                    now,
-                )?;
+                if let Some(path) = &self.approval {
+                    path.config
+                        .rules
+                        .check_call(&ctx.who.agent, tool, args, now)
+                        .map_err(|failure| GateError::WatchdogRefused {
+                            tool: tool.to_string(),
+                            failure,
+                        })?;
+                }
                 Ok(None)
             }
         }

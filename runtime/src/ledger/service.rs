@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use super::state::{AccountView, LedgerCommand, LedgerOutcome, LedgerState};
-use crate::audit::{AuditEntry, AuditKind, AuditRecord};
+use crate::audit::{AuditKind, AuditRecord};
 use crate::error::{BudgetDenial, StoreError};
 use crate::journal::{Batch, Durable, Journal, Mode};
 use crate::sync::LockExt;
@@ -48,14 +48,20 @@ pub(crate) struct LocalLedger {
 }
 
 impl LocalLedger {
-    /// The ledger rebuilt from the audit trail's commands. Reservations a crash left
-    /// open are charged in full, once (their calls may have run): no spend is lost
+    /// The ledger rebuilt by replaying the commands carried by the (verified) audit
+    /// trail, its invariant checked. Reservations a crash left open are charged in
+    /// full, once (their calls may have run): no spend is lost
     /// and none is counted twice.
-    pub async fn recover(
-        mut state: LedgerState,
-        journal: Journal,
-        now: SystemTime,
-    ) -> Result<Self, StoreError> {
+    pub async fn recover(journal: Journal, now: SystemTime) -> Result<Self, StoreError> {
+        let mut state = LedgerState::default();
+        journal.each_audit_entry(|entry| {
+            if let Some(cmd) = &entry.record.ledger {
+                state.apply(cmd);
+            }
+        })?;
+        state
+            .check_invariants()
+            .map_err(|e| StoreError::Db(format!("ledger invariant broken on disk: {e}")))?;
         let open = state.open_reservations();
         if !open.is_empty() {
             let mut batch = Batch::default();
@@ -79,17 +85,6 @@ impl LocalLedger {
             state: Mutex::new(state),
             journal,
         })
-    }
-
-    /// Replays the commands carried by audit entries, in order.
-    pub fn replay(entries: impl IntoIterator<Item = AuditEntry>) -> LedgerState {
-        let mut state = LedgerState::default();
-        for entry in entries {
-            if let Some(cmd) = &entry.record.ledger {
-                state.apply(cmd);
-            }
-        }
-        state
     }
 }
 

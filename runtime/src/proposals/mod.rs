@@ -17,11 +17,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bulwark_capabilities::{ApprovalError, ArgValue, Args, Tier, args_hash};
+use bulwark_capabilities::{ArgValue, Args, Tier, args_hash};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::StoreError;
 use crate::guard::Origin;
 use crate::watchdog::WatchdogVerdict;
 use bulwark_capabilities::{Approval, Decision};
@@ -37,58 +36,6 @@ fn first_format() -> u16 {
 pub const DEFAULT_ROLLBACK_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// How long a CONFIRM proposal waits for a person.
 pub const DEFAULT_CONFIRM_EXPIRY: Duration = Duration::from_secs(24 * 3600);
-
-/// Where a proposal stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProposalState {
-    /// Waiting for an operator (CONFIRM).
-    Pending,
-    /// Approved by an operator; about to run.
-    Approved,
-    /// Refused by the watchdog or an operator.
-    Rejected,
-    /// No decision came in time.
-    Expired,
-    /// Its tool is running.
-    Executing,
-    /// Its tool ran; a PROPOSE action stays cancellable until its deadline.
-    Committed,
-    /// Cancelled inside its window; its compensation ran.
-    RolledBack,
-    /// Its tool failed, or a restart interrupted it (it is never run twice).
-    Failed,
-}
-
-impl ProposalState {
-    /// The lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProposalState::Pending => "pending",
-            ProposalState::Approved => "approved",
-            ProposalState::Rejected => "rejected",
-            ProposalState::Expired => "expired",
-            ProposalState::Executing => "executing",
-            ProposalState::Committed => "committed",
-            ProposalState::RolledBack => "rolled_back",
-            ProposalState::Failed => "failed",
-        }
-    }
-
-    /// Whether the identical action may be proposed again.
-    fn releases_dedup(self) -> bool {
-        !matches!(
-            self,
-            ProposalState::Pending | ProposalState::Approved | ProposalState::Executing
-        )
-    }
-}
-
-impl std::fmt::Display for ProposalState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One decision about a proposal, with who made it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,66 +129,8 @@ impl Proposal {
     }
 }
 
-/// Why a proposal operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ProposalError {
-    /// No proposal has that id.
-    #[error("no proposal `{0}`")]
-    NotFound(String),
-    /// A batch decision does not hold as a whole; nothing in it was applied.
-    #[error("batch decision for group `{group}` refused: {reason}")]
-    Batch {
-        /// The group.
-        group: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The proposal is not in a state that allows the operation.
-    #[error("proposal `{id}` is {state}: it cannot be {action}")]
-    WrongState {
-        /// The proposal.
-        id: String,
-        /// Its state.
-        state: ProposalState,
-        /// What was attempted.
-        action: String,
-    },
-    /// The signed approval or decision does not hold.
-    #[error("refused for proposal `{id}`: {source}")]
-    Signature {
-        /// The proposal.
-        id: String,
-        /// What is wrong with the signature.
-        source: ApprovalError,
-    },
-    /// The rollback window has closed.
-    #[error(
-        "proposal `{id}` can no longer be cancelled: its rollback window closed at {closed_at}"
-    )]
-    WindowClosed {
-        /// The proposal.
-        id: String,
-        /// When, RFC 3339.
-        closed_at: String,
-    },
-    /// The compensation failed; the action stays committed.
-    #[error("the compensation `{tool}` of proposal `{id}` failed: {reason}")]
-    CompensationFailed {
-        /// The proposal.
-        id: String,
-        /// The compensating tool.
-        tool: String,
-        /// What happened.
-        reason: String,
-    },
-    /// The runtime has no approval path.
-    #[error("no approval path is configured: set Runtime::builder().approvals(..)")]
-    NoApprovalPath,
-    /// Storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+pub use crate::error::ProposalError;
+pub use crate::proposal_state::ProposalState;
 
 mod config;
 mod decisions;
@@ -281,9 +170,6 @@ impl SignedDecision {
         }
     }
 }
-
-/// Where open proposals are indexed (by agent, tool and arguments).
-const OPEN_PREFIX: &str = "proposal-open/";
 
 /// Most proposals undecided or running at once; beyond it new ones are refused.
 pub const MAX_OPEN_PROPOSALS: usize = 10_000;

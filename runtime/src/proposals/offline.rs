@@ -30,7 +30,7 @@ pub(crate) fn pending_groups(all: Vec<Proposal>) -> Vec<ProposalGroup> {
     groups
 }
 
-pub(super) const INBOX: &str = "proposal-inbox/";
+pub(super) const INBOX: &str = crate::layout::PROPOSAL_INBOX;
 
 /// The proposals of a runtime's data directory, read while no runtime has it open
 /// (a running runtime holds the database: ask its dashboard instead).
@@ -84,7 +84,7 @@ pub fn queue_decision(
 }
 
 pub(super) fn open_offline(data_dir: &std::path::Path) -> Result<redb::Database, StoreError> {
-    let path = data_dir.join(crate::journal::DB_FILE);
+    let path = data_dir.join(crate::layout::DB_FILE);
     if !path.exists() {
         return Err(StoreError::Missing(path));
     }

@@ -216,7 +216,7 @@ impl Inner {
             tool: tool.to_string(),
             reason,
         };
-        let open = self.journal.kv_scan(OPEN_PREFIX)?.len();
+        let open = self.journal.kv_scan(crate::layout::PROPOSAL_OPEN)?.len();
         if open >= max_open {
             return Err(refuse(format!(
                 "{open} proposals are open, the most the store holds; decide some first"

@@ -2,6 +2,7 @@
 //! durably with an audit entry, and the watchers of each proposal's state.
 
 use crate::audit::AuditKind;
+use crate::layout;
 use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,13 +39,13 @@ impl ProposalStore {
     }
 
     pub(super) fn key(id: &str) -> String {
-        format!("proposal/{id}")
+        layout::key(layout::PROPOSAL, id)
     }
 
     /// Where the proposing agent's token is kept: an approved action re-checks it
     /// (revocation, expiry, grants) when it runs.
     pub(super) fn token_key(id: &str) -> String {
-        format!("proposal-token/{id}")
+        layout::key(layout::PROPOSAL_TOKEN, id)
     }
 
     /// The proposing agent's token (base64), as it was when the proposal was made.
@@ -56,7 +57,7 @@ impl ProposalStore {
     }
 
     pub(super) fn open_key(agent: &str, tool: &str, args_hash: &str) -> String {
-        format!("{OPEN_PREFIX}{}", digest(&[agent, tool, args_hash]))
+        layout::key(layout::PROPOSAL_OPEN, &digest(&[agent, tool, args_hash]))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
@@ -79,7 +80,7 @@ impl ProposalStore {
     pub fn list(&self) -> Result<Vec<Proposal>, StoreError> {
         let mut out: Vec<Proposal> = self
             .journal
-            .kv_scan("proposal/")?
+            .kv_scan(layout::PROPOSAL)?
             .into_iter()
             .map(|(k, b)| decode_proposal(&self.sealer, &k, &b))
             .collect::<Result<_, _>>()?;

@@ -132,7 +132,7 @@ impl RuntimeBuilder {
     pub async fn build(self) -> Result<Runtime, BuildError> {
         let dir = self.data_dir.ok_or(BuildError::Missing("data_dir"))?;
         let root = self.root.ok_or(BuildError::Missing("root_public_key"))?;
-        let (journal, recovered) = Journal::open(&dir, &self.audit)?;
+        let journal = Journal::open(&dir, &self.audit)?;
         let secrets = SecretStore::open(&dir, journal.clone())?;
         let mut guards = Guards::new(self.guard_config, secrets.redaction_key());
         if let Some(model) = self.model_guard {
@@ -141,8 +141,7 @@ impl RuntimeBuilder {
         if let Some(redactor) = guards.audit_redactor() {
             journal.redact_audit_with(redactor.clone());
         }
-        let ledger =
-            LocalLedger::recover(recovered.ledger, journal.clone(), self.clock.now()).await?;
+        let ledger = LocalLedger::recover(journal.clone(), self.clock.now()).await?;
         // Revocations are in force before anything runs: recovered proposals included.
         let mut revocations = Revocations::new();
         for (key, _) in journal.kv_scan(REVOKED_PREFIX)? {
