@@ -82,7 +82,7 @@ impl Breakers {
         Ok(self
             .journal
             .kv_get(&Self::key(agent, task))?
-            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .and_then(|raw| layout::decode(&raw).ok())
             .unwrap_or_default())
     }
 
@@ -132,7 +132,7 @@ impl Breakers {
                 ));
             }
         }
-        let bytes = serde_json::to_vec(&state).map_err(StoreError::from_display)?;
+        let bytes = layout::encode(&state)?;
         let batch = Batch {
             audit,
             kv: vec![(Self::key(agent, task), Some(bytes))],

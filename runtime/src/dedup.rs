@@ -198,7 +198,7 @@ impl Dedup {
         let _guard = self.lock.lock().await;
         let key = layout::key(layout::BOARD, &digest(&[&normalize(title)]));
         if let Some(raw) = self.journal.kv_get(&key)?
-            && let Ok(task) = serde_json::from_slice::<BoardTask>(&raw)
+            && let Ok(task) = layout::decode::<BoardTask>(&raw)
             && task.state != TaskState::Done
         {
             return Ok(Submission::Exists(task));
@@ -222,14 +222,14 @@ impl Dedup {
         let Some(raw) = self.journal.kv_get(&key)? else {
             return Ok(false);
         };
-        let mut task: BoardTask = serde_json::from_slice(&raw).map_err(StoreError::from_display)?;
+        let mut task: BoardTask = layout::decode(&raw)?;
         task.state = state;
         self.put_task(&key, &task).await?;
         Ok(true)
     }
 
     async fn put_task(&self, key: &str, task: &BoardTask) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(task).map_err(StoreError::from_display)?;
+        let bytes = layout::encode(task)?;
         self.put(key.to_string(), Some(bytes), Mode::Durable).await
     }
 }

@@ -8,13 +8,14 @@
 //! | `kv`    | `proposal/ID`              | a `Proposal` (JSON, format `v`), sealed     |
 //! | `kv`    | `proposal-token/ID`        | the proposing agent's token (base64)        |
 //! | `kv`    | `proposal-open/DIGEST`     | the id of the open proposal of one action   |
-//! | `kv`    | `proposal-inbox/ID`        | a `SignedDecision` queued offline (JSON)    |
+//! | `kv`    | `proposal-inbox/ID`        | a `SignedDecision` queued offline (record)  |
 //! | `kv`    | `secret/NAME`              | a sealed secret                             |
-//! | `kv`    | `breaker/DIGEST`           | a `BreakerState` (JSON)                     |
-//! | `kv`    | `dedup/task/DIGEST`, `dedup/chan/DIGEST`, `dedup/prop/DIGEST` | a dedup claim (JSON) |
-//! | `kv`    | `board/DIGEST`             | a `BoardTask` (JSON)                        |
+//! | `kv`    | `breaker/DIGEST`           | a `BreakerState` (record)                   |
+//! | `kv`    | `dedup/task/DIGEST`, `dedup/chan/DIGEST`, `dedup/prop/DIGEST` | the claim's expiry (ms since the epoch, 8 bytes big-endian) |
+//! | `kv`    | `board/DIGEST`             | a `BoardTask` (record)                      |
 //!
-//! Every prefix ends with `/` and none is a prefix of another, so a scan by one
+//! A *record* is JSON with its format version `v` beside its fields ([`encode`],
+//! [`decode`]). Every prefix ends with `/` and none is a prefix of another, so a scan by one
 //! prefix never returns another kind's keys. The budget ledger has no table of its
 //! own: its commands ride in audit entries, and replaying them rebuilds it.
 
@@ -90,5 +91,96 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// A JSON record of the `kv` table with its format version beside its fields. A
+/// record written before versions were recorded reads as version 1; a record of a
+/// newer format than this release knows is refused with a clear error rather than
+/// misread.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Versioned<T> {
+    #[serde(default = "first_version")]
+    v: u16,
+    #[serde(flatten)]
+    value: T,
+}
+
+fn first_version() -> u16 {
+    1
+}
+
+/// Format version of the JSON records of the `kv` table (breakers, the task board,
+/// queued decisions).
+pub(crate) const RECORD_FORMAT: u16 = 1;
+
+/// Encodes `value` as a versioned record.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, crate::error::StoreError> {
+    serde_json::to_vec(&Versioned {
+        v: RECORD_FORMAT,
+        value,
+    })
+    .map_err(crate::error::StoreError::from_display)
+}
+
+/// Decodes a versioned record.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, crate::error::StoreError> {
+    let record: Versioned<T> =
+        serde_json::from_slice(bytes).map_err(crate::error::StoreError::from_display)?;
+    if record.v > RECORD_FORMAT {
+        return Err(crate::error::StoreError::Db(format!(
+            "a stored record has format {}, newer than this release reads ({RECORD_FORMAT})",
+            record.v
+        )));
+    }
+    Ok(record.value)
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::{decode, encode};
+    use crate::breaker::BreakerState;
+    use crate::proposals::SignedDecision;
+
+    #[test]
+    fn records_carry_their_version_and_read_unversioned_ones_as_the_first() {
+        let state = BreakerState {
+            failures: 2,
+            trips: 1,
+            open_until_ms: Some(7),
+        };
+        let bytes = encode(&state).expect("encode");
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(text.contains("\"v\":1"), "{text}");
+        assert_eq!(decode::<BreakerState>(&bytes).expect("decode"), state);
+        let legacy = serde_json::to_vec(&state).expect("legacy");
+        assert_eq!(
+            decode::<BreakerState>(&legacy).expect("legacy decodes"),
+            state
+        );
+        let newer = text.replace("\"v\":1", "\"v\":9");
+        let err = decode::<BreakerState>(newer.as_bytes()).expect_err("newer is refused");
+        assert!(err.to_string().contains("format 9"), "{err}");
+    }
+
+    #[test]
+    fn a_queued_decision_round_trips_with_its_tag() {
+        let key = bulwark_capabilities::KeyPair::generate();
+        let decision = SignedDecision::Reject(bulwark_capabilities::Decision::sign(
+            &key,
+            bulwark_capabilities::DecisionKind::Reject,
+            "p1",
+            "no",
+            std::time::SystemTime::now(),
+        ));
+        let bytes = encode(&decision).expect("encode");
+        assert_eq!(decode::<SignedDecision>(&bytes).expect("decode"), decision);
+        let legacy = serde_json::to_vec(&decision).expect("legacy");
+        assert_eq!(
+            decode::<SignedDecision>(&legacy).expect("legacy decodes"),
+            decision
+        );
     }
 }

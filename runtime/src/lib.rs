@@ -38,8 +38,9 @@ mod watchdog;
 pub use agent::{ActionRecord, AgentStatus, Outcome, Status};
 pub use audit::{
     AUDIT_FORMAT, AUDIT_KEY_FILE, AcceptedBreak, AuditConfig, AuditEntry, AuditError, AuditKey,
-    AuditProblem, AuditReader, AuditRecord, AuditReport, CHECKPOINT_FILE, CHECKPOINT_KIND,
-    Checkpoint, DEFAULT_CHECKPOINT_EVERY, MIGRATED_KIND, OVERRIDE_KIND, Verification,
+    AuditKind, AuditProblem, AuditReader, AuditRecord, AuditReport, CHECKPOINT_FILE,
+    CHECKPOINT_KIND, Checkpoint, DEFAULT_CHECKPOINT_EVERY, MIGRATED_KIND, OVERRIDE_KIND,
+    Verification,
 };
 pub use brain::{
     Brain, BrainAction, BrainError, BrainReply, BrainView, ContextItem, OpenAiBrain, OpenAiConfig,
@@ -49,15 +50,16 @@ pub use breaker::{BreakerPolicy, BreakerState};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dedup::{BoardTask, Dedup, Submission, TaskState};
 pub use error::{BudgetDenial, GateError, GateErrorKind, RunError, SpawnError, StoreError};
-pub use gate::{CallResult, Notification, NotificationKind};
+pub use gate::{CALL_FORMAT, CallResult, Notification, NotificationKind, SignedCall};
 pub use journal::DB_FILE;
 pub use ledger::{
     AccountView, ECONOMY_THRESHOLD_PERCENT, LedgerCommand, LedgerOutcome, LedgerState,
 };
 pub use proposals::{
     ApprovalConfig, BatchOutcome, DEFAULT_CONFIRM_EXPIRY, DEFAULT_ROLLBACK_WINDOW, DecisionRecord,
-    MAX_BATCH, MAX_OPEN_PROPOSALS, MAX_PROPOSALS_PER_TREE_PER_HOUR, Proposal, ProposalError,
-    ProposalGroup, ProposalState, SignedDecision, WebhookConfig, queue_decision, read_proposals,
+    MAX_BATCH, MAX_OPEN_PROPOSALS, MAX_PROPOSALS_PER_TREE_PER_HOUR, PROPOSAL_FORMAT, Proposal,
+    ProposalError, ProposalGroup, ProposalState, SignedDecision, WebhookConfig, queue_decision,
+    read_proposals,
 };
 pub use runtime::{
     AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_AGENTS, MAX_INBOX,

@@ -75,7 +75,7 @@ pub fn queue_decision(
             decision.proposal_id(),
             rand::random::<u64>()
         );
-        let value = serde_json::to_vec(decision).map_err(StoreError::from_display)?;
+        let value = crate::layout::encode(decision)?;
         table
             .insert(key.as_str(), value.as_slice())
             .map_err(StoreError::from_display)?;

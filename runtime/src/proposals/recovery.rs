@@ -58,9 +58,9 @@ impl Inner {
     /// it had arrived now; refused ones are audited and dropped.
     pub(crate) async fn apply_inbox(self: &Arc<Self>) -> Result<(), StoreError> {
         for (key, bytes) in self.journal.kv_scan(INBOX)? {
-            let outcome = match serde_json::from_slice::<SignedDecision>(&bytes) {
+            let outcome = match crate::layout::decode::<SignedDecision>(&bytes) {
                 Ok(d) => self.decide(d.proposal_id(), &d).await.map(|_| ()),
-                Err(e) => Err(ProposalError::Store(StoreError::from_display(e))),
+                Err(e) => Err(ProposalError::Store(e)),
             };
             let mut batch = Batch {
                 kv: vec![(key.clone(), None)],
