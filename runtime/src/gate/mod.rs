@@ -34,7 +34,7 @@ use crate::error::GateError;
 use crate::runtime::Inner;
 
 pub(crate) use call::CallContext;
-pub use call::SignedCall;
+pub use call::{CALL_FORMAT, SignedCall};
 pub(crate) use execute::{Execution, RunAs};
 
 /// Who is calling: an agent with its verified token and its holder key.
