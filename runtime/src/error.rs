@@ -475,3 +475,39 @@ pub enum ProposalError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+#[cfg(test)]
+mod kind_tests {
+    use super::{GateError, GateErrorKind, StoreError};
+
+    #[test]
+    fn one_classification_decides_audit_breakers_and_the_end_of_a_run() {
+        let failed = GateError::ToolTimedOut {
+            tool: "t".into(),
+            timeout_ms: 1,
+        };
+        assert_eq!(failed.kind(), GateErrorKind::ToolFailure);
+        assert!(failed.is_tool_failure() && !failed.is_audited_as_denial());
+        let refused = GateError::Blocked("t".into());
+        assert_eq!(refused.kind(), GateErrorKind::Refused);
+        assert!(refused.is_audited_as_denial() && !refused.ends_run());
+        let store = GateError::Store(StoreError::WriterGone);
+        assert_eq!(store.kind(), GateErrorKind::Store);
+        assert!(store.ends_run() && !store.is_audited_as_denial());
+        let closing = GateError::ShuttingDown {
+            proposal: "p".into(),
+        };
+        assert!(closing.ends_run() && closing.is_audited_as_denial());
+        let sandboxed = GateError::ApprovalInSandbox {
+            tool: "t".into(),
+            tier: bulwark_capabilities::Tier::Confirm,
+        };
+        assert_eq!(sandboxed.kind(), GateErrorKind::NeedsApproval);
+        let cancelled = GateError::RunCancelled {
+            proposal: "p".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(cancelled.kind(), GateErrorKind::Interrupted);
+        assert!(!cancelled.ends_run());
+    }
+}

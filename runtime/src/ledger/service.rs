@@ -214,3 +214,86 @@ impl dyn LedgerService {
 pub(crate) fn day_of(t: SystemTime) -> u64 {
     crate::clock::unix_ms(t) / 86_400_000
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use serde_json::json;
+
+    use super::{LedgerService, LocalLedger};
+    use crate::audit::{AuditConfig, AuditKind, AuditRecord};
+    use crate::error::BudgetDenial;
+    use crate::journal::Journal;
+    use crate::ledger::LedgerCommand;
+
+    fn note(agent: &str) -> AuditRecord {
+        AuditRecord::new(AuditKind::ToolCall, agent, json!({}))
+    }
+
+    /// The ledger commands in the trail, in order.
+    fn journaled(journal: &Journal) -> Vec<LedgerCommand> {
+        let mut out = Vec::new();
+        journal
+            .each_audit_entry(|e| out.extend(e.record.ledger))
+            .expect("read the trail");
+        out
+    }
+
+    #[tokio::test]
+    async fn commands_are_journaled_in_order_denials_are_not_and_a_restart_replays_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 20_000);
+        let journal = Journal::open(dir.path(), &AuditConfig::default()).expect("open");
+        let ledger = LocalLedger::recover(journal.clone(), now)
+            .await
+            .expect("new");
+        let service: &dyn LedgerService = &ledger;
+        service
+            .open("tenant:acme", None, 1_000, now)
+            .expect("tenant");
+        service
+            .open("agent:a", Some("tenant:acme"), 600, now)
+            .expect("agent");
+        let held = service
+            .reserve("agent:a", 500, false, note("a"), now)
+            .expect("fits");
+        held.durable.await.expect("writer").expect("durable");
+        let refused = service.reserve("agent:a", 200, false, note("a"), now);
+        assert!(
+            matches!(refused, Err(BudgetDenial::Exhausted { .. })),
+            "{:?}",
+            refused.err()
+        );
+        // Another account cannot be opened under a parent it does not belong to.
+        assert!(
+            service
+                .open("agent:a", Some("tenant:other"), 10, now)
+                .is_err()
+        );
+        let commands = journaled(&journal);
+        assert_eq!(commands.len(), 3, "open, open, reserve: {commands:?}");
+        assert!(matches!(
+            &commands[2],
+            LedgerCommand::Reserve { id, amount: 500, .. } if *id == held.id
+        ));
+
+        // A restart replays the trail; the reservation a crash left open is charged in
+        // full, once, and ids continue past it.
+        journal.close().await;
+        drop((ledger, journal));
+        let journal = Journal::open(dir.path(), &AuditConfig::default()).expect("reopen");
+        let ledger = LocalLedger::recover(journal.clone(), now)
+            .await
+            .expect("replay");
+        let view = ledger.account("agent:a").expect("account");
+        assert_eq!(view.spent_today.micros(), 500);
+        assert_eq!(view.reserved.micros(), 0);
+        assert!(ledger.next_id() > held.id);
+        let again = journaled(&journal);
+        assert!(matches!(
+            again.last(),
+            Some(LedgerCommand::Commit { id, actual: 500 }) if *id == held.id
+        ));
+    }
+}
