@@ -4,6 +4,7 @@
 //! on first use; and the store and WASI context of each call, with its fresh scratch
 //! directory and its read-only mounts.
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -226,12 +227,7 @@ impl Sandbox {
         variant: usize,
     ) -> Result<Arc<Compiled>, SandboxError> {
         let key = (hash, variant);
-        if let Some(c) = self
-            .modules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(c) = self.modules.lock_or_recover().get(&key) {
             return Ok(c.clone());
         }
         let module =
@@ -243,16 +239,13 @@ impl Sandbox {
             .instantiate_pre(&module)
             .map_err(|e| SandboxError::Module(format!("{e:#}")))?;
         let c = Arc::new(Compiled { pre, wasi });
-        self.modules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, c.clone());
+        self.modules.lock_or_recover().insert(key, c.clone());
         Ok(c)
     }
 
     /// The interpreters, located and verified on first use.
     pub fn interpreters(&self) -> Result<Interpreters, SandboxError> {
-        let mut slot = self.interpreters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.interpreters.lock_or_recover();
         if let Some(i) = &*slot {
             return Ok(i.clone());
         }
