@@ -4,4 +4,5 @@
 //! decide on proposals. It never makes a security decision itself: signatures are
 //! checked by `bulwark-runtime` against the runtime's operator keys.
 
+pub mod cluster;
 pub mod dashboard;

@@ -1,0 +1,7 @@
+//! The cluster: `bulwark node` processes joined by NATS.
+//!
+//! [`envelope`] owns the wire format every message between nodes travels in and its
+//! verification; nothing reaches an actor before [`envelope::Verifier::open`] accepts
+//! it.
+
+pub mod envelope;
