@@ -1,7 +1,8 @@
 //! The cluster: `bulwark node` processes joined by NATS.
 //!
-//! [`envelope`] owns the wire format every message between nodes travels in and its
+//! [`config`] owns a node's TOML configuration and its checks. [`envelope`] owns the wire format every message between nodes travels in and its
 //! verification; nothing reaches an actor before [`envelope::Verifier::open`] accepts
 //! it.
 
+pub mod config;
 pub mod envelope;
