@@ -1,10 +1,11 @@
-//! `bulwark`: the command-line interface and (in later releases) the cluster node.
+//! `bulwark`: the command-line interface and the cluster node.
 //!
 //! This crate owns the binary: argument parsing, reading files and standard input,
 //! exit codes and human-facing output. It never makes a security decision itself;
 //! every decision is delegated to `bulwark-capabilities` and `bulwark-runtime`.
 
 mod audit;
+mod cluster_cli;
 mod guard;
 mod keys;
 mod proposals;
@@ -55,6 +56,11 @@ enum Command {
     /// Run Python, JavaScript or WebAssembly in the sandbox, with limits.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Run a cluster node until SIGINT or SIGTERM; prints `ready <id>` once it serves.
+    Node(cluster_cli::NodeArgs),
+    /// Ask a cluster how it stands.
+    #[command(subcommand)]
+    Cluster(cluster_cli::ClusterCommand),
 }
 
 /// What a command concluded; errors are reported by `main`.
@@ -77,6 +83,8 @@ fn main() -> ExitCode {
         Command::Guard(cmd) => guard::run(cmd),
         Command::Proposals(cmd) => proposals::run(cmd),
         Command::Sandbox(cmd) => sandbox::run(cmd),
+        Command::Node(args) => cluster_cli::node(args),
+        Command::Cluster(cmd) => cluster_cli::run(cmd),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

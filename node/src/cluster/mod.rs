@@ -6,3 +6,5 @@
 
 pub mod config;
 pub mod envelope;
+pub mod membership;
+pub mod node;

@@ -155,6 +155,11 @@ impl Runtime {
         &self.inner.dedup
     }
 
+    /// How many agents the runtime holds.
+    pub fn agent_count(&self) -> usize {
+        self.inner.agents.read_or_recover().len()
+    }
+
     /// Registers a brain that agents may name when they spawn children.
     pub fn register_brain(&self, name: &str, factory: BrainFactory) {
         self.inner

@@ -1,0 +1,383 @@
+//! A node: an embedded runtime joined to its cluster over NATS.
+//!
+//! Subjects live under `bulwark.<cluster>.`: `heartbeat` (every node publishes and
+//! listens), `presence.<id>` (answered by node `id` while it runs; probed when its
+//! heartbeat is overdue) and `members` (every node answers with its membership table;
+//! the asker takes the first answer, so a paused node holds nobody up). A node is ready once the server has confirmed its
+//! subscriptions; it then prints `ready <id>` when run from the command line.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::connection::State;
+use bulwark_runtime::{
+    ApprovalConfig, Brain, BrainAction, BrainFactory, OpenAiBrain, OpenAiConfig, Runtime,
+    ScriptedBrain,
+};
+use futures::StreamExt;
+
+use super::config::{BrainConfig, NatsConfig, NodeConfig};
+use super::membership::{
+    HEARTBEAT_EVERY, HEARTBEAT_FORMAT, Heartbeat, Members, PROBE_TIMEOUT, Probe, Status,
+};
+
+/// Why a node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration cannot be served as it is.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The runtime did not start.
+    #[error("runtime: {0}")]
+    Runtime(String),
+    /// NATS could not be reached or refused the node.
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+/// The subject prefix of `cluster`.
+pub fn subject(cluster: &str, rest: &str) -> String {
+    format!("bulwark.{cluster}.{rest}")
+}
+
+/// Builds a [`Node`] from its configuration, with the embedding program's brains.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    brains: Vec<(String, BrainFactory)>,
+}
+
+impl NodeBuilder {
+    /// Adds a brain profile under `name` (beside those of the configuration).
+    pub fn brain(mut self, name: &str, factory: BrainFactory) -> Self {
+        self.brains.push((name.to_string(), factory));
+        self
+    }
+
+    /// Starts the runtime, connects to NATS and subscribes; returns once the server
+    /// has confirmed the subscriptions.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        let config = self.config;
+        if let Some(t) = config.tools.first() {
+            return Err(NodeError::Config(format!(
+                "tools[0] `{}`: hosting sandboxed tools from the configuration is not supported by this release; register tools from Rust",
+                t.name
+            )));
+        }
+        let mut builder = Runtime::builder()
+            .data_dir(&config.data_dir)
+            .root_public_key(config.root_public_key);
+        if !config.operator_keys.is_empty() {
+            builder = builder.approvals(ApprovalConfig::new(config.operator_keys.clone()));
+        }
+        let runtime = builder
+            .build()
+            .await
+            .map_err(|e| NodeError::Runtime(e.to_string()))?;
+        for (name, brain) in &config.brains {
+            runtime.register_brain(name, brain_factory(name, brain)?);
+        }
+        for (name, factory) in self.brains {
+            runtime.register_brain(&name, factory);
+        }
+        let client = connect(&config.nats, &config.id).await?;
+        let incarnation = u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros()),
+        )
+        .unwrap_or(u64::MAX);
+        let node = Node {
+            config: Arc::new(config),
+            runtime,
+            client,
+            members: Arc::new(Mutex::new(Members::default())),
+            incarnation,
+        };
+        node.subscribe().await?;
+        Ok(node)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    config: Arc<NodeConfig>,
+    runtime: Runtime,
+    client: async_nats::Client,
+    members: Arc<Mutex<Members>>,
+    incarnation: u64,
+}
+
+impl Node {
+    /// A node of `config`.
+    pub fn builder(config: NodeConfig) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            brains: Vec::new(),
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Its runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The membership table as this node sees it.
+    pub fn status(&self) -> Status {
+        self.members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .status(Instant::now())
+    }
+
+    async fn subscribe(&self) -> Result<(), NodeError> {
+        let nats = |e: &dyn std::fmt::Display| NodeError::Nats(e.to_string());
+        let cluster = &self.config.cluster;
+        let mut beats = self
+            .client
+            .subscribe(subject(cluster, "heartbeat"))
+            .await
+            .map_err(|e| nats(&e))?;
+        let mut presence = self
+            .client
+            .subscribe(subject(cluster, &format!("presence.{}", self.config.id)))
+            .await
+            .map_err(|e| nats(&e))?;
+        let mut asks = self
+            .client
+            .subscribe(subject(cluster, "members"))
+            .await
+            .map_err(|e| nats(&e))?;
+        // Readiness: the server has processed the subscriptions.
+        self.client.flush().await.map_err(|e| nats(&e))?;
+
+        let members = self.members.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = beats.next().await {
+                if msg.payload.len() > 64 * 1024 {
+                    continue;
+                }
+                if let Ok(beat) = rmp_serde::from_slice::<Heartbeat>(&msg.payload)
+                    && beat.v == HEARTBEAT_FORMAT
+                {
+                    members
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .heard(beat, Instant::now());
+                }
+            }
+        });
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = presence.next().await {
+                if let Some(reply) = msg.reply {
+                    let _ = client.publish(reply, "here".into()).await;
+                }
+            }
+        });
+        let client = self.client.clone();
+        let members = self.members.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = asks.next().await {
+                let Some(reply) = msg.reply else { continue };
+                let status = members
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .status(Instant::now());
+                if let Ok(body) = serde_json::to_vec(&status) {
+                    let _ = client.publish(reply, body.into()).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn heartbeat(&self, leaving: bool) -> Heartbeat {
+        let mut tools: Vec<String> = self
+            .runtime
+            .tools()
+            .manifests()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        tools.sort();
+        Heartbeat {
+            v: HEARTBEAT_FORMAT,
+            node: self.config.id.clone(),
+            incarnation: self.incarnation,
+            agents: self.runtime.agent_count(),
+            load: 0,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            tools,
+            labels: self.config.labels.clone(),
+            leaving,
+        }
+    }
+
+    async fn beat(&self, leaving: bool) {
+        if let Ok(body) = rmp_serde::to_vec_named(&self.heartbeat(leaving)) {
+            let _ = self
+                .client
+                .publish(subject(&self.config.cluster, "heartbeat"), body.into())
+                .await;
+        }
+    }
+
+    /// Probes each node whose heartbeat is overdue.
+    async fn probe_overdue(&self) {
+        let overdue = self
+            .members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .overdue(Instant::now());
+        for id in overdue {
+            let probe = if self.client.connection_state() != State::Connected {
+                Probe::LinkDown
+            } else {
+                let asked = self.client.request(
+                    subject(&self.config.cluster, &format!("presence.{id}")),
+                    "".into(),
+                );
+                match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
+                    Ok(Ok(_)) => Probe::Answered,
+                    Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        Probe::NoResponders
+                    }
+                    Ok(Err(_)) | Err(_) => Probe::TimedOut,
+                }
+            };
+            self.members
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .probed(&id, probe);
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then announces the departure, drains and
+    /// stops the runtime.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NodeError> {
+        tokio::pin!(shutdown);
+        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut check = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = beat.tick() => self.beat(false).await,
+                _ = check.tick() => self.probe_overdue().await,
+            }
+        }
+        self.beat(true).await;
+        let _ = self.client.flush().await;
+        self.runtime
+            .shutdown()
+            .await
+            .map_err(|e| NodeError::Runtime(e.to_string()))
+    }
+}
+
+/// Connects with the configured servers and credentials; reconnects are automatic.
+async fn connect(nats: &NatsConfig, name: &str) -> Result<async_nats::Client, NodeError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("bulwark-node-{name}"))
+        .connection_timeout(Duration::from_secs(10));
+    if let Some(file) = &nats.credentials_file {
+        options = async_nats::ConnectOptions::with_credentials_file(file)
+            .await
+            .map_err(|e| NodeError::Nats(format!("credentials file {}: {e}", file.display())))?
+            .name(format!("bulwark-node-{name}"));
+    }
+    if let Some(file) = &nats.nkey_seed_file {
+        let seed = std::fs::read_to_string(file)
+            .map_err(|e| NodeError::Nats(format!("NKey seed file {}: {e}", file.display())))?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    if let Some(tls) = &nats.tls {
+        options = options
+            .require_tls(true)
+            .add_root_certificates(tls.ca.clone());
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let urls: Vec<async_nats::ServerAddr> = nats
+        .urls
+        .iter()
+        .map(|u| {
+            u.parse()
+                .map_err(|e| NodeError::Config(format!("nats url `{u}`: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    options
+        .connect(urls)
+        .await
+        .map_err(|e| NodeError::Nats(format!("cannot connect to {}: {e}", nats.urls.join(", "))))
+}
+
+fn brain_factory(name: &str, brain: &BrainConfig) -> Result<BrainFactory, NodeError> {
+    match brain {
+        BrainConfig::Scripted { file } => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                NodeError::Config(format!("brains.{name}: {}: {e}", file.display()))
+            })?;
+            let actions: Vec<BrainAction> = serde_json::from_str(&text).map_err(|e| {
+                NodeError::Config(format!(
+                    "brains.{name}: {} is not a JSON array of actions: {e}",
+                    file.display()
+                ))
+            })?;
+            Ok(Arc::new(move || {
+                Arc::new(ScriptedBrain::new(actions.clone())) as Arc<dyn Brain>
+            }))
+        }
+        BrainConfig::OpenAi {
+            base_url,
+            model,
+            cheap_model,
+            api_key_env,
+        } => {
+            let config = OpenAiConfig {
+                base_url: base_url.clone(),
+                model: model.clone(),
+                cheap_model: cheap_model.clone().unwrap_or_else(|| model.clone()),
+                api_key: std::env::var(api_key_env).ok().filter(|k| !k.is_empty()),
+                micro_usd_per_1k_tokens: (10_000, 1_000),
+                micro_usd_per_1k_prompt_tokens: (10_000, 1_000),
+                max_tokens: 4096,
+                timeout: Duration::from_secs(60),
+            };
+            let brain: Arc<dyn Brain> = Arc::new(
+                OpenAiBrain::new(config)
+                    .map_err(|e| NodeError::Config(format!("brains.{name}: {e}")))?,
+            );
+            Ok(Arc::new(move || brain.clone()))
+        }
+    }
+}
+
+/// Asks any node of `cluster` for its membership table.
+pub async fn cluster_status(
+    client: &async_nats::Client,
+    cluster: &str,
+) -> Result<Status, NodeError> {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject(cluster, "members"), "".into()),
+    )
+    .await
+    .map_err(|_| {
+        NodeError::Nats(format!(
+            "no node of cluster `{cluster}` answered within 5 s"
+        ))
+    })?
+    .map_err(|e| NodeError::Nats(format!("no node of cluster `{cluster}` answered: {e}")))?;
+    serde_json::from_slice(&answer.payload)
+        .map_err(|e| NodeError::Nats(format!("a node answered with a malformed status: {e}")))
+}

@@ -1,0 +1,252 @@
+//! Cluster membership with real processes: a nats-server on a free loopback port and
+//! three `bulwark node` processes.
+//!
+//! nats-server comes from `scripts/fetch-nats-server` (the test command runs it), or
+//! from `$BULWARK_NATS_SERVER`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bulwark_capabilities::KeyPair;
+use serde_json::Value;
+
+fn nats_server_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("BULWARK_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let dir = std::env::var("BULWARK_NATS_DIR")
+        .unwrap_or_else(|_| format!("{home}/.cache/bulwark/nats-server"));
+    let path = Path::new(&dir).join("nats-server");
+    assert!(
+        path.exists(),
+        "nats-server is missing at {}: run scripts/fetch-nats-server (the test command does) or set BULWARK_NATS_SERVER",
+        path.display()
+    );
+    path
+}
+
+/// Processes killed when the test ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts nats-server on a free loopback port; returns its URL.
+fn start_nats(dir: &Path, procs: &mut Procs) -> String {
+    let ports = dir.join("ports");
+    std::fs::create_dir_all(&ports).expect("ports dir");
+    let child = Command::new(nats_server_binary())
+        .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+        .arg(&ports)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let file = ports.join(format!("nats-server_{}.ports", child.id()));
+    procs.0.push(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+            && let Some(url) = v["nats"][0].as_str()
+        {
+            return url.to_string();
+        }
+        assert!(Instant::now() < deadline, "nats-server wrote no ports file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_config(dir: &Path, id: &str, url: &str, root: &str) -> PathBuf {
+    let file = dir.join(format!("{id}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "id = \"{id}\"\ncluster = \"t\"\ndata_dir = \"{id}-data\"\nroot_public_key = \"{root}\"\nlabels = {{ zone = \"{id}\" }}\n\n[nats]\nurls = [\"{url}\"]\n"
+        ),
+    )
+    .expect("write config");
+    file
+}
+
+/// Starts a node and waits (bounded) for its `ready` line.
+fn start_node(config: &Path, id: &str, procs: &mut Procs) -> u32 {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["node", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start node");
+    let stdout = child.stdout.take().expect("stdout");
+    let pid = child.id();
+    procs.0.push(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the node printed no line within 120 s");
+    assert_eq!(line, format!("ready {id}"));
+    pid
+}
+
+fn bulwark(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(args)
+        .output()
+        .expect("run bulwark")
+}
+
+fn status(url: &str) -> Option<Value> {
+    let out = bulwark(&[
+        "cluster",
+        "status",
+        "--nats",
+        url,
+        "--cluster",
+        "t",
+        "--json",
+    ]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn state_of(status: &Value, id: &str) -> Option<String> {
+    status["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == id)
+        .and_then(|n| n["state"].as_str().map(str::to_string))
+}
+
+/// Waits (bounded) until `node` is `state`; returns how long it took.
+fn wait_for(url: &str, node: &str, state: &str) -> Duration {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(60);
+    loop {
+        if let Some(s) = status(url)
+            && state_of(&s, node).as_deref() == Some(state)
+        {
+            return start.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} did not become {state} within 60 s: {:?}",
+            status(url)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn nodes_join_a_paused_one_is_suspect_and_a_stopped_one_dead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut procs = Procs(Vec::new());
+    let url = start_nats(dir.path(), &mut procs);
+    let root = KeyPair::generate().public().to_hex();
+    let mut pids = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        let config = write_config(dir.path(), id, &url, &root);
+        pids.push(start_node(&config, id, &mut procs));
+    }
+    for id in ["n1", "n2", "n3"] {
+        wait_for(&url, id, "alive");
+    }
+    // Each node answers from its own view; every view converges on the labels.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = status(&url).and_then(|s| {
+            s["nodes"]
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["id"] == "n1").cloned())
+        });
+        if let Some(n1) = listed {
+            assert_eq!(n1["labels"]["zone"], "n1");
+            assert_eq!(n1["agents"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "n1 was never listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A paused process keeps its connection: suspect, then alive again.
+    signal(pids[1], "-STOP");
+    let took = wait_for(&url, "n2", "suspect");
+    println!("paused node suspect after {took:?}");
+    signal(pids[1], "-CONT");
+    wait_for(&url, "n2", "alive");
+
+    // A killed process loses its connection: dead.
+    signal(pids[2], "-KILL");
+    let took = wait_for(&url, "n3", "dead");
+    println!("killed node dead after {took:?}");
+
+    // A clean shutdown announces itself.
+    signal(pids[0], "-TERM");
+    let took = wait_for(&url, "n1", "dead");
+    println!("stopped node dead after {took:?}");
+    assert_eq!(
+        state_of(&status(&url).expect("status"), "n2").as_deref(),
+        Some("alive")
+    );
+}
+
+#[test]
+fn an_unreachable_cluster_and_a_wrong_config_get_their_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let out = bulwark(&["cluster", "status", "--nats", &url, "--cluster", "t"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach NATS"));
+
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "id = \"n 1\"\n").expect("write");
+    let out = bulwark(&["node", "--config", config.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml"), "{err}");
+
+    // A cluster with no node answering is unreachable too.
+    let mut procs = Procs(Vec::new());
+    let url = start_nats(dir.path(), &mut procs);
+    let out = bulwark(&["cluster", "status", "--nats", &url, "--cluster", "empty"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node of cluster `empty`"));
+}
