@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::args::{encode_args, encode_bytes};
 use crate::authorize::{Authorized, Denial, Request, Revocations};
 use crate::spec::{rfc3339, unix_secs};
-use crate::{KeyPair, Token};
+use crate::{KeyPair, PublicKey, Token};
 
 /// A request with its holder's signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,16 +172,22 @@ impl Token {
     }
 }
 
-/// A message its token's holder signed for one purpose: the bytes signed are a domain
-/// tag (for instance `bulwark-envelope-v1`) then the message, so a signature made for
-/// one purpose never verifies for another, nor as a [`SignedRequest`].
+/// A message signed for one purpose (by a token's holder, or an operator): the bytes
+/// signed are a domain tag (for instance `bulwark-envelope-v1`) then the message, so a
+/// signature made for one purpose never verifies for another, nor as a
+/// [`SignedRequest`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HolderSignature(pub [u8; 64]);
+pub struct DomainSignature(pub [u8; 64]);
 
-impl HolderSignature {
-    /// Signs `message` for `domain` with the holder key.
-    pub fn sign(holder: &KeyPair, domain: &str, message: &[u8]) -> HolderSignature {
-        HolderSignature(holder.sign(&Self::signed_bytes(domain, message)))
+impl DomainSignature {
+    /// Signs `message` for `domain` with `key`.
+    pub fn sign(key: &KeyPair, domain: &str, message: &[u8]) -> DomainSignature {
+        DomainSignature(key.sign(&Self::signed_bytes(domain, message)))
+    }
+
+    /// Whether `key` signed `message` for `domain`.
+    pub fn verify(&self, key: &PublicKey, domain: &str, message: &[u8]) -> bool {
+        key.verify(&Self::signed_bytes(domain, message), &self.0)
     }
 
     fn signed_bytes(domain: &str, message: &[u8]) -> Vec<u8> {
@@ -200,11 +206,11 @@ impl Token {
         &self,
         domain: &str,
         message: &[u8],
-        signature: &HolderSignature,
+        signature: &DomainSignature,
     ) -> Result<(), Denial> {
         let holder = self.holder();
         if holder.verify(
-            &HolderSignature::signed_bytes(domain, message),
+            &DomainSignature::signed_bytes(domain, message),
             &signature.0,
         ) {
             Ok(())

@@ -33,7 +33,7 @@ pub use args::{
 };
 pub use authorize::{Authorized, DatalogLimit, DatalogLimits, Denial, Request, Revocations};
 pub use error::{ApprovalError, AttenuateError, KeyError, ParseError, TokenError};
-pub use holder::{HolderSignature, ReplayGuard, SignedRequest};
+pub use holder::{DomainSignature, ReplayGuard, SignedRequest};
 pub use keys::{KeyPair, PublicKey};
 pub use money::{MAX_MICRO_USD, MicroUsd};
 pub use spec::{

@@ -1,13 +1,14 @@
-//! `bulwark node` and `bulwark cluster`: running a node, and asking the cluster how it
-//! stands.
+//! `bulwark node`, `bulwark cluster` and `bulwark revoke`: running a node, asking the
+//! cluster how it stands, and revoking a token on every node.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use bulwark_node::cluster::config::NodeConfig;
-use bulwark_node::cluster::membership::Status;
-use bulwark_node::cluster::node::{Node, cluster_status};
+use bulwark_node::cluster::membership::{NodeState, Status};
+use bulwark_node::cluster::node::{Node, RevokeAck, broadcast_revocation, cluster_status};
+use bulwark_node::cluster::revocation::SignedRevocation;
 use clap::{Args, Subcommand};
 
 use crate::{EXIT_USAGE, Outcome};
@@ -92,27 +93,9 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<Outcome> {
             cluster,
             json,
         } => tokio()?.block_on(async move {
-            let client = match tokio::time::timeout(
-                Duration::from_secs(10),
-                async_nats::ConnectOptions::new()
-                    .name("bulwark-cli")
-                    .connect(nats.as_str()),
-            )
-            .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    return Ok(Outcome::Exit(
-                        EXIT_UNREACHABLE,
-                        format!("error: cannot reach NATS at {nats}: {e}"),
-                    ));
-                }
-                Err(_) => {
-                    return Ok(Outcome::Exit(
-                        EXIT_UNREACHABLE,
-                        format!("error: cannot reach NATS at {nats} within 10 s"),
-                    ));
-                }
+            let client = match connect_cli(&nats).await {
+                Ok(c) => c,
+                Err(outcome) => return Ok(outcome),
             };
             let status = match cluster_status(&client, &cluster).await {
                 Ok(s) => s,
@@ -147,4 +130,134 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `bulwark revoke`: a signed revocation to every live node of a cluster.
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// A NATS server of the cluster.
+    #[arg(long)]
+    nats: String,
+    /// The cluster's name.
+    #[arg(long)]
+    cluster: String,
+    /// The revocation id of the token block to revoke (hex, as `token inspect` shows).
+    #[arg(long)]
+    id: String,
+    /// The operator's private key file.
+    #[arg(long)]
+    operator_key: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Revokes on every live node; exits 0 once each has acknowledged.
+pub fn revoke(args: RevokeArgs) -> anyhow::Result<Outcome> {
+    let id = match hex::decode(&args.id) {
+        Ok(id) if !id.is_empty() => id,
+        _ => {
+            return Ok(Outcome::Exit(
+                EXIT_USAGE,
+                format!("error: --id `{}` is not a hex revocation id", args.id),
+            ));
+        }
+    };
+    let key = match bulwark_capabilities::KeyPair::load(&args.operator_key) {
+        Ok(k) => k,
+        Err(e) => return Ok(Outcome::Exit(EXIT_USAGE, format!("error: {e}"))),
+    };
+    let signed = SignedRevocation::sign(&key, &id, std::time::SystemTime::now());
+    tokio()?.block_on(async move {
+        let client = match connect_cli(&args.nats).await {
+            Ok(c) => c,
+            Err(outcome) => return Ok(outcome),
+        };
+        let status = match cluster_status(&client, &args.cluster).await {
+            Ok(s) => s,
+            Err(e) => return Ok(Outcome::Exit(EXIT_UNREACHABLE, format!("error: {e}"))),
+        };
+        let live: Vec<String> = status
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive)
+            .map(|n| n.id.clone())
+            .collect();
+        let acks = broadcast_revocation(
+            &client,
+            &args.cluster,
+            &signed,
+            &live,
+            Duration::from_secs(10),
+        )
+        .await?;
+        let slowest = acks.iter().map(|(_, t)| *t).max().unwrap_or_default();
+        let refused: Vec<&RevokeAck> = acks
+            .iter()
+            .map(|(a, _)| a)
+            .filter(|a| a.error.is_some())
+            .collect();
+        let missing: Vec<&String> = live
+            .iter()
+            .filter(|n| !acks.iter().any(|(a, _)| &a.node == *n))
+            .collect();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": args.id,
+                    "acknowledged": acks.iter().filter(|(a, _)| a.error.is_none()).map(|(a, t)| serde_json::json!({"node": a.node, "ms": t.as_millis()})).collect::<Vec<_>>(),
+                    "refused": refused.iter().map(|a| serde_json::json!({"node": a.node, "reason": a.error})).collect::<Vec<_>>(),
+                    "missing": missing,
+                    "slowest_ms": slowest.as_millis(),
+                })
+            );
+        } else {
+            for (a, t) in &acks {
+                match &a.error {
+                    None => println!("{:<16} revoked in {} ms", a.node, t.as_millis()),
+                    Some(e) => println!("{:<16} refused: {e}", a.node),
+                }
+            }
+            for n in &missing {
+                println!("{n:<16} did not acknowledge within 10 s");
+            }
+            println!("slowest: {} ms", slowest.as_millis());
+        }
+        if let Some(a) = refused.first() {
+            return Ok(Outcome::Denied(format!(
+                "node {} refused the revocation: {}",
+                a.node,
+                a.error.as_deref().unwrap_or_default()
+            )));
+        }
+        if !missing.is_empty() {
+            return Ok(Outcome::Exit(
+                EXIT_UNREACHABLE,
+                format!("error: {} live node(s) did not acknowledge", missing.len()),
+            ));
+        }
+        Ok(Outcome::Success)
+    })
+}
+
+async fn connect_cli(nats: &str) -> Result<async_nats::Client, Outcome> {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        async_nats::ConnectOptions::new()
+            .name("bulwark-cli")
+            .connect(nats),
+    )
+    .await
+    {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(Outcome::Exit(
+            EXIT_UNREACHABLE,
+            format!("error: cannot reach NATS at {nats}: {e}"),
+        )),
+        Err(_) => Err(Outcome::Exit(
+            EXIT_UNREACHABLE,
+            format!("error: cannot reach NATS at {nats} within 10 s"),
+        )),
+    }
 }

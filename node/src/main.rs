@@ -61,6 +61,9 @@ enum Command {
     /// Ask a cluster how it stands.
     #[command(subcommand)]
     Cluster(cluster_cli::ClusterCommand),
+    /// Revoke a token block on every live node of a cluster (signed by an operator);
+    /// exits 0 once each has acknowledged.
+    Revoke(cluster_cli::RevokeArgs),
 }
 
 /// What a command concluded; errors are reported by `main`.
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Node(args) => cluster_cli::node(args),
         Command::Cluster(cmd) => cluster_cli::run(cmd),
+        Command::Revoke(args) => cluster_cli::revoke(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

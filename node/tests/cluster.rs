@@ -70,11 +70,17 @@ fn start_nats(dir: &Path, procs: &mut Procs) -> String {
 }
 
 fn write_config(dir: &Path, id: &str, url: &str, root: &str) -> PathBuf {
+    write_config_with(dir, id, url, root, &[])
+}
+
+fn write_config_with(dir: &Path, id: &str, url: &str, root: &str, operators: &[String]) -> PathBuf {
     let file = dir.join(format!("{id}.toml"));
+    let operators: Vec<String> = operators.iter().map(|k| format!("\"{k}\"")).collect();
     std::fs::write(
         &file,
         format!(
-            "id = \"{id}\"\ncluster = \"t\"\ndata_dir = \"{id}-data\"\nroot_public_key = \"{root}\"\nlabels = {{ zone = \"{id}\" }}\n\n[nats]\nurls = [\"{url}\"]\n"
+            "id = \"{id}\"\ncluster = \"t\"\ndata_dir = \"{id}-data\"\nroot_public_key = \"{root}\"\noperator_keys = [{}]\nlabels = {{ zone = \"{id}\" }}\n\n[nats]\nurls = [\"{url}\"]\n",
+            operators.join(", ")
         ),
     )
     .expect("write config");
@@ -249,4 +255,130 @@ fn an_unreachable_cluster_and_a_wrong_config_get_their_exit_codes() {
     let out = bulwark(&["cluster", "status", "--nats", &url, "--cluster", "empty"]);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node of cluster `empty`"));
+}
+
+/// The ids of the `token.revoked` entries in a stopped node's audit trail.
+fn revoked_in_trail(data_dir: &Path) -> Vec<String> {
+    let out = bulwark(&[
+        "audit",
+        "tail",
+        "--data-dir",
+        data_dir.to_str().expect("utf-8"),
+        "-n",
+        "1000",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == "token.revoked")
+        .filter_map(|e| e["detail"]["revocation_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn revoke(url: &str, id: &str, key: &Path) -> Output {
+    bulwark(&[
+        "revoke",
+        "--nats",
+        url,
+        "--cluster",
+        "t",
+        "--id",
+        id,
+        "--operator-key",
+        key.to_str().expect("utf-8"),
+        "--json",
+    ])
+}
+
+/// Stops a node cleanly and waits for it to exit (bounded).
+fn stop(procs: &mut Procs, pid: u32) {
+    signal(pid, "-TERM");
+    let child = procs
+        .0
+        .iter_mut()
+        .find(|c| c.id() == pid)
+        .expect("a started node");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "node {pid} did not stop within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_revocation_reaches_every_node_is_persisted_and_is_fetched_by_a_node_that_missed_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut procs = Procs(Vec::new());
+    let url = start_nats(dir.path(), &mut procs);
+    let root = KeyPair::generate().public().to_hex();
+    let operator = KeyPair::generate();
+    let operator_file = dir.path().join("operator.key");
+    operator.save(&operator_file).expect("save operator key");
+    let stranger_file = dir.path().join("stranger.key");
+    KeyPair::generate().save(&stranger_file).expect("save key");
+    let operators = [operator.public().to_hex()];
+    let mut pids = Vec::new();
+    let mut configs = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        let config = write_config_with(dir.path(), id, &url, &root, &operators);
+        pids.push(start_node(&config, id, &mut procs));
+        configs.push(config);
+    }
+    for id in ["n1", "n2", "n3"] {
+        wait_for(&url, id, "alive");
+    }
+
+    let first = "a1".repeat(32);
+    let out = revoke(&url, &first, &operator_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    println!(
+        "revocation reached every node; slowest {} ms",
+        report["slowest_ms"]
+    );
+    assert!(report["refused"].as_array().is_some_and(Vec::is_empty));
+
+    // A key that is not an operator's is refused by every node.
+    let out = revoke(&url, &"b2".repeat(32), &stranger_file);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // n3 is down while a second revocation is made; it fetches it before it serves.
+    stop(&mut procs, pids[2]);
+    wait_for(&url, "n3", "dead");
+    let second = "c3".repeat(32);
+    let out = revoke(&url, &second, &operator_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pids[2] = start_node(&configs[2], "n3", &mut procs);
+
+    for pid in pids {
+        stop(&mut procs, pid);
+    }
+    for id in ["n1", "n2", "n3"] {
+        let revoked = revoked_in_trail(&dir.path().join(format!("{id}-data")));
+        assert!(revoked.contains(&first), "{id}: {revoked:?}");
+        assert!(revoked.contains(&second), "{id}: {revoked:?}");
+        assert!(!revoked.contains(&"b2".repeat(32)), "{id}: {revoked:?}");
+    }
 }

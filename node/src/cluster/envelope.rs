@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bulwark_capabilities::{
-    HolderSignature, KeyPair, MAX_TOKEN_BYTES, PublicKey, ReplayGuard, Revocations, Token,
+    DomainSignature, KeyPair, MAX_TOKEN_BYTES, PublicKey, ReplayGuard, Revocations, Token,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -150,7 +150,7 @@ impl Envelope {
             sig: [0; 64],
         };
         envelope.sig =
-            HolderSignature::sign(holder, ENVELOPE_DOMAIN, &envelope.signed_bytes(token)).0;
+            DomainSignature::sign(holder, ENVELOPE_DOMAIN, &envelope.signed_bytes(token)).0;
         Ok(envelope)
     }
 
@@ -238,7 +238,7 @@ impl Verifier {
             .verify_holder_signature(
                 ENVELOPE_DOMAIN,
                 &envelope.signed_bytes(&token),
-                &HolderSignature(envelope.sig),
+                &DomainSignature(envelope.sig),
             )
             .map_err(|_| EnvelopeError::Signature)?;
         self.replay

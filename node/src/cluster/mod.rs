@@ -8,3 +8,4 @@ pub mod config;
 pub mod envelope;
 pub mod membership;
 pub mod node;
+pub mod revocation;

@@ -20,6 +20,7 @@ use super::config::{BrainConfig, NatsConfig, NodeConfig};
 use super::membership::{
     HEARTBEAT_EVERY, HEARTBEAT_FORMAT, Heartbeat, Members, PROBE_TIMEOUT, Probe, Status,
 };
+use super::revocation::{self, MAX_REVOCATIONS, SignedRevocation};
 
 /// Why a node could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +94,10 @@ impl NodeBuilder {
             client,
             members: Arc::new(Mutex::new(Members::default())),
             incarnation,
+            revocations: Arc::new(Mutex::new(Vec::new())),
         };
+        // Fail closed: nothing is served before the revocations missed are in force.
+        node.catch_up_revocations().await?;
         node.subscribe().await?;
         Ok(node)
     }
@@ -106,6 +110,7 @@ pub struct Node {
     client: async_nats::Client,
     members: Arc<Mutex<Members>>,
     incarnation: u64,
+    revocations: Arc<Mutex<Vec<SignedRevocation>>>,
 }
 
 impl Node {
@@ -153,8 +158,54 @@ impl Node {
             .subscribe(subject(cluster, "members"))
             .await
             .map_err(|e| nats(&e))?;
+        let mut revokes = self
+            .client
+            .subscribe(subject(cluster, "revoke"))
+            .await
+            .map_err(|e| nats(&e))?;
+        let mut lists = self
+            .client
+            .subscribe(subject(cluster, "revocations"))
+            .await
+            .map_err(|e| nats(&e))?;
         // Readiness: the server has processed the subscriptions.
         self.client.flush().await.map_err(|e| nats(&e))?;
+
+        let applier = self.applier();
+        let client = self.client.clone();
+        let id = self.config.id.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = revokes.next().await {
+                let outcome = match serde_json::from_slice::<SignedRevocation>(&msg.payload) {
+                    Ok(r) if msg.payload.len() <= 4096 => applier.apply(r).await,
+                    Ok(_) => Err("the revocation is larger than 4 KiB".to_string()),
+                    Err(e) => Err(format!("malformed revocation: {e}")),
+                };
+                if let Some(reply) = msg.reply {
+                    let ack = RevokeAck {
+                        node: id.clone(),
+                        error: outcome.err(),
+                    };
+                    if let Ok(body) = serde_json::to_vec(&ack) {
+                        let _ = client.publish(reply, body.into()).await;
+                    }
+                }
+            }
+        });
+        let client = self.client.clone();
+        let kept = self.revocations.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = lists.next().await {
+                let Some(reply) = msg.reply else { continue };
+                let list = kept
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                if let Ok(body) = serde_json::to_vec(&list) {
+                    let _ = client.publish(reply, body.into()).await;
+                }
+            }
+        });
 
         let members = self.members.clone();
         tokio::spawn(async move {
@@ -195,6 +246,70 @@ impl Node {
             }
         });
         Ok(())
+    }
+
+    fn applier(&self) -> Applier {
+        Applier {
+            runtime: self.runtime.clone(),
+            operators: self.config.operator_keys.clone(),
+            data_dir: self.config.data_dir.clone(),
+            kept: self.revocations.clone(),
+        }
+    }
+
+    /// Loads the revocations this node kept, then asks its peers for theirs and puts
+    /// in force those it missed. With no peer to ask (the first node) it goes on;
+    /// peers that do not answer keep it from starting.
+    async fn catch_up_revocations(&self) -> Result<(), NodeError> {
+        let kept = revocation::load(&self.config.data_dir).map_err(|e| {
+            NodeError::Runtime(format!(
+                "{}: {e}",
+                self.config
+                    .data_dir
+                    .join(revocation::REVOCATIONS_FILE)
+                    .display()
+            ))
+        })?;
+        *self
+            .revocations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = kept;
+        let ask = subject(&self.config.cluster, "revocations");
+        let mut last = String::new();
+        for _ in 0..10 {
+            let asked = tokio::time::timeout(
+                Duration::from_secs(3),
+                self.client.request(ask.clone(), "".into()),
+            )
+            .await;
+            let answer = match asked {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    last = e.to_string();
+                    continue;
+                }
+                Err(_) => {
+                    last = "no answer within 3 s".into();
+                    continue;
+                }
+            };
+            let list: Vec<SignedRevocation> = serde_json::from_slice(&answer.payload)
+                .map_err(|e| NodeError::Nats(format!("a peer sent malformed revocations: {e}")))?;
+            let applier = self.applier();
+            for r in list.into_iter().take(MAX_REVOCATIONS) {
+                // A peer's list is checked like a broadcast: only operators' signatures.
+                if let Err(e) = applier.apply(r).await {
+                    tracing::warn!(error = %e, "a peer handed over a revocation that does not hold");
+                }
+            }
+            return Ok(());
+        }
+        Err(NodeError::Nats(format!(
+            "could not fetch the cluster's revocations from its nodes ({last}); refusing to serve without them"
+        )))
     }
 
     fn heartbeat(&self, leaving: bool) -> Heartbeat {
@@ -283,6 +398,51 @@ impl Node {
     }
 }
 
+/// A node's answer to a revocation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RevokeAck {
+    /// The node.
+    pub node: String,
+    /// Why it refused, if it did.
+    pub error: Option<String>,
+}
+
+/// Verifies and applies signed revocations for one node.
+#[derive(Clone)]
+struct Applier {
+    runtime: Runtime,
+    operators: Vec<bulwark_capabilities::PublicKey>,
+    data_dir: std::path::PathBuf,
+    kept: Arc<Mutex<Vec<SignedRevocation>>>,
+}
+
+impl Applier {
+    /// Puts `r` in force: persisted (the runtime's store and the node's list) before
+    /// it is acknowledged.
+    async fn apply(&self, r: SignedRevocation) -> Result<(), String> {
+        let id = r.verify(&self.operators).map_err(|e| e.to_string())?;
+        let known = self
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|k| k.id == r.id);
+        if known {
+            return Ok(());
+        }
+        self.runtime.revoke(id).await.map_err(|e| e.to_string())?;
+        revocation::append(&self.data_dir, &r).map_err(|e| e.to_string())?;
+        let mut kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() < MAX_REVOCATIONS {
+            kept.push(r);
+        }
+        Ok(())
+    }
+}
+
 /// Connects with the configured servers and credentials; reconnects are automatic.
 async fn connect(nats: &NatsConfig, name: &str) -> Result<async_nats::Client, NodeError> {
     let mut options = async_nats::ConnectOptions::new()
@@ -360,6 +520,47 @@ fn brain_factory(name: &str, brain: &BrainConfig) -> Result<BrainFactory, NodeEr
             Ok(Arc::new(move || brain.clone()))
         }
     }
+}
+
+/// Broadcasts `revocation` to `cluster` and collects the acknowledgements of the
+/// nodes in `live`, for at most `within`. Returns each node's answer with how long it
+/// took; nodes missing from the answer did not acknowledge in time.
+pub async fn broadcast_revocation(
+    client: &async_nats::Client,
+    cluster: &str,
+    revocation: &SignedRevocation,
+    live: &[String],
+    within: Duration,
+) -> Result<Vec<(RevokeAck, Duration)>, NodeError> {
+    let nats = |e: &dyn std::fmt::Display| NodeError::Nats(e.to_string());
+    let inbox = client.new_inbox();
+    let mut acks = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| nats(&e))?;
+    let body = serde_json::to_vec(revocation).map_err(|e| nats(&e))?;
+    let start = Instant::now();
+    client
+        .publish_with_reply(subject(cluster, "revoke"), inbox, body.into())
+        .await
+        .map_err(|e| nats(&e))?;
+    client.flush().await.map_err(|e| nats(&e))?;
+    let mut out: Vec<(RevokeAck, Duration)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !live.iter().all(|n| out.iter().any(|(a, _)| &a.node == n)) {
+        let next = tokio::time::timeout_at(deadline, acks.next()).await;
+        match next {
+            Ok(Some(msg)) => {
+                if let Ok(ack) = serde_json::from_slice::<RevokeAck>(&msg.payload)
+                    && !out.iter().any(|(a, _)| a.node == ack.node)
+                {
+                    out.push((ack, start.elapsed()));
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(out)
 }
 
 /// Asks any node of `cluster` for its membership table.
