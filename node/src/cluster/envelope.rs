@@ -186,10 +186,16 @@ impl Envelope {
     }
 }
 
+/// Most verified tokens a verifier remembers.
+const TOKEN_CACHE: usize = 4096;
+
 /// Checks envelopes arriving at one node.
 pub struct Verifier {
     root: PublicKey,
     replay: Mutex<ReplayGuard>,
+    /// Tokens already verified against the root, by the SHA-256 of their text: a
+    /// token's chain is checked once, its holder's signature on every envelope.
+    verified: Mutex<std::collections::HashMap<[u8; 32], Token>>,
 }
 
 impl Verifier {
@@ -201,7 +207,27 @@ impl Verifier {
                 ENVELOPE_WINDOW.as_secs(),
                 ReplayGuard::DEFAULT_CAPACITY,
             )),
+            verified: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The token in `text`, verified against the root (once per distinct token).
+    fn token(&self, text: &str) -> Result<Token, EnvelopeError> {
+        let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let mut cache = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(token) = cache.get(&key) {
+            return Ok(token.clone());
+        }
+        let token = Token::from_base64(text, &self.root)
+            .map_err(|e| EnvelopeError::Token(e.to_string()))?;
+        if cache.len() >= TOKEN_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, token.clone());
+        Ok(token)
     }
 
     /// Every check, in order, on `bytes` received on `subject` at `now`.
@@ -229,8 +255,7 @@ impl Verifier {
         if envelope.token.len() > MAX_TOKEN_BYTES * 4 / 3 + 4 {
             return Err(EnvelopeError::Token("larger than a token can be".into()));
         }
-        let token = Token::from_base64(&envelope.token, &self.root)
-            .map_err(|e| EnvelopeError::Token(e.to_string()))?;
+        let token = self.token(&envelope.token)?;
         if token.revocation_ids().iter().any(|id| revoked.contains(id)) {
             return Err(EnvelopeError::Revoked);
         }
