@@ -382,3 +382,53 @@ fn a_revocation_reaches_every_node_is_persisted_and_is_fetched_by_a_node_that_mi
         assert!(!revoked.contains(&"b2".repeat(32)), "{id}: {revoked:?}");
     }
 }
+
+#[test]
+fn a_node_hosts_the_sandboxed_tools_of_its_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut procs = Procs(Vec::new());
+    let url = start_nats(dir.path(), &mut procs);
+    let root = KeyPair::generate().public().to_hex();
+    let tool =
+        "\n[[tools]]\nname = \"shout\"\ntier = \"auto\"\nmax_cost = \"0.01\"\njs = \"shout.js\"\n";
+    std::fs::write(
+        dir.path().join("shout.js"),
+        "print(JSON.stringify(\"HELLO\"));\n",
+    )
+    .expect("write tool");
+    let config = write_config(dir.path(), "n1", &url, &root);
+    let mut text = std::fs::read_to_string(&config).expect("read");
+    text.push_str(tool);
+    std::fs::write(&config, &text).expect("write");
+    start_node(&config, "n1", &mut procs);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tools = status(&url).and_then(|s| {
+            s["nodes"]
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["id"] == "n1"))
+                .map(|n| n["tools"].clone())
+        });
+        if tools == Some(serde_json::json!(["shout"])) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shout was never listed: {tools:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A tool whose program is missing stops the start, naming the tool and the file.
+    let broken = write_config(dir.path(), "n2", &url, &root);
+    let mut text = std::fs::read_to_string(&broken).expect("read");
+    text.push_str(&tool.replace("shout.js", "missing.js"));
+    std::fs::write(&broken, &text).expect("write");
+    let out = bulwark(&["node", "--config", broken.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tools[0] `shout`") && err.contains("missing.js"),
+        "{err}"
+    );
+}

@@ -36,8 +36,6 @@ pub struct Heartbeat {
     pub incarnation: u64,
     /// Agents it hosts.
     pub agents: usize,
-    /// Runs in progress.
-    pub load: usize,
     /// Its release.
     pub version: String,
     /// Tools it hosts.
@@ -185,7 +183,6 @@ mod tests {
             node: node.into(),
             incarnation: 1,
             agents: 2,
-            load: 0,
             version: "test".into(),
             tools: vec!["echo".into()],
             labels: BTreeMap::new(),

@@ -16,7 +16,10 @@ use bulwark_runtime::{
 };
 use futures::StreamExt;
 
-use super::config::{BrainConfig, NatsConfig, NodeConfig};
+use bulwark_runtime::ToolManifest;
+use bulwark_runtime::sandbox::{Program, Sandbox, SandboxConfig, SandboxTool, ToolCode};
+
+use super::config::{BrainConfig, NatsConfig, NodeConfig, ToolProgram};
 use super::membership::{
     HEARTBEAT_EVERY, HEARTBEAT_FORMAT, Heartbeat, Members, PROBE_TIMEOUT, Probe, Status,
 };
@@ -59,12 +62,6 @@ impl NodeBuilder {
     /// has confirmed the subscriptions.
     pub async fn start(self) -> Result<Node, NodeError> {
         let config = self.config;
-        if let Some(t) = config.tools.first() {
-            return Err(NodeError::Config(format!(
-                "tools[0] `{}`: hosting sandboxed tools from the configuration is not supported by this release; register tools from Rust",
-                t.name
-            )));
-        }
         let mut builder = Runtime::builder()
             .data_dir(&config.data_dir)
             .root_public_key(config.root_public_key);
@@ -81,6 +78,7 @@ impl NodeBuilder {
         for (name, factory) in self.brains {
             runtime.register_brain(&name, factory);
         }
+        host_tools(&runtime, &config)?;
         let client = connect(&config.nats, &config.id).await?;
         let incarnation = u64::try_from(
             SystemTime::now()
@@ -326,7 +324,6 @@ impl Node {
             node: self.config.id.clone(),
             incarnation: self.incarnation,
             agents: self.runtime.agent_count(),
-            load: 0,
             version: env!("CARGO_PKG_VERSION").to_string(),
             tools,
             labels: self.config.labels.clone(),
@@ -479,6 +476,61 @@ async fn connect(nats: &NatsConfig, name: &str) -> Result<async_nats::Client, No
         .connect(urls)
         .await
         .map_err(|e| NodeError::Nats(format!("cannot connect to {}: {e}", nats.urls.join(", "))))
+}
+
+/// Largest tool program a node loads, bytes.
+const MAX_PROGRAM_BYTES: u64 = 64 << 20;
+
+/// Registers the configuration's sandboxed tools; each program is read and its
+/// interpreter (or module) prepared now, so a missing file or interpreter stops the
+/// start instead of the first call.
+fn host_tools(runtime: &Runtime, config: &NodeConfig) -> Result<(), NodeError> {
+    if config.tools.is_empty() {
+        return Ok(());
+    }
+    let sandbox = Sandbox::new(SandboxConfig::default())
+        .map_err(|e| NodeError::Config(format!("the sandbox: {e}")))?;
+    for (i, t) in config.tools.iter().enumerate() {
+        let fail = |what: String| NodeError::Config(format!("tools[{i}] `{}`: {what}", t.name));
+        let path = match &t.program {
+            ToolProgram::Wasm(p) | ToolProgram::Python(p) | ToolProgram::Js(p) => p,
+        };
+        let size = std::fs::metadata(path)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?
+            .len();
+        if size > MAX_PROGRAM_BYTES {
+            return Err(fail(format!(
+                "{}: {size} bytes, more than {MAX_PROGRAM_BYTES}",
+                path.display()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let text = || {
+            String::from_utf8(bytes.clone())
+                .map_err(|_| fail(format!("{} is not UTF-8 text", path.display())))
+        };
+        let program = match &t.program {
+            ToolProgram::Wasm(_) => Program::Wasm {
+                module: Arc::new(bytes.clone()),
+                invoke: None,
+            },
+            ToolProgram::Python(_) => Program::Python(text()?),
+            ToolProgram::Js(_) => Program::JavaScript(text()?),
+        };
+        sandbox.prepare(&program).map_err(|e| fail(e.to_string()))?;
+        let manifest = ToolManifest::new(
+            t.name.clone(),
+            format!("sandboxed tool hosted by node {}", config.id),
+        )
+        .tier(t.tier)
+        .max_cost(t.max_cost);
+        let tool = SandboxTool::new(sandbox.clone(), ToolCode::Fixed(program)).into_tool(manifest);
+        runtime
+            .tools()
+            .register(tool)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn brain_factory(name: &str, brain: &BrainConfig) -> Result<BrainFactory, NodeError> {
