@@ -63,6 +63,9 @@ pub fn node(args: NodeArgs) -> anyhow::Result<Outcome> {
             Err(e) => return Ok(Outcome::Exit(EXIT_USAGE, format!("error: {e}"))),
         };
         println!("ready {}", node.id());
+        if let Some(login) = node.dashboard_login() {
+            eprintln!("dashboard: {login}");
+        }
         node.run_until(shutdown_signal()).await?;
         Ok(Outcome::Success)
     })

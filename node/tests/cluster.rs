@@ -384,7 +384,7 @@ fn a_revocation_reaches_every_node_is_persisted_and_is_fetched_by_a_node_that_mi
 }
 
 #[test]
-fn a_node_hosts_the_sandboxed_tools_of_its_configuration() {
+fn a_node_hosts_the_sandboxed_tools_and_the_dashboard_of_its_configuration() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut procs = Procs(Vec::new());
     let url = start_nats(dir.path(), &mut procs);
@@ -396,11 +396,25 @@ fn a_node_hosts_the_sandboxed_tools_of_its_configuration() {
         "print(JSON.stringify(\"HELLO\"));\n",
     )
     .expect("write tool");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     let config = write_config(dir.path(), "n1", &url, &root);
     let mut text = std::fs::read_to_string(&config).expect("read");
+    text = text.replace(
+        "[nats]",
+        &format!("[dashboard]\nlisten = \"127.0.0.1:{port}\"\n\n[nats]"),
+    );
     text.push_str(tool);
     std::fs::write(&config, &text).expect("write");
     start_node(&config, "n1", &mut procs);
+    // The node serves its dashboard: its page answers, its API wants the token.
+    let page = reqwest::blocking::get(format!("http://127.0.0.1:{port}/")).expect("dashboard");
+    assert!(page.status().is_success(), "{}", page.status());
+    let api = reqwest::blocking::get(format!("http://127.0.0.1:{port}/api/proposals"))
+        .expect("dashboard api");
+    assert_eq!(api.status().as_u16(), 401);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let tools = status(&url).and_then(|s| {

@@ -79,6 +79,23 @@ impl NodeBuilder {
             runtime.register_brain(&name, factory);
         }
         host_tools(&runtime, &config)?;
+        let dashboard = match config.dashboard {
+            Some(bind) => Some(
+                crate::dashboard::serve(
+                    runtime.clone(),
+                    crate::dashboard::DashboardConfig {
+                        bind,
+                        bearer: std::env::var("BULWARK_DASHBOARD_TOKEN")
+                            .ok()
+                            .filter(|t| !t.is_empty()),
+                        allowed_hosts: Vec::new(),
+                    },
+                )
+                .await
+                .map_err(|e| NodeError::Config(format!("dashboard.listen: {e}")))?,
+            ),
+            None => None,
+        };
         let client = connect(&config.nats, &config.id).await?;
         let incarnation = u64::try_from(
             SystemTime::now()
@@ -87,6 +104,7 @@ impl NodeBuilder {
         )
         .unwrap_or(u64::MAX);
         let node = Node {
+            dashboard,
             config: Arc::new(config),
             runtime,
             client,
@@ -103,6 +121,7 @@ impl NodeBuilder {
 
 /// A running node.
 pub struct Node {
+    dashboard: Option<crate::dashboard::Dashboard>,
     config: Arc<NodeConfig>,
     runtime: Runtime,
     client: async_nats::Client,
@@ -123,6 +142,13 @@ impl Node {
     /// Its id.
     pub fn id(&self) -> &str {
         &self.config.id
+    }
+
+    /// The dashboard's login address, when the node serves one.
+    pub fn dashboard_login(&self) -> Option<String> {
+        self.dashboard
+            .as_ref()
+            .map(crate::dashboard::Dashboard::login_url)
     }
 
     /// Its runtime.
@@ -373,7 +399,7 @@ impl Node {
     /// Serves until `shutdown` resolves, then announces the departure, drains and
     /// stops the runtime.
     pub async fn run_until(
-        self,
+        mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NodeError> {
         tokio::pin!(shutdown);
@@ -388,6 +414,9 @@ impl Node {
         }
         self.beat(true).await;
         let _ = self.client.flush().await;
+        if let Some(d) = self.dashboard.take() {
+            d.stop();
+        }
         self.runtime
             .shutdown()
             .await
