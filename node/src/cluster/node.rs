@@ -158,10 +158,7 @@ impl Node {
 
     /// The membership table as this node sees it.
     pub fn status(&self) -> Status {
-        self.members
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .status(Instant::now())
+        locked(&self.members).status(Instant::now())
     }
 
     async fn subscribe(&self) -> Result<(), NodeError> {
@@ -172,12 +169,12 @@ impl Node {
             .subscribe(subject(cluster, "heartbeat"))
             .await
             .map_err(|e| nats(&e))?;
-        let mut presence = self
+        let presence = self
             .client
             .subscribe(subject(cluster, &format!("presence.{}", self.config.id)))
             .await
             .map_err(|e| nats(&e))?;
-        let mut asks = self
+        let asks = self
             .client
             .subscribe(subject(cluster, "members"))
             .await
@@ -187,7 +184,7 @@ impl Node {
             .subscribe(subject(cluster, "revoke"))
             .await
             .map_err(|e| nats(&e))?;
-        let mut lists = self
+        let lists = self
             .client
             .subscribe(subject(cluster, "revocations"))
             .await
@@ -216,21 +213,10 @@ impl Node {
                 }
             }
         });
-        let client = self.client.clone();
         let kept = self.revocations.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = lists.next().await {
-                let Some(reply) = msg.reply else { continue };
-                let list = kept
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
-                if let Ok(body) = serde_json::to_vec(&list) {
-                    let _ = client.publish(reply, body.into()).await;
-                }
-            }
+        answer(&self.client, lists, move || {
+            serde_json::to_vec(&*locked(&kept)).ok()
         });
-
         let members = self.members.clone();
         tokio::spawn(async move {
             while let Some(msg) = beats.next().await {
@@ -240,34 +226,14 @@ impl Node {
                 if let Ok(beat) = rmp_serde::from_slice::<Heartbeat>(&msg.payload)
                     && beat.v == HEARTBEAT_FORMAT
                 {
-                    members
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .heard(beat, Instant::now());
+                    locked(&members).heard(beat, Instant::now());
                 }
             }
         });
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = presence.next().await {
-                if let Some(reply) = msg.reply {
-                    let _ = client.publish(reply, "here".into()).await;
-                }
-            }
-        });
-        let client = self.client.clone();
+        answer(&self.client, presence, || Some(b"here".to_vec()));
         let members = self.members.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = asks.next().await {
-                let Some(reply) = msg.reply else { continue };
-                let status = members
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .status(Instant::now());
-                if let Ok(body) = serde_json::to_vec(&status) {
-                    let _ = client.publish(reply, body.into()).await;
-                }
-            }
+        answer(&self.client, asks, move || {
+            serde_json::to_vec(&locked(&members).status(Instant::now())).ok()
         });
         Ok(())
     }
@@ -294,10 +260,7 @@ impl Node {
                     .display()
             ))
         })?;
-        *self
-            .revocations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = kept;
+        *locked(&self.revocations) = kept;
         let ask = subject(&self.config.cluster, "revocations");
         let mut last = String::new();
         for _ in 0..10 {
@@ -368,11 +331,7 @@ impl Node {
 
     /// Probes each node whose heartbeat is overdue.
     async fn probe_overdue(&self) {
-        let overdue = self
-            .members
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .overdue(Instant::now());
+        let overdue = locked(&self.members).overdue(Instant::now());
         for id in overdue {
             let probe = if self.client.connection_state() != State::Connected {
                 Probe::LinkDown
@@ -389,10 +348,7 @@ impl Node {
                     Ok(Err(_)) | Err(_) => Probe::TimedOut,
                 }
             };
-            self.members
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .probed(&id, probe);
+            locked(&self.members).probed(&id, probe);
         }
     }
 
@@ -424,6 +380,28 @@ impl Node {
     }
 }
 
+/// Answers every request on `sub` with what `body` gives, in its own task.
+fn answer(
+    client: &async_nats::Client,
+    mut sub: async_nats::Subscriber,
+    body: impl Fn() -> Option<Vec<u8>> + Send + 'static,
+) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let (Some(reply), Some(body)) = (msg.reply, body()) {
+                let _ = client.publish(reply, body.into()).await;
+            }
+        }
+    });
+}
+
+/// Locks `m`, taking it over if a panicking holder poisoned it (each critical
+/// section leaves the state consistent).
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A node's answer to a revocation.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RevokeAck {
@@ -447,21 +425,13 @@ impl Applier {
     /// it is acknowledged.
     async fn apply(&self, r: SignedRevocation) -> Result<(), String> {
         let id = r.verify(&self.operators).map_err(|e| e.to_string())?;
-        let known = self
-            .kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .any(|k| k.id == r.id);
+        let known = locked(&self.kept).iter().any(|k| k.id == r.id);
         if known {
             return Ok(());
         }
         self.runtime.revoke(id).await.map_err(|e| e.to_string())?;
         revocation::append(&self.data_dir, &r).map_err(|e| e.to_string())?;
-        let mut kept = self
-            .kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut kept = locked(&self.kept);
         if kept.len() < MAX_REVOCATIONS {
             kept.push(r);
         }

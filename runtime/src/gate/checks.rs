@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 
 use super::Identity;
 use super::call::{Approvals, CallContext, SignedCall};
-use crate::audit::AuditKind;
 use crate::error::GateError;
 use crate::guard::Origin;
 use crate::proposals::{Proposal, ProposalState};
@@ -291,18 +290,12 @@ impl Inner {
         error: GateError,
     ) -> Result<T, GateError> {
         if let Some(p) = proposal {
-            let reason = format!("not run: {error}");
             let _ = self
                 .proposals
-                .transition(
+                .fail(
                     &p.id,
                     &[ProposalState::Executing],
-                    "failed",
-                    AuditKind::ProposalFailed,
-                    |p| {
-                        p.state = ProposalState::Failed;
-                        p.error = Some(reason);
-                    },
+                    format!("not run: {error}"),
                 )
                 .await;
         }

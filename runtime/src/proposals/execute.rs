@@ -108,20 +108,7 @@ impl Inner {
             tokio::time::sleep(Duration::from_millis(50)).await;
             registered = self.tools.get(&tool);
         }
-        let fail = |reason: String| async move {
-            self.proposals
-                .transition(
-                    id,
-                    &[ProposalState::Approved],
-                    "failed",
-                    AuditKind::ProposalFailed,
-                    |p| {
-                        p.state = ProposalState::Failed;
-                        p.error = Some(reason);
-                    },
-                )
-                .await
-        };
+        let fail = |reason: String| self.proposals.fail(id, &[ProposalState::Approved], reason);
         let Some(registered) = registered else {
             fail(format!(
                 "not run: no tool `{tool}` was registered within a minute"

@@ -27,10 +27,11 @@ impl Inner {
                 ProposalState::Executing => {
                     let r = self
                         .proposals
-                        .transition(&p.id, &[ProposalState::Executing], "failed", AuditKind::ProposalFailed, |p| {
-                            p.state = ProposalState::Failed;
-                            p.error = Some("interrupted by a restart before its result was recorded; it may have run, so it is not run again".into());
-                        })
+                        .fail(
+                            &p.id,
+                            &[ProposalState::Executing],
+                            "interrupted by a restart before its result was recorded; it may have run, so it is not run again".into(),
+                        )
                         .await;
                     if let Err(ProposalError::Store(e)) = r {
                         return Err(e);

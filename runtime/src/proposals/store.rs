@@ -110,17 +110,7 @@ impl ProposalStore {
             kv.push((open, Some(p.id.as_bytes().to_vec())));
         }
         let record = audit_of(AuditKind::ProposalCreated, p, json!({}));
-        self.journal
-            .write(
-                Batch {
-                    audit: vec![record],
-                    kv,
-                },
-                Mode::Durable,
-                self.clock.now(),
-            )
-            .await?;
-        self.notify(p);
+        self.commit(p, record, kv).await?;
         Ok(Ok(()))
     }
 
@@ -168,6 +158,33 @@ impl ProposalStore {
             kv.push((Self::open_key(&p.agent, &p.tool, &p.args_hash), None));
         }
         let record = audit_of(event, &p, json!({"decision": p.decisions.last()}));
+        self.commit(&p, record, kv).await?;
+        Ok(p)
+    }
+
+    /// Fails a proposal that is in one of `from` and never ran (or whose run was cut
+    /// short), with `error` recorded.
+    pub async fn fail(
+        &self,
+        id: &str,
+        from: &[ProposalState],
+        error: String,
+    ) -> Result<Proposal, ProposalError> {
+        self.transition(id, from, "failed", AuditKind::ProposalFailed, |p| {
+            p.state = ProposalState::Failed;
+            p.error = Some(error);
+        })
+        .await
+    }
+
+    /// Writes `p`'s record and key changes durably, with its audit entry, then tells
+    /// whoever waits on it.
+    async fn commit(
+        &self,
+        p: &Proposal,
+        record: AuditRecord,
+        kv: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<(), StoreError> {
         self.journal
             .write(
                 Batch {
@@ -178,8 +195,8 @@ impl ProposalStore {
                 self.clock.now(),
             )
             .await?;
-        self.notify(&p);
-        Ok(p)
+        self.notify(p);
+        Ok(())
     }
 
     /// Withdraws a pending or approved proposal: it fails with `error`, with a
