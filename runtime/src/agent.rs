@@ -863,8 +863,9 @@ impl<'a> Run<'a> {
             json!({"to": to, "allowed": result.is_ok(),
                    "reason": result.as_ref().err().map(ToString::to_string)}),
         ));
+        let allowed = result.is_ok();
         let detail = result.err().map(|e| e.to_string()).unwrap_or_default();
-        self.record_action("send", to, detail.is_empty(), detail);
+        self.record_action("send", to, allowed, detail);
     }
 }
 
