@@ -565,8 +565,7 @@ impl<'a> Run<'a> {
     }
 
     fn cancel(&mut self, reason: String) -> Flow {
-        let out = std::mem::replace(&mut self.out, Outcome::failed("", ""));
-        self.out = cancel_run(self.inner, self.who(), out, reason);
+        cancel_run(self.inner, self.who(), &mut self.out, reason);
         Flow::End
     }
 
@@ -926,14 +925,13 @@ fn mark_untrusted_values(
 }
 
 /// Ends a run that was cancelled, with an audit entry.
-fn cancel_run(inner: &Inner, who: &Identity, mut out: Outcome, reason: String) -> Outcome {
+fn cancel_run(inner: &Inner, who: &Identity, out: &mut Outcome, reason: String) {
     let record = who.record(
         AuditKind::AgentCancelled,
         json!({"reason": reason, "steps": out.steps}),
     );
     inner.audit_later(record);
     out.status = Status::Cancelled(reason);
-    out
 }
 
 /// Untrusted content on its way into an agent's context.

@@ -86,9 +86,11 @@ pub enum ToolProgram {
 }
 
 /// A brain profile.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BrainConfig {
-    /// An OpenAI-compatible chat completions endpoint.
+    /// An OpenAI-compatible chat completions endpoint (`kind = "openai"`).
+    #[serde(rename = "openai")]
     OpenAi {
         /// Its base URL.
         base_url: String,
@@ -99,7 +101,8 @@ pub enum BrainConfig {
         /// The environment variable holding the API key.
         api_key_env: String,
     },
-    /// A scripted brain: a JSON array of actions in `BrainAction`'s serde form.
+    /// A scripted brain: a JSON array of actions in `BrainAction`'s serde form
+    /// (`kind = "scripted"`).
     Scripted {
         /// The file.
         file: PathBuf,
@@ -153,7 +156,7 @@ struct RawConfig {
     #[serde(default)]
     tools: Vec<RawTool>,
     #[serde(default)]
-    brains: BTreeMap<String, RawBrain>,
+    brains: BTreeMap<String, BrainConfig>,
     dashboard: Option<RawDashboard>,
 }
 
@@ -183,20 +186,6 @@ struct RawTool {
     wasm: Option<PathBuf>,
     python: Option<PathBuf>,
     js: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-enum RawBrain {
-    Openai {
-        base_url: String,
-        model: String,
-        cheap_model: Option<String>,
-        api_key_env: String,
-    },
-    Scripted {
-        file: PathBuf,
-    },
 }
 
 #[derive(Deserialize)]
@@ -260,26 +249,16 @@ impl NodeConfig {
         for (name, b) in raw.brains {
             check_name(&name).map_err(|r| invalid(&format!("brains.{name}"), r))?;
             let brain = match b {
-                RawBrain::Openai {
-                    base_url,
-                    model,
-                    cheap_model,
-                    api_key_env,
-                } => {
-                    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-                        return Err(invalid(
-                            &format!("brains.{name}.base_url"),
-                            "an http:// or https:// URL is needed".into(),
-                        ));
-                    }
-                    BrainConfig::OpenAi {
-                        base_url,
-                        model,
-                        cheap_model,
-                        api_key_env,
-                    }
+                BrainConfig::OpenAi { ref base_url, .. }
+                    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) =>
+                {
+                    return Err(invalid(
+                        &format!("brains.{name}.base_url"),
+                        "an http:// or https:// URL is needed".into(),
+                    ));
                 }
-                RawBrain::Scripted { file } => BrainConfig::Scripted { file: path(file) },
+                BrainConfig::Scripted { file } => BrainConfig::Scripted { file: path(file) },
+                openai => openai,
             };
             brains.insert(name, brain);
         }

@@ -456,6 +456,28 @@ mod tests {
         assert!(open(&f, &bytes).is_ok());
     }
 
+    #[test]
+    fn a_token_revoked_after_it_was_cached_is_refused() {
+        let f = fixture();
+        let verifier = Verifier::new(f.root.public());
+        let first = sealed(&f, f.now).to_bytes().expect("encode");
+        verifier
+            .open(&first, HERE, f.now, &Revocations::new())
+            .expect("the token is verified and remembered");
+        let mut revoked = Revocations::new();
+        revoked.insert(f.token.revocation_ids()[0].clone());
+        let second = sealed(&f, f.now).to_bytes().expect("encode");
+        let err = verifier.open(&second, HERE, f.now, &revoked).unwrap_err();
+        assert_eq!(err.reason(), "revoked");
+        // The same remembered token still opens an honest envelope while unrevoked.
+        let third = sealed(&f, f.now).to_bytes().expect("encode");
+        assert!(
+            verifier
+                .open(&third, HERE, f.now, &Revocations::new())
+                .is_ok()
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 

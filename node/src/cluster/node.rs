@@ -164,31 +164,17 @@ impl Node {
     async fn subscribe(&self) -> Result<(), NodeError> {
         let nats = |e: &dyn std::fmt::Display| NodeError::Nats(e.to_string());
         let cluster = &self.config.cluster;
-        let mut beats = self
-            .client
-            .subscribe(subject(cluster, "heartbeat"))
-            .await
-            .map_err(|e| nats(&e))?;
-        let presence = self
-            .client
-            .subscribe(subject(cluster, &format!("presence.{}", self.config.id)))
-            .await
-            .map_err(|e| nats(&e))?;
-        let asks = self
-            .client
-            .subscribe(subject(cluster, "members"))
-            .await
-            .map_err(|e| nats(&e))?;
-        let mut revokes = self
-            .client
-            .subscribe(subject(cluster, "revoke"))
-            .await
-            .map_err(|e| nats(&e))?;
-        let lists = self
-            .client
-            .subscribe(subject(cluster, "revocations"))
-            .await
-            .map_err(|e| nats(&e))?;
+        let sub = |rest: String| async move {
+            self.client
+                .subscribe(subject(cluster, &rest))
+                .await
+                .map_err(|e| NodeError::Nats(e.to_string()))
+        };
+        let mut beats = sub("heartbeat".into()).await?;
+        let presence = sub(format!("presence.{}", self.config.id)).await?;
+        let asks = sub("members".into()).await?;
+        let mut revokes = sub("revoke".into()).await?;
+        let lists = sub("revocations".into()).await?;
         // Readiness: the server has processed the subscriptions.
         self.client.flush().await.map_err(|e| nats(&e))?;
 

@@ -21,8 +21,8 @@ use crate::sync::LockExt;
 pub(crate) struct Applied {
     /// The state machine's answer.
     pub outcome: LedgerOutcome,
-    /// Resolves once the command and its record are durable; `None` when the command
-    /// was denied (nothing was journaled) or journaled deferred.
+    /// Resolves once the command and its record are written as asked; `None` when the
+    /// command was denied (nothing was journaled) or journaled deferred.
     pub durable: Option<Durable>,
 }
 
@@ -113,11 +113,11 @@ impl LedgerService for LocalLedger {
         }
         let batch = Batch::audit(record.with_ledger(cmd));
         let durable = match mode {
-            Mode::Durable => Some(self.journal.submit(batch, Mode::Durable, at)),
-            _ => {
+            Mode::Deferred => {
                 self.journal.defer(batch, at);
                 None
             }
+            mode => Some(self.journal.submit(batch, mode, at)),
         };
         Applied { outcome, durable }
     }

@@ -144,7 +144,6 @@ mod webhook;
 use config::rfc3339;
 pub use config::{ApprovalConfig, WebhookConfig};
 pub(crate) use config::{ApprovalPath, group_id};
-use offline::INBOX;
 pub(crate) use offline::pending_groups;
 pub use offline::{queue_decision, read_proposals};
 pub(crate) use store::{ProposalStore, new_id};

@@ -30,8 +30,6 @@ pub(crate) fn pending_groups(all: Vec<Proposal>) -> Vec<ProposalGroup> {
     groups
 }
 
-pub(super) const INBOX: &str = crate::layout::PROPOSAL_INBOX;
-
 /// The proposals of a runtime's data directory, read while no runtime has it open
 /// (a running runtime holds the database: ask its dashboard instead).
 pub fn read_proposals(data_dir: &std::path::Path) -> Result<Vec<Proposal>, StoreError> {
@@ -71,7 +69,8 @@ pub fn queue_decision(
             .open_table(crate::journal::KV)
             .map_err(StoreError::from_display)?;
         let key = format!(
-            "{INBOX}{}/{:016x}",
+            "{}{}/{:016x}",
+            crate::layout::PROPOSAL_INBOX,
             decision.proposal_id(),
             rand::random::<u64>()
         );

@@ -58,7 +58,7 @@ impl Inner {
     /// Applies decisions queued while the runtime was stopped, each verified as if
     /// it had arrived now; refused ones are audited and dropped.
     pub(crate) async fn apply_inbox(self: &Arc<Self>) -> Result<(), StoreError> {
-        for (key, bytes) in self.journal.kv_scan(INBOX)? {
+        for (key, bytes) in self.journal.kv_scan(crate::layout::PROPOSAL_INBOX)? {
             let outcome = match crate::layout::decode::<SignedDecision>(&bytes) {
                 Ok(d) => self.decide(d.proposal_id(), &d).await.map(|_| ()),
                 Err(e) => Err(ProposalError::Store(e)),

@@ -144,8 +144,8 @@ impl RuntimeBuilder {
         let ledger = LocalLedger::recover(journal.clone(), self.clock.now()).await?;
         // Revocations are in force before anything runs: recovered proposals included.
         let mut revocations = Revocations::new();
-        for (key, _) in journal.kv_scan(REVOKED_PREFIX)? {
-            let id = hex::decode(&key[REVOKED_PREFIX.len()..]).map_err(|e| {
+        for (key, _) in journal.kv_scan(crate::layout::REVOKED)? {
+            let id = hex::decode(&key[crate::layout::REVOKED.len()..]).map_err(|e| {
                 StoreError::from_display(format!("revocation entry `{key}` is not hex: {e}"))
             })?;
             revocations.insert(id);

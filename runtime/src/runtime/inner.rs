@@ -26,9 +26,6 @@ use crate::tools::ToolRegistry;
 
 use super::*;
 
-/// Where revoked block ids are kept in the store (`revoked/HEX`).
-pub(crate) const REVOKED_PREFIX: &str = crate::layout::REVOKED;
-
 /// Makes brains for agents spawned by other agents (a model names a brain, it cannot
 /// hand over code).
 pub type BrainFactory = Arc<dyn Fn() -> Arc<dyn Brain> + Send + Sync>;

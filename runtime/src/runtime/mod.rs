@@ -37,7 +37,7 @@ pub use builder::{BuildError, RuntimeBuilder};
 pub use handle::{AgentHandle, AgentSpec};
 use host_gate::RuntimeGate;
 pub use inner::BrainFactory;
-pub(crate) use inner::{AgentEntry, AgentRef, Inner, REVOKED_PREFIX};
+pub(crate) use inner::{AgentEntry, AgentRef, Inner};
 pub use messages::{
     Envelope, MAX_AGENTS, MAX_INBOX, MAX_INBOX_PER_SENDER, MAX_MESSAGES_PER_MINUTE,
     MESSAGE_CAPABILITY,
@@ -222,7 +222,7 @@ impl Runtime {
             "operator",
             json!({"revocation_id": hex::encode(&id)}),
         );
-        let key = format!("{REVOKED_PREFIX}{}", hex::encode(&id));
+        let key = crate::layout::key(crate::layout::REVOKED, &hex::encode(&id));
         // In force for every check at once; durable (with its audit entry, in one
         // transaction) before this returns, and loaded before anything runs at start.
         self.inner.revocations.write_or_recover().insert(id);
