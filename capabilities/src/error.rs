@@ -208,6 +208,9 @@ pub enum AttenuateError {
     /// The result would break a token limit.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// A token offered as a child was not derived from the parent by one delegation.
+    #[error("not a child of the parent token: {0}")]
+    NotAChild(String),
 }
 
 /// Why an approval does not count.

@@ -242,6 +242,32 @@ impl Token {
         )?)
     }
 
+    /// Checks that `child` was derived from this token by exactly one delegation: the
+    /// same root key, this token's blocks a prefix of the child's, one block more, and
+    /// that block narrowing what this token allows (verification already checked that
+    /// this token's holder signed it). A receiver that did not derive the child itself
+    /// (another node) runs this before it trusts the pair.
+    pub fn check_child(&self, child: &Token) -> Result<(), AttenuateError> {
+        let not = |why: &str| Err(AttenuateError::NotAChild(why.to_string()));
+        if child.root_key != self.root_key {
+            return not("it is signed by another root key");
+        }
+        if child.revocation_ids.len() != self.revocation_ids.len() + 1 {
+            return not(&format!(
+                "it has {} blocks, the parent {}: a child has exactly one more",
+                child.revocation_ids.len(),
+                self.revocation_ids.len()
+            ));
+        }
+        if !child.revocation_ids.starts_with(&self.revocation_ids) {
+            return not("the parent's blocks are not a prefix of its blocks");
+        }
+        let Some(block) = child.delegations.last() else {
+            return not("it has no delegation block");
+        };
+        self.check_narrowing(block)
+    }
+
     fn check_narrowing(&self, a: &Attenuation) -> Result<(), AttenuateError> {
         a.validate()?;
         let eff = &self.effective;

@@ -41,7 +41,7 @@ pub enum ClusterCommand {
     },
 }
 
-fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn tokio() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -244,7 +244,7 @@ pub fn revoke(args: RevokeArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-async fn connect_cli(nats: &str) -> Result<async_nats::Client, Outcome> {
+pub(crate) async fn connect_cli(nats: &str) -> Result<async_nats::Client, Outcome> {
     match tokio::time::timeout(
         Duration::from_secs(10),
         async_nats::ConnectOptions::new()

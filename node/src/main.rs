@@ -4,6 +4,7 @@
 //! exit codes and human-facing output. It never makes a security decision itself;
 //! every decision is delegated to `bulwark-capabilities` and `bulwark-runtime`.
 
+mod agent_cli;
 mod audit;
 mod cluster_cli;
 mod guard;
@@ -64,6 +65,9 @@ enum Command {
     /// Revoke a token block on every live node of a cluster (signed by an operator);
     /// exits 0 once each has acknowledged.
     Revoke(cluster_cli::RevokeArgs),
+    /// Spawn agents on the nodes of a cluster, give them tasks, list them.
+    #[command(subcommand)]
+    Agent(agent_cli::AgentCommand),
 }
 
 /// What a command concluded; errors are reported by `main`.
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Node(args) => cluster_cli::node(args),
         Command::Cluster(cmd) => cluster_cli::run(cmd),
         Command::Revoke(args) => cluster_cli::revoke(args),
+        Command::Agent(cmd) => agent_cli::run(cmd),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

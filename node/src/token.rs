@@ -81,6 +81,13 @@ pub struct AttenuateArgs {
     /// The child's holder public key (hex).
     #[arg(long)]
     holder: String,
+    #[command(flatten)]
+    narrow: Narrowing,
+}
+
+/// The flags that narrow a delegation (shared with `agent spawn`).
+#[derive(Args)]
+pub struct Narrowing {
     /// Keep only these tools (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only_tools: Option<Vec<String>>,
@@ -199,48 +206,57 @@ fn attenuate(a: AttenuateArgs) -> anyhow::Result<Outcome> {
     let parent = Token::from_base64(&read_input(&a.token)?, &root)
         .context("the parent token does not verify")?;
     let key = KeyPair::load(&a.key)?;
-    let mut att = Attenuation::new(a.agent, public_key(&a.holder, "--holder")?);
-    if let Some(only) = a.only_tools {
-        att = att.only_tools(only.into_iter().collect::<BTreeSet<_>>());
-    }
-    for spec in &a.tiers {
-        let (name, tier) = tool_tier(spec)?;
-        att = att.tier(name, tier);
-    }
-    if let Some(b) = &a.budget {
-        att = att.budget(money(b)?);
-    }
-    if let Some(t) = &a.ttl {
-        // A shorter lifetime than the parent's; `attenuate` refuses a longer one.
-        att = att.expires_at(SystemTime::now() + ttl(t)?);
-    }
-    for r in &a.requires {
-        att = att.require(r.parse::<Constraint>()?);
-    }
-    for r in &a.requires_each {
-        att = att.require(r.parse::<Constraint>()?.each());
-    }
-    for r in &a.requires_if_present {
-        att = att.require(r.parse::<Constraint>()?.if_present());
-    }
-    for t in &a.trusted_args {
-        let Some((tool, arg)) = t.split_once('.') else {
-            bail!("--trusted-arg {t}: expected TOOL.ARG");
-        };
-        att = att.trusted_arg(tool, arg);
-    }
-    for l in &a.sandbox_limits {
-        let parsed = l
-            .split_once('=')
-            .and_then(|(k, v)| Some((k.split_once('.')?, v.trim().parse::<u64>().ok()?)));
-        let Some(((tool, limit), value)) = parsed else {
-            bail!("--sandbox-limit {l}: expected TOOL.LIMIT=VALUE with a whole number");
-        };
-        att = att.sandbox_limit(tool, limit, value);
-    }
+    let att = a
+        .narrow
+        .apply(Attenuation::new(a.agent, public_key(&a.holder, "--holder")?))?;
     let child = parent.attenuate(&key, att)?;
     println!("{}", child.to_base64()?);
     Ok(Outcome::Success)
+}
+
+impl Narrowing {
+    /// `att` narrowed by every flag given.
+    pub fn apply(&self, mut att: Attenuation) -> anyhow::Result<Attenuation> {
+        if let Some(only) = &self.only_tools {
+            att = att.only_tools(only.iter().cloned().collect::<BTreeSet<_>>());
+        }
+        for spec in &self.tiers {
+            let (name, tier) = tool_tier(spec)?;
+            att = att.tier(name, tier);
+        }
+        if let Some(b) = &self.budget {
+            att = att.budget(money(b)?);
+        }
+        if let Some(t) = &self.ttl {
+            // A shorter lifetime than the parent's; `attenuate` refuses a longer one.
+            att = att.expires_at(SystemTime::now() + ttl(t)?);
+        }
+        for r in &self.requires {
+            att = att.require(r.parse::<Constraint>()?);
+        }
+        for r in &self.requires_each {
+            att = att.require(r.parse::<Constraint>()?.each());
+        }
+        for r in &self.requires_if_present {
+            att = att.require(r.parse::<Constraint>()?.if_present());
+        }
+        for t in &self.trusted_args {
+            let Some((tool, arg)) = t.split_once('.') else {
+                bail!("--trusted-arg {t}: expected TOOL.ARG");
+            };
+            att = att.trusted_arg(tool, arg);
+        }
+        for l in &self.sandbox_limits {
+            let parsed = l
+                .split_once('=')
+                .and_then(|(k, v)| Some((k.split_once('.')?, v.trim().parse::<u64>().ok()?)));
+            let Some(((tool, limit), value)) = parsed else {
+                bail!("--sandbox-limit {l}: expected TOOL.LIMIT=VALUE with a whole number");
+            };
+            att = att.sandbox_limit(tool, limit, value);
+        }
+        Ok(att)
+    }
 }
 
 fn inspect(a: InspectArgs) -> anyhow::Result<Outcome> {

@@ -68,7 +68,7 @@ pub use runtime::{
 };
 pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore, redaction_key};
 pub use tools::{
-    ChannelDedup, OutputArgs, RegisterError, Tool, ToolError, ToolInput, ToolManifest, ToolOutput,
+    CallCredentials, ChannelDedup, OutputArgs, RegisterError, Tool, ToolError, ToolInput, ToolManifest, ToolOutput,
     ToolRegistry, UntrustedPolicy,
 };
 pub use watchdog::{

@@ -219,6 +219,32 @@ pub struct ToolInput {
     /// `bulwark_capabilities::SANDBOX_LIMITS`); a sandboxed tool tightens its own
     /// limits with them.
     pub sandbox_limits: BTreeMap<String, u64>,
+    /// For a tool that forwards calls to another node ([`Tool::forwarding`]) only:
+    /// what that node needs to verify the call again.
+    pub credentials: Option<CallCredentials>,
+}
+
+/// What a forwarding tool carries to the node that runs the call: the caller's token,
+/// its holder key (to sign the message as the caller) and the operator's approval the
+/// call runs under, if its tier needed one. Only tools built with
+/// [`Tool::forwarding`] receive it.
+#[derive(Clone)]
+pub struct CallCredentials {
+    /// The caller's token.
+    pub token: bulwark_capabilities::Token,
+    /// The caller's holder key.
+    pub key: bulwark_capabilities::KeyPair,
+    /// The approval of the proposal the call serves.
+    pub approval: Option<bulwark_capabilities::Approval>,
+}
+
+impl std::fmt::Debug for CallCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallCredentials")
+            .field("token", &self.token.id())
+            .field("approval", &self.approval.as_ref().map(|a| &a.proposal_id))
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a tool returns.
@@ -258,6 +284,7 @@ type Handler =
 pub struct Tool {
     pub(crate) manifest: ToolManifest,
     pub(crate) handler: Handler,
+    pub(crate) forwards: bool,
 }
 
 impl Tool {
@@ -270,7 +297,28 @@ impl Tool {
         Tool {
             manifest,
             handler: Arc::new(move |input| Box::pin(f(input))),
+            forwards: false,
         }
+    }
+
+    /// A tool whose calls another node runs: the gate decides here as for any tool,
+    /// then the handler receives [`ToolInput::credentials`] (the caller's token and
+    /// holder key) to send the call, signed as the caller, to the node hosting the
+    /// code, which verifies it again. A node never serves a forwarding tool to others.
+    pub fn forwarding<F, Fut>(manifest: ToolManifest, f: F) -> Self
+    where
+        F: Fn(ToolInput) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<ToolOutput, ToolError>> + Send + 'static,
+    {
+        Tool {
+            forwards: true,
+            ..Tool::native(manifest, f)
+        }
+    }
+
+    /// Whether its calls run on another node.
+    pub fn forwards(&self) -> bool {
+        self.forwards
     }
 
     /// The manifest.
@@ -347,6 +395,21 @@ impl ToolRegistry {
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Registered>> {
         self.tools.read_or_recover().get(name).cloned()
+    }
+
+    /// The manifest of tool `name`, if it is registered.
+    pub fn get_manifest(&self, name: &str) -> Option<ToolManifest> {
+        self.get(name).map(|r| r.tool.manifest.clone())
+    }
+
+    /// The manifests of the tools whose code runs here (not [`Tool::forwarding`]).
+    pub fn hosted(&self) -> Vec<ToolManifest> {
+        self.tools
+            .read_or_recover()
+            .values()
+            .filter(|r| !r.tool.forwards)
+            .map(|r| r.tool.manifest.clone())
+            .collect()
     }
 
     /// The manifests of the named tools that are registered.

@@ -320,3 +320,51 @@ fn the_direct_source_equals_biscuits_printing_of_the_built_block() {
         root.root.source().as_str()
     );
 }
+
+#[test]
+fn a_child_is_one_narrowing_delegation_of_its_parent_and_nothing_else_is() {
+    let root = KeyPair::generate();
+    let planner = KeyPair::generate();
+    let top = root_token(&root, &planner);
+    let parent_key = KeyPair::generate();
+    let parent = top
+        .attenuate(&planner, Attenuation::new("parent", parent_key.public()))
+        .unwrap();
+    let child_key = KeyPair::generate();
+    let child = parent
+        .attenuate(
+            &parent_key,
+            Attenuation::new("child", child_key.public()).only_tools(["read_inbox".to_string()]),
+        )
+        .unwrap();
+    parent.check_child(&child).unwrap();
+
+    // A sibling branch of the same root: right length, wrong prefix.
+    let other_key = KeyPair::generate();
+    let other = top
+        .attenuate(&planner, Attenuation::new("other", other_key.public()))
+        .unwrap();
+    let cousin = other
+        .attenuate(&other_key, Attenuation::new("child", child_key.public()))
+        .unwrap();
+    let refused = parent.check_child(&cousin).unwrap_err();
+    assert!(refused.to_string().contains("prefix"), "{refused}");
+
+    // A grandchild is not a child; nor is the parent itself, nor its own parent.
+    let grandchild = child
+        .attenuate(&child_key, Attenuation::new("g", KeyPair::generate().public()))
+        .unwrap();
+    assert!(parent.check_child(&grandchild).is_err());
+    assert!(parent.check_child(&parent).is_err());
+    assert!(parent.check_child(&top).is_err());
+
+    // The same chain under another root key.
+    let foreign_root = KeyPair::generate();
+    let foreign = root_token(&foreign_root, &planner)
+        .attenuate(&planner, Attenuation::new("parent", parent_key.public()))
+        .unwrap()
+        .attenuate(&parent_key, Attenuation::new("child", child_key.public()))
+        .unwrap();
+    let refused = parent.check_child(&foreign).unwrap_err();
+    assert!(refused.to_string().contains("root"), "{refused}");
+}

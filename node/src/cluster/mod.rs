@@ -4,8 +4,11 @@
 //! verification; nothing reaches an actor before [`envelope::Verifier::open`] accepts
 //! it.
 
+pub mod client;
 pub mod config;
 pub mod envelope;
 pub mod membership;
 pub mod node;
 pub mod revocation;
+pub(crate) mod serve;
+pub mod wire;

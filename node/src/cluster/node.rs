@@ -21,9 +21,12 @@ use bulwark_runtime::sandbox::{Program, Sandbox, SandboxConfig, SandboxTool, Too
 
 use super::config::{BrainConfig, NatsConfig, NodeConfig, ToolProgram};
 use super::membership::{
-    HEARTBEAT_EVERY, HEARTBEAT_FORMAT, Heartbeat, Members, PROBE_TIMEOUT, Probe, Status,
+    HEARTBEAT_EVERY, HEARTBEAT_FORMAT, Heartbeat, Members, NodeState, PROBE_TIMEOUT, Probe,
+    Status,
 };
+use super::client::ClusterClient;
 use super::revocation::{self, MAX_REVOCATIONS, SignedRevocation};
+use super::serve::Host;
 
 /// Why a node could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +106,16 @@ impl NodeBuilder {
                 .map_or(0, |d| d.as_micros()),
         )
         .unwrap_or(u64::MAX);
+        let host = Host::new(
+            runtime.clone(),
+            client.clone(),
+            config.cluster.clone(),
+            config.id.clone(),
+            config.root_public_key,
+        );
         let node = Node {
             dashboard,
+            host,
             config: Arc::new(config),
             runtime,
             client,
@@ -122,6 +133,7 @@ impl NodeBuilder {
 /// A running node.
 pub struct Node {
     dashboard: Option<crate::dashboard::Dashboard>,
+    host: Arc<Host>,
     config: Arc<NodeConfig>,
     runtime: Runtime,
     client: async_nats::Client,
@@ -175,6 +187,7 @@ impl Node {
         let asks = sub("members".into()).await?;
         let mut revokes = sub("revoke".into()).await?;
         let lists = sub("revocations".into()).await?;
+        self.host.start().await.map_err(|e| nats(&e))?;
         // Readiness: the server has processed the subscriptions.
         self.client.flush().await.map_err(|e| nats(&e))?;
 
@@ -315,6 +328,39 @@ impl Node {
         }
     }
 
+    /// A client of this node's cluster over its connection.
+    pub fn cluster(&self) -> ClusterClient {
+        ClusterClient::new(self.client.clone(), &self.config.cluster)
+    }
+
+    /// Registers, as forwarding tools, the tools alive peers host and this node
+    /// lacks (asking each such peer for their manifests).
+    async fn adopt_remote_tools(&self) {
+        let status = self.status();
+        let cluster = self.cluster();
+        for peer in status.nodes.iter().filter(|n| n.state == NodeState::Alive) {
+            if peer.id == self.config.id
+                || peer
+                    .tools
+                    .iter()
+                    .all(|t| self.runtime.tools().get_manifest(t).is_some())
+            {
+                continue;
+            }
+            let Ok(infos) = cluster.tools_of(&peer.id).await else {
+                continue;
+            };
+            for info in infos {
+                if self.runtime.tools().get_manifest(&info.name).is_none() {
+                    let tool = cluster.forwarding_tool(&info, &self.config.id);
+                    if let Err(e) = self.runtime.tools().register(tool) {
+                        tracing::warn!(tool = %info.name, error = %e, "cannot adopt a peer's tool");
+                    }
+                }
+            }
+        }
+    }
+
     /// Probes each node whose heartbeat is overdue.
     async fn probe_overdue(&self) {
         let overdue = locked(&self.members).overdue(Instant::now());
@@ -351,10 +397,20 @@ impl Node {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = beat.tick() => self.beat(false).await,
-                _ = check.tick() => self.probe_overdue().await,
+                _ = check.tick() => {
+                    self.probe_overdue().await;
+                    self.adopt_remote_tools().await;
+                }
             }
         }
+        // Leaving: no more spawns, the departure announced, runs in progress cancelled.
+        self.host.drain();
         self.beat(true).await;
+        for id in self.runtime.agent_ids() {
+            if let Some(agent) = self.runtime.agent(&id) {
+                let _ = agent.cancel("the node is shutting down").await;
+            }
+        }
         let _ = self.client.flush().await;
         if let Some(d) = self.dashboard.take() {
             d.stop();

@@ -73,6 +73,12 @@ pub enum AuditKind {
     ProposalQueuedDecisionRefused,
     /// A token was revoked.
     TokenRevoked,
+    /// A call from another node passed this node's checks; it runs next (durable
+    /// before it runs).
+    RemoteCall,
+    /// A message from another node was refused (its envelope, its token, or what it
+    /// asked).
+    ClusterRefused,
     /// An operator started the runtime despite a broken trail.
     AuditOverride,
     /// A legacy (format 1) trail was sealed under the audit key.
@@ -83,7 +89,7 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind, in declaration order.
-    pub const ALL: [AuditKind; 36] = [
+    pub const ALL: [AuditKind; 38] = [
         AuditKind::ToolCall,
         AuditKind::ToolResult,
         AuditKind::ToolFailed,
@@ -117,6 +123,8 @@ impl AuditKind {
         AuditKind::ProposalBatch,
         AuditKind::ProposalQueuedDecisionRefused,
         AuditKind::TokenRevoked,
+        AuditKind::RemoteCall,
+        AuditKind::ClusterRefused,
         AuditKind::AuditOverride,
         AuditKind::AuditMigrated,
         AuditKind::AuditCheckpoint,
@@ -158,6 +166,8 @@ impl AuditKind {
             AuditKind::ProposalBatch => "proposal.batch",
             AuditKind::ProposalQueuedDecisionRefused => "proposal.queued_decision_refused",
             AuditKind::TokenRevoked => "token.revoked",
+            AuditKind::RemoteCall => "tool.remote_call",
+            AuditKind::ClusterRefused => "cluster.refused",
             AuditKind::AuditOverride => "audit.override",
             AuditKind::AuditMigrated => "audit.migrated",
             AuditKind::AuditCheckpoint => "audit.checkpoint",

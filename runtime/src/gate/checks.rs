@@ -231,7 +231,7 @@ impl Inner {
     }
 
     /// Every secret `tool` needs must be granted by `token` (`secret:NAME`) now.
-    fn check_secret_grants(
+    pub(super) fn check_secret_grants(
         &self,
         token: &Token,
         agent: &str,

@@ -12,7 +12,7 @@ use super::Identity;
 use crate::audit::{AuditKind, AuditRecord};
 use crate::error::{GateError, StoreError};
 use crate::runtime::Inner;
-use crate::tools::{Registered, ToolInput, ToolOutput};
+use crate::tools::{CallCredentials, Registered, ToolInput, ToolOutput};
 
 /// Whom a tool runs as and who pays: the records of the run carry its agent, token
 /// and chain.
@@ -55,6 +55,8 @@ pub(crate) struct Execution<'a> {
     pub proposal: Option<&'a str>,
     /// The token's limits for a sandboxed tool.
     pub sandbox_limits: BTreeMap<String, u64>,
+    /// What a forwarding tool sends on (none for the others).
+    pub credentials: Option<CallCredentials>,
 }
 
 impl<'a> Execution<'a> {
@@ -84,7 +86,20 @@ impl<'a> Execution<'a> {
                 .get(tool)
                 .cloned()
                 .unwrap_or_default(),
+            credentials: registered.tool.forwards.then(|| CallCredentials {
+                token: who.token.clone(),
+                key: who.key.clone(),
+                approval: None,
+            }),
         }
+    }
+
+    /// Sets the approval the run serves, for a forwarding tool to carry.
+    pub fn approved_by(mut self, approval: Option<&bulwark_capabilities::Approval>) -> Self {
+        if let Some(c) = &mut self.credentials {
+            c.approval = approval.cloned();
+        }
+        self
     }
 }
 
@@ -136,6 +151,7 @@ impl Inner {
                     args: e.args.clone(),
                     secrets,
                     sandbox_limits: e.sandbox_limits.clone(),
+                    credentials: e.credentials.clone(),
                 };
                 (run_handler(e.registered, input).await, true)
             }
@@ -176,7 +192,7 @@ impl Inner {
     }
 
     /// The secrets a tool needs, decrypted; the first that cannot be is the error.
-    fn decrypt_secrets(&self, names: &[String]) -> Result<BTreeMap<String, String>, String> {
+    pub(super) fn decrypt_secrets(&self, names: &[String]) -> Result<BTreeMap<String, String>, String> {
         let mut secrets = BTreeMap::new();
         for name in names {
             let value = self.secrets.get(name).map_err(|e| e.to_string())?;

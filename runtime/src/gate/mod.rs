@@ -22,6 +22,7 @@ mod call;
 mod checks;
 mod execute;
 mod output;
+mod remote;
 
 use std::sync::Arc;
 
@@ -160,7 +161,8 @@ impl Inner {
             Err(e) => return self.abandon(&proposal, e).await,
         };
         let detail = judged.intent(tool, args, manifest, guarded.record);
-        let execution = Execution::new(&registered, ctx.who, args, detail);
+        let execution = Execution::new(&registered, ctx.who, args, detail)
+            .approved_by(proposal.as_ref().and_then(|p| p.approval.as_ref()));
         let executed = match self.execute(execution).await {
             Ok(executed) => executed,
             Err(e) => {

@@ -33,18 +33,23 @@ impl Inner {
         if p.expires_ms.is_some_and(|e| e <= now_ms) && p.state == ProposalState::Pending {
             self.expire(id).await?;
         }
+        let record = DecisionRecord {
+            kind: "approve".into(),
+            by: operator.to_hex(),
+            reason: String::new(),
+            at_ms: now_ms,
+        };
         let p = self
             .proposals
-            .decide(
+            .transition(
                 id,
                 &[ProposalState::Pending],
-                ProposalState::Approved,
-                ("approved", AuditKind::ProposalApproved),
-                DecisionRecord {
-                    kind: "approve".into(),
-                    by: operator.to_hex(),
-                    reason: String::new(),
-                    at_ms: now_ms,
+                "approved",
+                AuditKind::ProposalApproved,
+                |p| {
+                    p.state = ProposalState::Approved;
+                    p.decisions.push(record);
+                    p.approval = Some(approval.clone());
                 },
             )
             .await?;

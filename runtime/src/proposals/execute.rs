@@ -86,6 +86,12 @@ impl Inner {
             intent,
             proposal: Some(&p.id),
             sandbox_limits: self.token_sandbox_limits(&p.agent, tool),
+            // A forwarding tool signs as the agent: only while it runs here.
+            credentials: registered
+                .tool
+                .forwards
+                .then(|| self.credentials_of(&p.agent, p.approval.clone()))
+                .flatten(),
         };
         Ok(self.execute(execution).await?.outcome)
     }

@@ -112,6 +112,10 @@ pub struct Proposal {
     /// Whether the tool allows decisions over a batch, fixed at creation.
     #[serde(default)]
     pub batchable: bool,
+    /// The operator's signed approval, once approved: a node hosting the tool
+    /// verifies it again before it runs the call.
+    #[serde(default)]
+    pub approval: Option<bulwark_capabilities::Approval>,
 }
 
 impl Proposal {

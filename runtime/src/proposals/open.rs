@@ -177,6 +177,7 @@ impl Inner {
                 .tools
                 .get(tool)
                 .is_some_and(|t| t.tool.manifest().batch_approval),
+            approval: None,
         }
     }
 
@@ -373,6 +374,23 @@ impl Inner {
                     .cloned()
             })
             .unwrap_or_default()
+    }
+
+    /// The credentials a forwarding tool needs to run `agent`'s approved call on
+    /// another node, while the agent runs here.
+    pub(super) fn credentials_of(
+        &self,
+        agent: &str,
+        approval: Option<bulwark_capabilities::Approval>,
+    ) -> Option<crate::tools::CallCredentials> {
+        self.agents.read_or_recover().get(agent).map(|e| {
+            let who = &e.args.identity;
+            crate::tools::CallCredentials {
+                token: who.token.clone(),
+                key: who.key.clone(),
+                approval,
+            }
+        })
     }
 
     pub(super) async fn expire(&self, id: &str) -> Result<(), ProposalError> {

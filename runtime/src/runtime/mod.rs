@@ -168,6 +168,12 @@ impl Runtime {
             .insert(name.to_string(), factory);
     }
 
+    /// A new brain from the profile registered under `name`, if there is one.
+    pub fn brain(&self, name: &str) -> Option<Arc<dyn Brain>> {
+        let factory = self.inner.brains.read_or_recover().get(name).cloned();
+        factory.map(|f| f())
+    }
+
     /// Operator notifications: AUTO+ calls that ran, and CONFIRM proposals waiting for
     /// a decision ([`crate::NotificationKind`] tells which). A slow receiver misses
     /// the oldest beyond 1024 queued (`RecvError::Lagged`).
@@ -239,6 +245,47 @@ impl Runtime {
             .await?;
         // Whatever a revoked token proposed and nobody has run yet is withdrawn.
         self.inner.withdraw_revoked_proposals().await
+    }
+
+    /// Runs a tool call another node's gate passed, after checking it again here:
+    /// the signed call against `token`, the token, the tier, and for PROPOSE and
+    /// CONFIRM the operator's `approval` of exactly these arguments. Its record is
+    /// durable before the tool runs. `from` names the sending node for the trail.
+    pub async fn serve_remote_call(
+        &self,
+        token: &Token,
+        call: &crate::SignedCall,
+        approval: Option<&bulwark_capabilities::Approval>,
+        from: &str,
+    ) -> Result<crate::ToolOutput, crate::GateError> {
+        self.inner
+            .serve_remote_call(token, call, approval, from)
+            .await
+    }
+
+    /// Records that a message from another node was refused, with why.
+    pub fn record_refusal(&self, agent: &str, token_id: &str, detail: serde_json::Value) {
+        let mut record = AuditRecord::new(AuditKind::ClusterRefused, agent, detail);
+        record.token_id = token_id.to_string();
+        self.inner.audit_later(record);
+    }
+
+    /// Whether any of `ids` (a token's revocation ids) is revoked here.
+    pub fn any_revoked(&self, ids: &[Vec<u8>]) -> bool {
+        let revoked = self.inner.revocations.read_or_recover();
+        ids.iter().any(|id| revoked.contains(id))
+    }
+
+    /// Runs `f` with the revocations in force.
+    pub fn with_revocations<R>(&self, f: impl FnOnce(&bulwark_capabilities::Revocations) -> R) -> R {
+        f(&self.inner.revocations.read_or_recover())
+    }
+
+    /// The ids of the agents this runtime holds, sorted.
+    pub fn agent_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.inner.agents.read_or_recover().keys().cloned().collect();
+        ids.sort();
+        ids
     }
 
     /// Delivers a message to an agent by id; it sees it at its next step, as untrusted.

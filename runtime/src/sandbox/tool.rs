@@ -160,6 +160,7 @@ impl SandboxPool {
                 args,
                 secrets: Default::default(),
                 sandbox_limits: Default::default(),
+                credentials: None,
             })
             .await
     }

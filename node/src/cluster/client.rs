@@ -1,0 +1,332 @@
+//! Asking the cluster as a token holder: spawning agents on nodes, directing them,
+//! listing them, and the tools that forward calls to the node hosting their code.
+//!
+//! Every request is an envelope sealed with the caller's token and holder key; the
+//! receiving node verifies it (see [`super::serve`]).
+
+use std::time::{Duration, SystemTime};
+
+use bulwark_capabilities::{Attenuation, KeyPair, MicroUsd, PublicKey, Token};
+use bulwark_runtime::{SignedCall, Tool, ToolError, ToolInput, ToolManifest, ToolOutput};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::envelope::Envelope;
+use super::membership::NodeState;
+use super::node::{cluster_status, subject};
+use super::wire::{
+    AgentAsk, AgentView, Answer, Call, CallResult, Held, Hold, RunView, Spawn, Spawned, ToolInfo,
+    subject_safe,
+};
+
+/// Why a request to the cluster did not go through.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No node answered (or NATS is down).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// A node refused, with its reason.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The request or the answer is not usable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A connection to one cluster.
+#[derive(Clone)]
+pub struct ClusterClient {
+    client: async_nats::Client,
+    cluster: String,
+}
+
+/// How long a request other than a run waits for its answer.
+const ASK_WITHIN: Duration = Duration::from_secs(10);
+
+impl ClusterClient {
+    /// A client of `cluster` over `client`.
+    pub fn new(client: async_nats::Client, cluster: &str) -> Self {
+        ClusterClient {
+            client,
+            cluster: cluster.to_string(),
+        }
+    }
+
+    /// Seals `body` as `kind` for `rest` with `token` and `key`, sends it and decodes
+    /// the answer.
+    async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        rest: &str,
+        kind: &str,
+        body: &B,
+        (token, key): (&Token, &KeyPair),
+        within: Duration,
+    ) -> Result<T, ClientError> {
+        let to = subject(&self.cluster, rest);
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let envelope = Envelope::seal(token, key, &to, kind, body, SystemTime::now())
+            .and_then(|e| e.to_bytes())
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let answer = tokio::time::timeout(within, self.client.request(to.clone(), envelope.into()))
+            .await
+            .map_err(|_| ClientError::Unreachable(format!("no answer on `{to}` within {within:?}")))?
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    ClientError::Unreachable(format!("nothing serves `{to}`"))
+                }
+                _ => ClientError::Unreachable(format!("`{to}`: {e}")),
+            })?;
+        match serde_json::from_slice::<Answer<T>>(&answer.payload) {
+            Ok(Answer::Ok(t)) => Ok(t),
+            Ok(Answer::Refused(why)) => Err(ClientError::Refused(why)),
+            Err(e) => Err(ClientError::Invalid(format!("a malformed answer: {e}"))),
+        }
+    }
+
+    /// The root public key the cluster's nodes verify tokens against, as a node
+    /// reports it (a client verifies its own token with it before sealing).
+    pub async fn root_key(&self) -> Result<PublicKey, ClientError> {
+        let to = subject(&self.cluster, "root");
+        let answer = tokio::time::timeout(ASK_WITHIN, self.client.request(to, "".into()))
+            .await
+            .map_err(|_| ClientError::Unreachable("no node reported the root key".into()))?
+            .map_err(|e| ClientError::Unreachable(format!("no node of `{}`: {e}", self.cluster)))?;
+        let hex: String = serde_json::from_slice(&answer.payload)
+            .map_err(|e| ClientError::Invalid(format!("the root key answer: {e}")))?;
+        PublicKey::from_hex(&hex).map_err(|e| ClientError::Invalid(e.to_string()))
+    }
+
+    /// The node to place a new agent on: `node` if given, otherwise the alive node
+    /// with every label in `labels` that hosts the fewest agents.
+    pub async fn place(
+        &self,
+        node: Option<&str>,
+        labels: &[(String, String)],
+    ) -> Result<String, ClientError> {
+        if let Some(n) = node {
+            return Ok(n.to_string());
+        }
+        let status = cluster_status(&self.client, &self.cluster)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        status
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Alive)
+            .filter(|n| labels.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+            .min_by_key(|n| (n.agents, n.id.clone()))
+            .map(|n| n.id.clone())
+            .ok_or_else(|| ClientError::Refused("no alive node has those labels".into()))
+    }
+
+    /// Spawns agent `agent` with brain profile `brain` on `node`: the node generates
+    /// the agent's key pair and keeps its private half; `parent` (held with
+    /// `parent_key`) is attenuated by `narrow` to that key here and the signed spawn
+    /// sent. `narrow` narrows the delegation (to the agent and holder key already).
+    pub async fn spawn(
+        &self,
+        node: &str,
+        agent: &str,
+        brain: &str,
+        (parent, parent_key): (&Token, &KeyPair),
+        narrow: impl FnOnce(Attenuation) -> Result<Attenuation, String>,
+    ) -> Result<Spawned, ClientError> {
+        if !subject_safe(node) || !subject_safe(agent) {
+            return Err(ClientError::Invalid(
+                "node and agent ids must be letters, digits, - and _".into(),
+            ));
+        }
+        let held: Held = self
+            .request(
+                &format!("node.{node}.hold"),
+                "hold",
+                &Hold {
+                    agent: agent.to_string(),
+                },
+                (parent, parent_key),
+                ASK_WITHIN,
+            )
+            .await?;
+        let holder = PublicKey::from_hex(&held.holder)
+            .map_err(|e| ClientError::Invalid(format!("the node's holder key: {e}")))?;
+        let attenuation = narrow(Attenuation::new(agent, holder)).map_err(ClientError::Invalid)?;
+        let child = parent
+            .attenuate(parent_key, attenuation)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let child = child
+            .to_base64()
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.request(
+            &format!("node.{node}.spawn"),
+            "spawn",
+            &Spawn {
+                agent: agent.to_string(),
+                brain: brain.to_string(),
+                child,
+            },
+            (parent, parent_key),
+            ASK_WITHIN,
+        )
+        .await
+    }
+
+    /// A handle to agent `agent`, wherever it runs, directed as the holder of `token`.
+    pub fn agent(&self, agent: &str, token: Token, key: KeyPair) -> RemoteAgent {
+        RemoteAgent {
+            client: self.clone(),
+            agent: agent.to_string(),
+            token,
+            key,
+        }
+    }
+
+    /// The agents of every alive node.
+    pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
+        let status = cluster_status(&self.client, &self.cluster)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let mut out = Vec::new();
+        for n in status.nodes.iter().filter(|n| n.state == NodeState::Alive) {
+            let to = subject(&self.cluster, &format!("node.{}.agents", n.id));
+            let asked = tokio::time::timeout(ASK_WITHIN, self.client.request(to, "".into())).await;
+            if let Ok(Ok(answer)) = asked
+                && let Ok(mut agents) = serde_json::from_slice::<Vec<AgentView>>(&answer.payload)
+            {
+                out.append(&mut agents);
+            }
+        }
+        out.sort_by(|a, b| (&a.node, &a.agent).cmp(&(&b.node, &b.agent)));
+        Ok(out)
+    }
+
+    /// The tools node `node` hosts.
+    pub async fn tools_of(&self, node: &str) -> Result<Vec<ToolInfo>, ClientError> {
+        let to = subject(&self.cluster, &format!("node.{node}.tools"));
+        let answer = tokio::time::timeout(ASK_WITHIN, self.client.request(to, "".into()))
+            .await
+            .map_err(|_| ClientError::Unreachable(format!("node {node} did not list its tools")))?
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        serde_json::from_slice(&answer.payload)
+            .map_err(|e| ClientError::Invalid(format!("node {node}'s tool list: {e}")))
+    }
+
+    /// A tool registered here whose calls the nodes hosting `info` run: the gate
+    /// decides here, then the call goes out signed as the calling agent and the
+    /// hosting node checks it again. `from` names this node.
+    pub fn forwarding_tool(&self, info: &ToolInfo, from: &str) -> Tool {
+        let manifest = ToolManifest::new(info.name.clone(), info.description.clone())
+            .tier(info.tier)
+            .max_cost(MicroUsd::new(info.max_cost_micro_usd).unwrap_or(MicroUsd::ZERO))
+            .schema(info.schema.clone())
+            .timeout(Duration::from_millis(info.timeout_ms));
+        let (client, name, from) = (self.clone(), info.name.clone(), from.to_string());
+        let within = Duration::from_millis(info.timeout_ms) + ASK_WITHIN;
+        Tool::forwarding(manifest, move |input: ToolInput| {
+            let (client, name, from) = (client.clone(), name.clone(), from.clone());
+            async move {
+                let creds = input.credentials.ok_or_else(|| {
+                    ToolError("no caller credentials to forward the call with".into())
+                })?;
+                let call = SignedCall::sign(
+                    &creds.token,
+                    &creds.key,
+                    &input.agent,
+                    &name,
+                    input.args,
+                    SystemTime::now(),
+                );
+                let body = Call {
+                    node: from,
+                    call,
+                    approval: creds.approval.clone(),
+                };
+                let result: CallResult = client
+                    .request(
+                        &format!("tool.{name}"),
+                        "call",
+                        &body,
+                        (&creds.token, &creds.key),
+                        within,
+                    )
+                    .await
+                    .map_err(|e| ToolError(format!("the node hosting `{name}`: {e}")))?;
+                let cost = MicroUsd::new(result.cost_micro_usd)
+                    .ok_or_else(|| ToolError("the hosting node reported an impossible cost".into()))?;
+                Ok(ToolOutput::with_cost(result.value, cost))
+            }
+        })
+    }
+}
+
+/// An agent on some node of the cluster, directed by the holder of a token in its
+/// chain (its parent or an ancestor): the same operations as a local
+/// [`bulwark_runtime::AgentHandle`], over the cluster.
+#[derive(Clone)]
+pub struct RemoteAgent {
+    client: ClusterClient,
+    agent: String,
+    token: Token,
+    key: KeyPair,
+}
+
+impl RemoteAgent {
+    /// The agent's id.
+    pub fn id(&self) -> &str {
+        &self.agent
+    }
+
+    async fn ask<T: DeserializeOwned>(
+        &self,
+        ask: &AgentAsk,
+        within: Duration,
+    ) -> Result<T, ClientError> {
+        self.client
+            .request(
+                &format!("agent.{}", self.agent),
+                "agent",
+                ask,
+                (&self.token, &self.key),
+                within,
+            )
+            .await
+    }
+
+    /// Runs `task` and waits (at most `within`) for its outcome.
+    pub async fn run(&self, task: &str, within: Duration) -> Result<RunView, ClientError> {
+        self.ask(
+            &AgentAsk::Run {
+                task: task.to_string(),
+            },
+            within,
+        )
+        .await
+    }
+
+    /// `idle`, `running` or `waiting`.
+    pub async fn status(&self) -> Result<String, ClientError> {
+        self.ask(&AgentAsk::Status, ASK_WITHIN).await
+    }
+
+    /// Cancels its run in progress; whether there was one.
+    pub async fn cancel(&self, reason: &str) -> Result<bool, ClientError> {
+        self.ask(
+            &AgentAsk::Cancel {
+                reason: reason.to_string(),
+            },
+            ASK_WITHIN,
+        )
+        .await
+    }
+
+    /// Sends it a message from the token's agent; it reads it as untrusted.
+    pub async fn message(&self, content: &str) -> Result<bool, ClientError> {
+        self.ask(
+            &AgentAsk::Message {
+                content: content.to_string(),
+            },
+            ASK_WITHIN,
+        )
+        .await
+    }
+}
