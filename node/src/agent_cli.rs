@@ -117,8 +117,8 @@ async fn holder(
     token: &PathBuf,
     key: &PathBuf,
 ) -> Result<(ClusterClient, Token, KeyPair), Outcome> {
-    let text = std::fs::read_to_string(token)
-        .map_err(|e| usage(format!("{}: {e}", token.display())))?;
+    let text =
+        std::fs::read_to_string(token).map_err(|e| usage(format!("{}: {e}", token.display())))?;
     let key = KeyPair::load(key).map_err(usage)?;
     let cluster = ClusterClient::new(connect_cli(&at.nats).await?, &at.cluster);
     let root = cluster.root_key().await.map_err(failed)?;
@@ -150,7 +150,10 @@ fn spawn(a: SpawnArgs) -> anyhow::Result<Outcome> {
             .await
         {
             Ok(s) if a.at.json => println!("{}", serde_json::to_string(&s)?),
-            Ok(s) => println!("spawned {} on node {} (holder {})", s.agent, s.node, s.holder),
+            Ok(s) => println!(
+                "spawned {} on node {} (holder {})",
+                s.agent, s.node, s.holder
+            ),
             Err(e) => return Ok(failed(e)),
         }
         Ok(Outcome::Success)
@@ -167,7 +170,11 @@ fn run_task(a: RunArgs) -> anyhow::Result<Outcome> {
             Ok(h) => h,
             Err(o) => return Ok(o),
         };
-        let run = match cluster.agent(&a.agent, token, key).run(&a.task, within).await {
+        let run = match cluster
+            .agent(&a.agent, token, key)
+            .run(&a.task, within)
+            .await
+        {
             Ok(r) => r,
             Err(e) => return Ok(failed(e)),
         };
@@ -176,7 +183,10 @@ fn run_task(a: RunArgs) -> anyhow::Result<Outcome> {
         } else {
             for act in &run.actions {
                 let verdict = if act.allowed { "allowed" } else { "refused" };
-                println!("{:<6} {:<20} {verdict:<8} {}", act.kind, act.tool, act.reason);
+                println!(
+                    "{:<6} {:<20} {verdict:<8} {}",
+                    act.kind, act.tool, act.reason
+                );
             }
             match (&run.answer, &run.reason) {
                 (Some(answer), _) => println!("answer: {answer}"),

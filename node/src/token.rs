@@ -206,9 +206,10 @@ fn attenuate(a: AttenuateArgs) -> anyhow::Result<Outcome> {
     let parent = Token::from_base64(&read_input(&a.token)?, &root)
         .context("the parent token does not verify")?;
     let key = KeyPair::load(&a.key)?;
-    let att = a
-        .narrow
-        .apply(Attenuation::new(a.agent, public_key(&a.holder, "--holder")?))?;
+    let att = a.narrow.apply(Attenuation::new(
+        a.agent,
+        public_key(&a.holder, "--holder")?,
+    ))?;
     let child = parent.attenuate(&key, att)?;
     println!("{}", child.to_base64()?);
     Ok(Outcome::Success)

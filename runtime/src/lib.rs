@@ -68,8 +68,8 @@ pub use runtime::{
 };
 pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore, redaction_key};
 pub use tools::{
-    CallCredentials, ChannelDedup, OutputArgs, RegisterError, Tool, ToolError, ToolInput, ToolManifest, ToolOutput,
-    ToolRegistry, UntrustedPolicy,
+    CallCredentials, ChannelDedup, OutputArgs, RegisterError, Tool, ToolError, ToolInput,
+    ToolManifest, ToolOutput, ToolRegistry, UntrustedPolicy,
 };
 pub use watchdog::{
     AllowList, AmountLimit, RuleError, RuleFailure, WatchdogRules, WatchdogVerdict,

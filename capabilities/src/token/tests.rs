@@ -352,7 +352,10 @@ fn a_child_is_one_narrowing_delegation_of_its_parent_and_nothing_else_is() {
 
     // A grandchild is not a child; nor is the parent itself, nor its own parent.
     let grandchild = child
-        .attenuate(&child_key, Attenuation::new("g", KeyPair::generate().public()))
+        .attenuate(
+            &child_key,
+            Attenuation::new("g", KeyPair::generate().public()),
+        )
         .unwrap();
     assert!(parent.check_child(&grandchild).is_err());
     assert!(parent.check_child(&parent).is_err());

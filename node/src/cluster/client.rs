@@ -53,9 +53,9 @@ impl ClusterClient {
         }
     }
 
-    /// Seals `body` as `kind` for `rest` with `token` and `key`, sends it and decodes
-    /// the answer.
-    async fn request<B: Serialize, T: DeserializeOwned>(
+    /// Seals `body` as `kind` for the subject `bulwark.<cluster>.<rest>` with `token`
+    /// and `key`, sends it and decodes the answer.
+    pub async fn request<B: Serialize, T: DeserializeOwned>(
         &self,
         rest: &str,
         kind: &str,
@@ -70,7 +70,9 @@ impl ClusterClient {
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let answer = tokio::time::timeout(within, self.client.request(to.clone(), envelope.into()))
             .await
-            .map_err(|_| ClientError::Unreachable(format!("no answer on `{to}` within {within:?}")))?
+            .map_err(|_| {
+                ClientError::Unreachable(format!("no answer on `{to}` within {within:?}"))
+            })?
             .map_err(|e| match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => {
                     ClientError::Unreachable(format!("nothing serves `{to}`"))
@@ -98,7 +100,7 @@ impl ClusterClient {
     }
 
     /// The node to place a new agent on: `node` if given, otherwise the alive node
-    /// with every label in `labels` that hosts the fewest agents.
+    /// with every label in `labels` that hosts the fewest agents and requests.
     pub async fn place(
         &self,
         node: Option<&str>,
@@ -115,7 +117,7 @@ impl ClusterClient {
             .iter()
             .filter(|n| n.state == NodeState::Alive)
             .filter(|n| labels.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
-            .min_by_key(|n| (n.agents, n.id.clone()))
+            .min_by_key(|n| (n.agents + n.load, n.id.clone()))
             .map(|n| n.id.clone())
             .ok_or_else(|| ClientError::Refused("no alive node has those labels".into()))
     }
@@ -251,8 +253,9 @@ impl ClusterClient {
                     )
                     .await
                     .map_err(|e| ToolError(format!("the node hosting `{name}`: {e}")))?;
-                let cost = MicroUsd::new(result.cost_micro_usd)
-                    .ok_or_else(|| ToolError("the hosting node reported an impossible cost".into()))?;
+                let cost = MicroUsd::new(result.cost_micro_usd).ok_or_else(|| {
+                    ToolError("the hosting node reported an impossible cost".into())
+                })?;
                 Ok(ToolOutput::with_cost(result.value, cost))
             }
         })

@@ -40,6 +40,12 @@ pub struct Heartbeat {
     pub version: String,
     /// Tools it hosts.
     pub tools: Vec<String>,
+    /// Tools other nodes host that its agents can call (forwarded).
+    #[serde(default)]
+    pub reaches: Vec<String>,
+    /// Requests from the cluster it is working on.
+    #[serde(default)]
+    pub load: usize,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
     /// Set in the last heartbeat of a clean shutdown.
@@ -69,6 +75,10 @@ pub struct Member {
     pub agents: usize,
     /// Tools it hosts.
     pub tools: Vec<String>,
+    /// Tools other nodes host that its agents can call.
+    pub reaches: Vec<String>,
+    /// Requests from the cluster it is working on (as of its last heartbeat).
+    pub load: usize,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
     /// Milliseconds since its last heartbeat.
@@ -164,6 +174,8 @@ impl Members {
                     state: e.state,
                     agents: e.last.agents,
                     tools: e.last.tools.clone(),
+                    reaches: e.last.reaches.clone(),
+                    load: e.last.load,
                     labels: e.last.labels.clone(),
                     last_seen_ms: u64::try_from((now - e.seen).as_millis()).unwrap_or(u64::MAX),
                     incarnation: e.last.incarnation,
@@ -185,6 +197,8 @@ mod tests {
             agents: 2,
             version: "test".into(),
             tools: vec!["echo".into()],
+            reaches: Vec::new(),
+            load: 0,
             labels: BTreeMap::new(),
             leaving,
         }

@@ -19,12 +19,11 @@ use futures::StreamExt;
 use bulwark_runtime::ToolManifest;
 use bulwark_runtime::sandbox::{Program, Sandbox, SandboxConfig, SandboxTool, ToolCode};
 
+use super::client::ClusterClient;
 use super::config::{BrainConfig, NatsConfig, NodeConfig, ToolProgram};
 use super::membership::{
-    HEARTBEAT_EVERY, HEARTBEAT_FORMAT, Heartbeat, Members, NodeState, PROBE_TIMEOUT, Probe,
-    Status,
+    HEARTBEAT_EVERY, HEARTBEAT_FORMAT, Heartbeat, Members, NodeState, PROBE_TIMEOUT, Probe, Status,
 };
-use super::client::ClusterClient;
 use super::revocation::{self, MAX_REVOCATIONS, SignedRevocation};
 use super::serve::Host;
 
@@ -299,14 +298,16 @@ impl Node {
     }
 
     fn heartbeat(&self, leaving: bool) -> Heartbeat {
-        let mut tools: Vec<String> = self
+        let tools: Vec<String> = self.host.tool_infos().into_iter().map(|t| t.name).collect();
+        let mut reaches: Vec<String> = self
             .runtime
             .tools()
             .manifests()
             .into_iter()
             .map(|m| m.name)
+            .filter(|n| !tools.contains(n))
             .collect();
-        tools.sort();
+        reaches.sort();
         Heartbeat {
             v: HEARTBEAT_FORMAT,
             node: self.config.id.clone(),
@@ -314,6 +315,8 @@ impl Node {
             agents: self.runtime.agent_count(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             tools,
+            reaches,
+            load: self.host.load(),
             labels: self.config.labels.clone(),
             leaving,
         }

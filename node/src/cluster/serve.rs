@@ -143,6 +143,11 @@ impl Host {
         Ok(())
     }
 
+    /// Requests being worked on.
+    pub fn load(&self) -> usize {
+        MAX_IN_FLIGHT - self.in_flight.available_permits()
+    }
+
     /// From now on spawns are refused (the node is leaving).
     pub fn drain(&self) {
         self.leaving.store(true, Ordering::SeqCst);
@@ -216,7 +221,11 @@ impl Host {
         let opened = match opened {
             Ok(o) if o.kind == route.kind() => o,
             Ok(o) => {
-                let why = format!("a `{}` envelope sent to a `{}` subject", o.kind, route.kind());
+                let why = format!(
+                    "a `{}` envelope sent to a `{}` subject",
+                    o.kind,
+                    route.kind()
+                );
                 return self.refuse(&o.token, to, "kind", why);
             }
             Err(e) => {
@@ -281,7 +290,10 @@ impl Host {
 
     async fn spawn(self: &Arc<Self>, opened: Opened) -> Result<Spawned, String> {
         if self.leaving.load(Ordering::SeqCst) {
-            return Err(format!("node {} is shutting down and takes no spawns", self.node));
+            return Err(format!(
+                "node {} is shutting down and takes no spawns",
+                self.node
+            ));
         }
         let Spawn {
             agent,
@@ -301,14 +313,21 @@ impl Host {
                 child.agent()
             ));
         }
-        let brain = self.runtime.brain(&brain).ok_or_else(|| {
-            format!("node {} offers no brain profile `{brain}`", self.node)
-        })?;
+        let brain = self
+            .runtime
+            .brain(&brain)
+            .ok_or_else(|| format!("node {} offers no brain profile `{brain}`", self.node))?;
         let key = {
             let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
-            let held = holds.get(&agent).filter(|p| p.at.elapsed() < HOLD_FOR).ok_or_else(|| {
-                format!("no holder key of node {} waits for agent `{agent}` (ask for one first)", self.node)
-            })?;
+            let held = holds
+                .get(&agent)
+                .filter(|p| p.at.elapsed() < HOLD_FOR)
+                .ok_or_else(|| {
+                    format!(
+                        "no holder key of node {} waits for agent `{agent}` (ask for one first)",
+                        self.node
+                    )
+                })?;
             if held.parent != parent.id() {
                 return Err("the holder key was handed to another parent token".into());
             }
@@ -469,7 +488,8 @@ fn state_of(s: &bulwark_runtime::AgentStatus) -> String {
 }
 
 fn body<T: DeserializeOwned>(opened: &Opened) -> Result<T, String> {
-    serde_json::from_slice(&opened.body).map_err(|e| format!("malformed `{}` body: {e}", opened.kind))
+    serde_json::from_slice(&opened.body)
+        .map_err(|e| format!("malformed `{}` body: {e}", opened.kind))
 }
 
 fn encode<T: Serialize>(answer: &Answer<T>) -> Vec<u8> {

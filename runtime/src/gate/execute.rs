@@ -192,7 +192,10 @@ impl Inner {
     }
 
     /// The secrets a tool needs, decrypted; the first that cannot be is the error.
-    pub(super) fn decrypt_secrets(&self, names: &[String]) -> Result<BTreeMap<String, String>, String> {
+    pub(super) fn decrypt_secrets(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, String>, String> {
         let mut secrets = BTreeMap::new();
         for name in names {
             let value = self.secrets.get(name).map_err(|e| e.to_string())?;

@@ -277,13 +277,22 @@ impl Runtime {
     }
 
     /// Runs `f` with the revocations in force.
-    pub fn with_revocations<R>(&self, f: impl FnOnce(&bulwark_capabilities::Revocations) -> R) -> R {
+    pub fn with_revocations<R>(
+        &self,
+        f: impl FnOnce(&bulwark_capabilities::Revocations) -> R,
+    ) -> R {
         f(&self.inner.revocations.read_or_recover())
     }
 
     /// The ids of the agents this runtime holds, sorted.
     pub fn agent_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.inner.agents.read_or_recover().keys().cloned().collect();
+        let mut ids: Vec<String> = self
+            .inner
+            .agents
+            .read_or_recover()
+            .keys()
+            .cloned()
+            .collect();
         ids.sort();
         ids
     }
