@@ -124,6 +124,7 @@ fn compromised_support_brain() -> Arc<dyn Brain> {
                     tiers: Default::default(),
                     constraints: vec!["lookup_customer.email ends_with @customer.example".into()],
                     pass: vec!["Ticket T-101 is about a double charge in March.".into()],
+                    node: None,
                 }));
                 steps.push_back(BrainAction::Finish { answer: "Inbox handled.".into() });
                 *plan = Some(steps);

@@ -146,7 +146,7 @@ impl RunControl {
 }
 
 /// What an agent is doing, as its actor reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AgentStatus {
     /// Whether a run is in progress.
     pub running: bool,
@@ -788,7 +788,14 @@ impl<'a> Run<'a> {
         self.context.push(ContextItem::Action {
             text: format!("spawn {} for: {}", req.agent, req.task),
         });
-        let child = match self.inner.spawn_requested(self.who(), &req).await {
+        // A child placed on another node of the cluster is spawned there.
+        let here = self.inner.remote().map(|r| r.node().to_string());
+        let elsewhere = req.node.as_deref().filter(|n| here.as_deref() != Some(*n));
+        let spawned = match elsewhere {
+            Some(node) => self.inner.spawn_remote(&self.who().agent, node, &req).await,
+            None => self.inner.spawn_requested(self.who(), &req).await,
+        };
+        let child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 self.record_action("spawn", req.agent, false, e.to_string());
@@ -828,13 +835,18 @@ impl<'a> Run<'a> {
         child: &crate::runtime::AgentHandle,
         req: &SpawnRequest,
     ) -> Result<Outcome, crate::error::RunError> {
-        let child_run = Box::pin(self.inner.run_scoped(
-            child.id(),
-            &req.task,
-            req.pass.clone(),
-            self.control.scope.clone(),
-            Some(Box::new(self.provenance.clone())),
-        ));
+        let child_run: futures::future::BoxFuture<'_, Result<Outcome, crate::error::RunError>> =
+            if child.node().is_some() {
+                Box::pin(child.run_with(&req.task, req.pass.clone()))
+            } else {
+                Box::pin(self.inner.run_scoped(
+                    child.id(),
+                    &req.task,
+                    req.pass.clone(),
+                    self.control.scope.clone(),
+                    Some(Box::new(self.provenance.clone())),
+                ))
+            };
         tokio::pin!(child_run);
         tokio::select! {
             o = &mut child_run => o,

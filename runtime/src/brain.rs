@@ -111,6 +111,32 @@ pub struct SpawnRequest {
     /// Context passed to the child explicitly; nothing else of the parent's is.
     #[serde(default)]
     pub pass: Vec<String>,
+    /// The node to start it on, in a cluster (this node's when absent).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl SpawnRequest {
+    /// The delegation this request asks for, to the child's `holder` key.
+    pub fn attenuation(
+        &self,
+        holder: bulwark_capabilities::PublicKey,
+    ) -> Result<bulwark_capabilities::Attenuation, bulwark_capabilities::ParseError> {
+        let mut att = bulwark_capabilities::Attenuation::new(self.agent.clone(), holder);
+        if let Some(tools) = &self.tools {
+            att = att.only_tools(tools.clone());
+        }
+        for (tool, tier) in &self.tiers {
+            att = att.tier(tool.clone(), *tier);
+        }
+        if let Some(b) = self.budget {
+            att = att.budget(b);
+        }
+        for c in &self.constraints {
+            att = att.require(c.parse::<bulwark_capabilities::Constraint>()?);
+        }
+        Ok(att)
+    }
 }
 
 /// The next step a brain proposes.

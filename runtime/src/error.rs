@@ -361,6 +361,9 @@ pub enum SpawnError {
     /// Budget account setup failed.
     #[error("cannot spawn: {0}")]
     Budget(#[from] BudgetDenial),
+    /// Another node could not be reached or refused the spawn.
+    #[error("cannot spawn on another node: {0}")]
+    Remote(String),
     /// No brain of that name is registered.
     #[error("no brain named `{0}` is registered")]
     UnknownBrain(String),
@@ -410,6 +413,9 @@ pub enum RunError {
         /// Why.
         reason: String,
     },
+    /// Another node could not be reached or refused.
+    #[error("{0}")]
+    Remote(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -63,8 +63,8 @@ pub use proposals::{
 };
 pub use runtime::{
     AgentHandle, AgentSpec, BrainFactory, BuildError, Envelope, MAX_AGENTS, MAX_INBOX,
-    MAX_INBOX_PER_SENDER, MAX_MESSAGES_PER_MINUTE, MESSAGE_CAPABILITY, Runtime, RuntimeBuilder,
-    dollars,
+    MAX_INBOX_PER_SENDER, MAX_MESSAGES_PER_MINUTE, MESSAGE_CAPABILITY, Remote, RemoteError,
+    RemoteFuture, Runtime, RuntimeBuilder, dollars,
 };
 pub use secrets::{SECRETS_KEY_FILE, SecretError, SecretStore, redaction_key};
 pub use tools::{

@@ -7,7 +7,10 @@
 use std::time::{Duration, SystemTime};
 
 use bulwark_capabilities::{Attenuation, KeyPair, MicroUsd, PublicKey, Token};
-use bulwark_runtime::{SignedCall, Tool, ToolError, ToolInput, ToolManifest, ToolOutput};
+use bulwark_runtime::{
+    AgentStatus, CallCredentials, Envelope as Message, Outcome, Remote, RemoteError, RemoteFuture,
+    SignedCall, SpawnRequest, Tool, ToolError, ToolInput, ToolManifest, ToolOutput,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -297,17 +300,28 @@ impl RemoteAgent {
 
     /// Runs `task` and waits (at most `within`) for its outcome.
     pub async fn run(&self, task: &str, within: Duration) -> Result<RunView, ClientError> {
+        self.run_with(task, Vec::new(), within).await
+    }
+
+    /// Runs `task` with context `pass` handed over, waiting at most `within`.
+    pub async fn run_with(
+        &self,
+        task: &str,
+        pass: Vec<String>,
+        within: Duration,
+    ) -> Result<RunView, ClientError> {
         self.ask(
             &AgentAsk::Run {
                 task: task.to_string(),
+                pass,
             },
             within,
         )
         .await
     }
 
-    /// `idle`, `running` or `waiting`.
-    pub async fn status(&self) -> Result<String, ClientError> {
+    /// What it is doing.
+    pub async fn status(&self) -> Result<AgentStatus, ClientError> {
         self.ask(&AgentAsk::Status, ASK_WITHIN).await
     }
 
@@ -331,5 +345,124 @@ impl RemoteAgent {
             ASK_WITHIN,
         )
         .await
+    }
+}
+
+/// Longest a run on another node is waited for.
+const RUN_WITHIN: Duration = Duration::from_secs(3600);
+
+/// How a node's runtime reaches agents on the other nodes: [`Remote`] over the
+/// cluster's subjects.
+pub struct ClusterRemote {
+    client: ClusterClient,
+    node: String,
+}
+
+impl ClusterRemote {
+    /// The remote side of node `node` over `client`.
+    pub fn new(client: ClusterClient, node: &str) -> Self {
+        ClusterRemote {
+            client,
+            node: node.to_string(),
+        }
+    }
+
+    fn agent(&self, agent: &str, who: CallCredentials) -> RemoteAgent {
+        self.client.agent(agent, who.token, who.key)
+    }
+}
+
+fn remote_error(e: ClientError) -> RemoteError {
+    match e {
+        ClientError::Refused(why) => RemoteError::Refused(why),
+        other => RemoteError::Unreachable(other.to_string()),
+    }
+}
+
+impl Remote for ClusterRemote {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn spawn<'a>(
+        &'a self,
+        parent: CallCredentials,
+        node: &'a str,
+        request: &'a SpawnRequest,
+    ) -> RemoteFuture<'a, String> {
+        Box::pin(async move {
+            let spawned = self
+                .client
+                .spawn(
+                    node,
+                    &request.agent,
+                    &request.brain,
+                    (&parent.token, &parent.key),
+                    |att| request.attenuation(att.holder).map_err(|e| e.to_string()),
+                )
+                .await
+                .map_err(remote_error)?;
+            Ok(spawned.holder)
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        director: CallCredentials,
+        agent: &'a str,
+        task: &'a str,
+        pass: Vec<String>,
+    ) -> RemoteFuture<'a, Outcome> {
+        Box::pin(async move {
+            let view = self
+                .agent(agent, director)
+                .run_with(task, pass, RUN_WITHIN)
+                .await
+                .map_err(remote_error)?;
+            Ok(view.into_outcome(agent))
+        })
+    }
+
+    fn status<'a>(
+        &'a self,
+        director: CallCredentials,
+        agent: &'a str,
+    ) -> RemoteFuture<'a, AgentStatus> {
+        Box::pin(async move {
+            self.agent(agent, director)
+                .status()
+                .await
+                .map_err(remote_error)
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        director: CallCredentials,
+        agent: &'a str,
+        reason: &'a str,
+    ) -> RemoteFuture<'a, bool> {
+        Box::pin(async move {
+            self.agent(agent, director)
+                .cancel(reason)
+                .await
+                .map_err(remote_error)
+        })
+    }
+
+    fn message(&self, sender: CallCredentials, envelope: Message) -> RemoteFuture<'_, ()> {
+        Box::pin(async move {
+            if !subject_safe(&envelope.to) {
+                return Err(RemoteError::Refused(format!(
+                    "agent `{}` cannot be reached through the cluster",
+                    envelope.to
+                )));
+            }
+            self.agent(&envelope.to, sender)
+                .message(&envelope.content)
+                .await
+                .map(|_| ())
+                .map_err(remote_error)
+        })
     }
 }

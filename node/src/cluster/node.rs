@@ -19,7 +19,7 @@ use futures::StreamExt;
 use bulwark_runtime::ToolManifest;
 use bulwark_runtime::sandbox::{Program, Sandbox, SandboxConfig, SandboxTool, ToolCode};
 
-use super::client::ClusterClient;
+use super::client::{ClusterClient, ClusterRemote};
 use super::config::{BrainConfig, NatsConfig, NodeConfig, ToolProgram};
 use super::membership::{
     HEARTBEAT_EVERY, HEARTBEAT_FORMAT, Heartbeat, Members, NodeState, PROBE_TIMEOUT, Probe, Status,
@@ -112,6 +112,10 @@ impl NodeBuilder {
             config.id.clone(),
             config.root_public_key,
         );
+        runtime.set_remote(Arc::new(ClusterRemote::new(
+            ClusterClient::new(client.clone(), &config.cluster),
+            &config.id,
+        )));
         let node = Node {
             dashboard,
             host,

@@ -391,7 +391,8 @@ impl Host {
         };
         let err = |e: bulwark_runtime::RunError| e.to_string();
         Ok(match ask {
-            // Anyone of the cluster may write to an agent; it reads it as untrusted.
+            // A message needs the messaging capability, not a place in the chain; the
+            // agent reads it as untrusted.
             AgentAsk::Message { content } => {
                 let envelope = bulwark_runtime::Envelope {
                     v: 1,
@@ -400,17 +401,20 @@ impl Host {
                     content,
                     sent_at_ms: unix_ms(SystemTime::now()),
                 };
-                self.runtime.deliver(envelope).map_err(|e| e.to_string())?;
+                self.runtime
+                    .deliver_from_node(sender, envelope)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 encode(&Answer::Ok(true))
             }
-            AgentAsk::Run { task } => {
+            AgentAsk::Run { task, pass } => {
                 directs()?;
-                let outcome = handle.run(&task).await.map_err(err)?;
+                let outcome = handle.run_with(&task, pass).await.map_err(err)?;
                 encode(&Answer::Ok(RunView::from(&outcome)))
             }
             AgentAsk::Status => {
                 directs()?;
-                encode(&Answer::Ok(state_of(&handle.status().await.map_err(err)?)))
+                encode(&Answer::Ok(handle.status().await.map_err(err)?))
             }
             AgentAsk::Cancel { reason } => {
                 directs()?;

@@ -66,6 +66,9 @@ pub enum AgentAsk {
     Run {
         /// The task.
         task: String,
+        /// Context handed over with it.
+        #[serde(default)]
+        pass: Vec<String>,
     },
     /// What it is doing (the same).
     Status,
@@ -137,6 +140,37 @@ impl From<&Outcome> for RunView {
                     reason: a.detail.clone(),
                 })
                 .collect(),
+        }
+    }
+}
+
+impl RunView {
+    /// The outcome of `agent`'s run as the runtime reports runs.
+    pub fn into_outcome(self, agent: &str) -> Outcome {
+        let reason = self.reason.unwrap_or_default();
+        let status = match self.status.as_str() {
+            "finished" => Status::Finished(self.answer.unwrap_or_default()),
+            "step_limit" => Status::StepLimit,
+            "budget_exhausted" => Status::BudgetExhausted(reason),
+            "cancelled" => Status::Cancelled(reason),
+            other => Status::Failed(format!("{other}: {reason}")),
+        };
+        Outcome {
+            agent: agent.to_string(),
+            status,
+            steps: self.steps,
+            actions: self
+                .actions
+                .into_iter()
+                .map(|a| bulwark_runtime::ActionRecord {
+                    kind: a.kind,
+                    target: a.tool,
+                    allowed: a.allowed,
+                    detail: a.reason,
+                })
+                .collect(),
+            charged: self.charged_micro_usd,
+            tool_failures: 0,
         }
     }
 }

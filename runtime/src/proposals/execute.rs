@@ -8,6 +8,8 @@ use std::time::Duration;
 use bulwark_capabilities::{Tier, Token};
 use serde_json::json;
 
+use crate::tools::CallCredentials;
+
 use super::*;
 use crate::error::GateError;
 use crate::error::StoreError;
@@ -90,8 +92,12 @@ impl Inner {
             credentials: registered
                 .tool
                 .forwards
-                .then(|| self.credentials_of(&p.agent, p.approval.clone()))
-                .flatten(),
+                .then(|| self.credentials_of_agent(&p.agent))
+                .flatten()
+                .map(|c| CallCredentials {
+                    approval: p.approval.clone(),
+                    ..c
+                }),
         };
         Ok(self.execute(execution).await?.outcome)
     }

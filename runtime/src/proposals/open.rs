@@ -376,23 +376,6 @@ impl Inner {
             .unwrap_or_default()
     }
 
-    /// The credentials a forwarding tool needs to run `agent`'s approved call on
-    /// another node, while the agent runs here.
-    pub(super) fn credentials_of(
-        &self,
-        agent: &str,
-        approval: Option<bulwark_capabilities::Approval>,
-    ) -> Option<crate::tools::CallCredentials> {
-        self.agents.read_or_recover().get(agent).map(|e| {
-            let who = &e.args.identity;
-            crate::tools::CallCredentials {
-                token: who.token.clone(),
-                key: who.key.clone(),
-                approval,
-            }
-        })
-    }
-
     pub(super) async fn expire(&self, id: &str) -> Result<(), ProposalError> {
         let now_ms = self.proposals.now_ms();
         match self

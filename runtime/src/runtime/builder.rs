@@ -181,6 +181,7 @@ impl RuntimeBuilder {
             max_agents: self.max_agents,
             proposal_rate: Mutex::new(crate::rate::RateWindows::new(3_600_000)),
             brains: RwLock::new(HashMap::new()),
+            remote: RwLock::new(None),
             notifications,
             supervisor: Mutex::new(None),
             tenant_budgets: self.tenant_budgets,

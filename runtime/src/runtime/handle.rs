@@ -11,6 +11,7 @@ use crate::agent::{AgentMsg, AgentStatus, Outcome};
 use crate::brain::Brain;
 use crate::error::{GateError, RunError, SpawnError};
 use crate::gate::Identity;
+use crate::tools::CallCredentials;
 
 use super::*;
 
@@ -56,16 +57,28 @@ impl AgentSpec {
     }
 }
 
-/// A running agent, addressed by id.
+/// A running agent, addressed by id: one of this runtime, or one another node hosts
+/// (reached through the runtime's [`super::Remote`], directed by the local agent
+/// that spawned it). Both answer the same calls.
 #[derive(Clone)]
 pub struct AgentHandle {
     pub(super) id: String,
     pub(super) inner: Arc<Inner>,
+    pub(super) at: Option<Arc<RemoteAt>>,
+}
+
+/// Where a remote agent runs and who directs it.
+pub(super) struct RemoteAt {
+    node: String,
+    director: CallCredentials,
 }
 
 impl std::fmt::Debug for AgentHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentHandle").field("id", &self.id).finish()
+        f.debug_struct("AgentHandle")
+            .field("id", &self.id)
+            .field("node", &self.at.as_ref().map(|a| &a.node))
+            .finish()
     }
 }
 
@@ -73,6 +86,33 @@ impl AgentHandle {
     /// The agent's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub(super) fn remote(
+        id: &str,
+        node: &str,
+        director: CallCredentials,
+        inner: Arc<Inner>,
+    ) -> AgentHandle {
+        AgentHandle {
+            id: id.to_string(),
+            inner,
+            at: Some(Arc::new(RemoteAt {
+                node: node.to_string(),
+                director,
+            })),
+        }
+    }
+
+    /// The node hosting it, when that is another node.
+    pub fn node(&self) -> Option<&str> {
+        self.at.as_ref().map(|a| a.node.as_str())
+    }
+
+    /// The runtime's way to other nodes, for a remote agent.
+    fn far(&self) -> Option<(Arc<dyn super::Remote>, &RemoteAt)> {
+        let at = self.at.as_deref()?;
+        Some((self.inner.remote()?, at))
     }
 
     /// The agent's token.
@@ -111,7 +151,47 @@ impl AgentHandle {
     /// Runs a task through the agent's bounded reason/act loop. Runs of one agent are
     /// serialized: a run asked for while another is in progress waits its turn.
     pub async fn run(&self, task: &str) -> Result<Outcome, RunError> {
-        self.inner.run(&self.id, task, Vec::new()).await
+        self.run_with(task, Vec::new()).await
+    }
+
+    /// Runs a task with context handed over explicitly (`pass`), as a parent does
+    /// for a child.
+    pub async fn run_with(&self, task: &str, pass: Vec<String>) -> Result<Outcome, RunError> {
+        if self.at.is_some() {
+            let (remote, at) = self.far().ok_or_else(|| self.unreachable())?;
+            return remote
+                .run(at.director.clone(), &self.id, task, pass)
+                .await
+                .map_err(|e| RunError::Remote(e.to_string()));
+        }
+        self.inner.run(&self.id, task, pass).await
+    }
+
+    fn unreachable(&self) -> RunError {
+        RunError::Remote(format!(
+            "agent `{}` runs on another node and this runtime is not in a cluster",
+            self.id
+        ))
+    }
+
+    /// Sends the agent a message from the embedding program (for a remote agent,
+    /// from the agent directing it); it reads it as untrusted at its next step.
+    pub async fn message(&self, content: &str) -> Result<(), RunError> {
+        let envelope = |from: &str| Envelope {
+            v: 1,
+            from: from.to_string(),
+            to: self.id.clone(),
+            content: content.to_string(),
+            sent_at_ms: crate::clock::unix_ms(self.inner.clock.now()),
+        };
+        match self.far() {
+            Some((remote, at)) => remote
+                .message(at.director.clone(), envelope(at.director.token.agent()))
+                .await
+                .map_err(|e| RunError::Remote(e.to_string())),
+            None if self.at.is_some() => Err(self.unreachable()),
+            None => self.inner.deliver(envelope("program")),
+        }
     }
 
     /// Cancels the agent's run in progress (and its direct tool calls, and its
@@ -122,6 +202,13 @@ impl AgentHandle {
     ///
     /// [`Status::Cancelled`]: crate::agent::Status::Cancelled
     pub async fn cancel(&self, reason: &str) -> Result<bool, RunError> {
+        if self.at.is_some() {
+            let (remote, at) = self.far().ok_or_else(|| self.unreachable())?;
+            return remote
+                .cancel(at.director.clone(), &self.id, reason)
+                .await
+                .map_err(|e| RunError::Remote(e.to_string()));
+        }
         let reason = reason.to_string();
         match self
             .actor()?
@@ -135,6 +222,13 @@ impl AgentHandle {
 
     /// What the agent is doing. The actor answers even while a run waits.
     pub async fn status(&self) -> Result<AgentStatus, RunError> {
+        if self.at.is_some() {
+            let (remote, at) = self.far().ok_or_else(|| self.unreachable())?;
+            return remote
+                .status(at.director.clone(), &self.id)
+                .await
+                .map_err(|e| RunError::Remote(e.to_string()));
+        }
         match self
             .actor()?
             .call(|reply| AgentMsg::Status { reply }, None)
@@ -165,10 +259,22 @@ impl AgentHandle {
     ) -> Result<AgentHandle, SpawnError> {
         let parent = self
             .identity()
-            .ok_or_else(|| SpawnError::Actor(format!("agent `{}` is not running", self.id)))?;
+            .ok_or_else(|| SpawnError::Actor(format!("agent `{}` is not running here", self.id)))?;
         self.inner
             .spawn_child(&parent, spec, attenuation, brain)
             .await
+    }
+
+    /// Spawns a child on node `node` of the cluster, narrowed as `request` says (its
+    /// `node` is ignored): the far node generates the child's key and checks that the
+    /// child's token is an attenuation of this agent's. The handle directs it as this
+    /// agent. Only an agent of this runtime can spawn there.
+    pub async fn spawn_child_on(
+        &self,
+        node: &str,
+        request: &crate::brain::SpawnRequest,
+    ) -> Result<AgentHandle, SpawnError> {
+        self.inner.spawn_remote(&self.id, node, request).await
     }
 
     fn identity(&self) -> Option<Arc<Identity>> {

@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     /// Per sending agent, when its recent messages were sent (ms).
     pub message_rate: Mutex<crate::rate::RateWindows>,
     pub brains: RwLock<HashMap<String, BrainFactory>>,
+    /// How agents on other nodes are reached, once a cluster node set it.
+    pub remote: RwLock<Option<Arc<dyn super::Remote>>>,
     pub notifications: broadcast::Sender<Notification>,
     pub supervisor: Mutex<Option<ActorRef<()>>>,
     pub tenant_budgets: HashMap<String, MicroUsd>,
@@ -88,6 +90,27 @@ impl Inner {
     pub(crate) fn is_revoked(&self, token: &Token) -> bool {
         let revoked = self.revocations.read_or_recover();
         token.revocation_ids().iter().any(|id| revoked.contains(id))
+    }
+
+    /// What a forwarding tool or a request to another node carries for local agent
+    /// `agent`: its token and holder key.
+    pub(crate) fn credentials_of_agent(
+        &self,
+        agent: &str,
+    ) -> Option<crate::tools::CallCredentials> {
+        self.agents.read_or_recover().get(agent).map(|e| {
+            let who = &e.args.identity;
+            crate::tools::CallCredentials {
+                token: who.token.clone(),
+                key: who.key.clone(),
+                approval: None,
+            }
+        })
+    }
+
+    /// How other nodes are reached, when this runtime is a cluster node.
+    pub(crate) fn remote(&self) -> Option<Arc<dyn super::Remote>> {
+        self.remote.read_or_recover().clone()
     }
 }
 

@@ -83,6 +83,56 @@ impl Inner {
             to: to.clone(),
             reason,
         };
+        let local = self
+            .agents
+            .read_or_recover()
+            .get(&envelope.to)
+            .map(|e| (e.agent.clone(), e.args.identity.clone()));
+        let Some((agent, recipient)) = local else {
+            // Hosted elsewhere: the recipient's node checks the capability against
+            // the recipient it knows; the rate is this node's to hold.
+            let remote = self
+                .remote()
+                .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
+            self.admit_message_rate(&sender.agent)
+                .map_err(|why| refuse(why))?;
+            let creds = crate::tools::CallCredentials {
+                token: sender.token.clone(),
+                key: sender.key.clone(),
+                approval: None,
+            };
+            return remote
+                .message(creds, envelope)
+                .await
+                .map_err(|e| refuse(e.to_string()));
+        };
+        self.check_message(&sender.token, &sender.agent, &recipient, &envelope.to)
+            .map_err(|why| refuse(why))?;
+        self.admit_message_rate(&sender.agent)
+            .map_err(|why| refuse(why))?;
+        self.hand_over(agent, envelope).await
+    }
+
+    /// A message from an agent on another node, under its verified `sender` token:
+    /// the same capability, tenant and inbox rules as a local agent's message; the
+    /// rate is the sending node's to hold.
+    pub(crate) async fn deliver_from_node(
+        &self,
+        sender: &bulwark_capabilities::Token,
+        envelope: Envelope,
+    ) -> Result<(), RunError> {
+        let to = envelope.to.clone();
+        let refuse = |reason: String| RunError::MessageRefused {
+            to: to.clone(),
+            reason,
+        };
+        if envelope.from != sender.agent() {
+            return Err(refuse(format!(
+                "the message claims to come from `{}`, not the token's agent `{}`",
+                envelope.from,
+                sender.agent()
+            )));
+        }
         let (agent, recipient) = {
             let agents = self.agents.read_or_recover();
             let entry = agents
@@ -90,13 +140,28 @@ impl Inner {
                 .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
             (entry.agent.clone(), entry.args.identity.clone())
         };
-        if recipient.token.tenant() != sender.token.tenant() {
-            return Err(refuse("the recipient belongs to another tenant".into()));
+        self.check_message(sender, sender.agent(), &recipient, &envelope.to)
+            .map_err(refuse)?;
+        self.hand_over(agent, envelope).await
+    }
+
+    /// Whether `sender` (agent `from`) may message `recipient`: the same tenant, and
+    /// the messaging capability granted for this recipient at a tier that does not
+    /// wait. The reason when not.
+    fn check_message(
+        &self,
+        sender: &bulwark_capabilities::Token,
+        from: &str,
+        recipient: &Identity,
+        to: &str,
+    ) -> Result<(), String> {
+        if recipient.token.tenant() != sender.tenant() {
+            return Err("the recipient belongs to another tenant".into());
         }
         let mut args = bulwark_capabilities::Args::new();
         args.insert(
             "to".into(),
-            bulwark_capabilities::ArgValue::Str(envelope.to.clone()),
+            bulwark_capabilities::ArgValue::Str(to.to_string()),
         );
         args.insert(
             "tree".into(),
@@ -105,7 +170,7 @@ impl Inner {
             ),
         );
         let request = bulwark_capabilities::Request {
-            agent: sender.agent.clone(),
+            agent: from.to_string(),
             tool: MESSAGE_CAPABILITY.into(),
             args,
             time: self.clock.now(),
@@ -113,27 +178,38 @@ impl Inner {
         let authorized = {
             let revoked = self.revocations.read_or_recover();
             sender
-                .token
                 .authorize(&request, &revoked)
-                .map_err(|d| refuse(d.to_string()))?
+                .map_err(|d| d.to_string())?
         };
         if authorized.tier > bulwark_capabilities::Tier::AutoPlus {
-            return Err(refuse(format!(
+            return Err(format!(
                 "`{MESSAGE_CAPABILITY}` is at tier {} for this agent; messages do not wait for approval",
                 authorized.tier
-            )));
+            ));
         }
+        Ok(())
+    }
+
+    /// Admits one message of `sender` against its per-minute rate.
+    fn admit_message_rate(&self, sender: &str) -> Result<(), String> {
         let now_ms = crate::clock::unix_ms(self.clock.now());
-        if !self.message_rate.lock_or_recover().admit(
-            &sender.agent,
-            now_ms,
-            MAX_MESSAGES_PER_MINUTE,
-        ) {
-            return Err(refuse(format!(
-                "`{}` may send at most {MAX_MESSAGES_PER_MINUTE} messages per minute",
-                sender.agent
-            )));
+        if self
+            .message_rate
+            .lock_or_recover()
+            .admit(sender, now_ms, MAX_MESSAGES_PER_MINUTE)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{sender}` may send at most {MAX_MESSAGES_PER_MINUTE} messages per minute"
+            ))
         }
+    }
+
+    /// Hands an agent's message to the recipient's actor, which holds the sender to
+    /// its share of the inbox.
+    async fn hand_over(&self, agent: AgentRef, envelope: Envelope) -> Result<(), RunError> {
+        let to = envelope.to.clone();
         let delivered = agent
             .actor()
             .call(
@@ -146,7 +222,9 @@ impl Inner {
             )
             .await;
         match delivered {
-            Ok(ractor::rpc::CallResult::Success(accepted)) => accepted.map_err(refuse),
+            Ok(ractor::rpc::CallResult::Success(accepted)) => {
+                accepted.map_err(|reason| RunError::MessageRefused { to, reason })
+            }
             _ => Err(RunError::NoSuchAgent(to)),
         }
     }

@@ -29,6 +29,7 @@ mod handle;
 mod host_gate;
 mod inner;
 mod messages;
+mod remote;
 mod run;
 mod spawn;
 mod supervisor;
@@ -42,6 +43,7 @@ pub use messages::{
     Envelope, MAX_AGENTS, MAX_INBOX, MAX_INBOX_PER_SENDER, MAX_MESSAGES_PER_MINUTE,
     MESSAGE_CAPABILITY,
 };
+pub use remote::{Remote, RemoteError, RemoteFuture};
 use supervisor::Supervisor;
 
 /// An embedded Bulwark runtime: one process, no servers.
@@ -168,6 +170,19 @@ impl Runtime {
             .insert(name.to_string(), factory);
     }
 
+    /// Joins a cluster: agents on other nodes are reached through `remote` from now
+    /// on (spawns that name another node, messages to agents hosted elsewhere).
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        *self.inner.remote.write_or_recover() = Some(remote);
+    }
+
+    /// A handle to agent `id` on another node, directed as the local agent
+    /// `director` (a holder of a token above it in its chain).
+    pub fn remote_agent(&self, id: &str, node: &str, director: &str) -> Option<AgentHandle> {
+        let creds = self.inner.credentials_of_agent(director)?;
+        Some(AgentHandle::remote(id, node, creds, self.inner.clone()))
+    }
+
     /// A new brain from the profile registered under `name`, if there is one.
     pub fn brain(&self, name: &str) -> Option<Arc<dyn Brain>> {
         let factory = self.inner.brains.read_or_recover().get(name).cloned();
@@ -218,6 +233,7 @@ impl Runtime {
             .then(|| AgentHandle {
                 id: id.to_string(),
                 inner: self.inner.clone(),
+                at: None,
             })
     }
 
@@ -261,6 +277,17 @@ impl Runtime {
         self.inner
             .serve_remote_call(token, call, approval, from)
             .await
+    }
+
+    /// Delivers a message from an agent on another node, sent under `sender` (a
+    /// verified token): the messaging capability, tenant and inbox rules apply as
+    /// for a local agent's message, and it arrives marked untrusted.
+    pub async fn deliver_from_node(
+        &self,
+        sender: &Token,
+        envelope: Envelope,
+    ) -> Result<(), RunError> {
+        self.inner.deliver_from_node(sender, envelope).await
     }
 
     /// Records that a message from another node was refused, with why.

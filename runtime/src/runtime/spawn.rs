@@ -5,7 +5,7 @@ use crate::sync::{LockExt, RwLockExt};
 use ractor::Actor;
 use std::sync::{Arc, Mutex};
 
-use bulwark_capabilities::{Attenuation, Constraint, Token};
+use bulwark_capabilities::{Attenuation, Token};
 use serde_json::json;
 
 use crate::agent::{AgentActor, AgentArgs};
@@ -101,6 +101,7 @@ impl Inner {
         Ok(AgentHandle {
             id: args.spec.id.clone(),
             inner: self.clone(),
+            at: None,
         })
     }
 
@@ -156,22 +157,46 @@ impl Inner {
             .cloned()
             .ok_or_else(|| SpawnError::UnknownBrain(req.brain.clone()))?;
         let spec = AgentSpec::new(req.agent.clone());
-        let mut att = Attenuation::new(req.agent.clone(), spec.key.public());
-        if let Some(tools) = &req.tools {
-            att = att.only_tools(tools.clone());
-        }
-        for (tool, tier) in &req.tiers {
-            att = att.tier(tool.clone(), *tier);
-        }
-        if let Some(b) = req.budget {
-            att = att.budget(b);
-        }
-        for c in &req.constraints {
-            let c: Constraint = c.parse().map_err(|e| {
-                SpawnError::Attenuate(bulwark_capabilities::AttenuateError::Invalid(e))
-            })?;
-            att = att.require(c);
-        }
+        let att = req
+            .attenuation(spec.key.public())
+            .map_err(|e| SpawnError::Attenuate(bulwark_capabilities::AttenuateError::Invalid(e)))?;
         self.spawn_child(parent, spec, att, factory()).await
+    }
+
+    /// Spawns on `node` a child of local agent `parent`, through the cluster; see
+    /// [`AgentHandle::spawn_child_on`].
+    pub(crate) async fn spawn_remote(
+        self: &Arc<Self>,
+        parent: &str,
+        node: &str,
+        request: &SpawnRequest,
+    ) -> Result<AgentHandle, SpawnError> {
+        let remote = self
+            .remote()
+            .ok_or_else(|| SpawnError::Remote("this runtime is not in a cluster".into()))?;
+        let creds = self
+            .credentials_of_agent(parent)
+            .ok_or_else(|| SpawnError::Actor(format!("agent `{parent}` is not running here")))?;
+        // A request that cannot narrow is refused here, before anything is sent.
+        request
+            .attenuation(creds.token.holder())
+            .map_err(|e| SpawnError::Attenuate(bulwark_capabilities::AttenuateError::Invalid(e)))?;
+        let holder = remote
+            .spawn(creds.clone(), node, request)
+            .await
+            .map_err(|e| SpawnError::Remote(e.to_string()))?;
+        let mut record = AuditRecord::new(
+            AuditKind::AgentSpawn,
+            parent,
+            json!({"child": request.agent, "node": node, "holder": holder, "remote": true}),
+        );
+        record.token_id = creds.token.id();
+        self.audit_later(record);
+        Ok(AgentHandle::remote(
+            &request.agent,
+            node,
+            creds,
+            self.clone(),
+        ))
     }
 }

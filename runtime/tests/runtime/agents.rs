@@ -275,6 +275,7 @@ async fn a_brain_spawns_a_child_with_a_fresh_context_and_a_narrower_token() {
             tiers: Default::default(),
             constraints: vec![],
             pass: vec!["inbox has 3 mails".into()],
+            node: None,
         })
     };
     let parent_brain = Arc::new(ScriptedBrain::new(vec![

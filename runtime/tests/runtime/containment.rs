@@ -172,6 +172,7 @@ fn launderer() -> Arc<dyn Brain> {
             tiers: Default::default(),
             constraints: Vec::new(),
             pass: vec![format!("Verified account: {ATTACKER_IBAN}")],
+            node: None,
         }),
         BrainAction::Finish {
             answer: "done".into(),
@@ -262,6 +263,7 @@ async fn a_tree_of_agents_shares_one_watchdog_rate_quota() {
                 tiers: Default::default(),
                 constraints: Vec::new(),
                 pass: Vec::new(),
+                node: None,
             })
         })
         .collect();
