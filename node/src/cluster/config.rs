@@ -195,6 +195,35 @@ struct RawDashboard {
 }
 
 impl NodeConfig {
+    /// A node `id` of `cluster` keeping its data in `data_dir`, trusting tokens of
+    /// `root`, reaching NATS at `url`; no operators, labels, tools, brains or
+    /// dashboard (set the fields to add them).
+    pub fn new(
+        id: &str,
+        cluster: &str,
+        data_dir: impl Into<PathBuf>,
+        root: PublicKey,
+        url: &str,
+    ) -> NodeConfig {
+        NodeConfig {
+            id: id.to_string(),
+            cluster: cluster.to_string(),
+            data_dir: data_dir.into(),
+            root_public_key: root,
+            operator_keys: Vec::new(),
+            labels: BTreeMap::new(),
+            nats: NatsConfig {
+                urls: vec![url.to_string()],
+                nkey_seed_file: None,
+                credentials_file: None,
+                tls: None,
+            },
+            tools: Vec::new(),
+            brains: BTreeMap::new(),
+            dashboard: None,
+        }
+    }
+
     /// Reads and checks the configuration in `file`.
     pub fn load(file: &Path) -> Result<NodeConfig, ConfigError> {
         let read = |reason: String| ConfigError::Read {

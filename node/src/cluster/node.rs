@@ -51,12 +51,20 @@ pub fn subject(cluster: &str, rest: &str) -> String {
 pub struct NodeBuilder {
     config: NodeConfig,
     brains: Vec<(String, BrainFactory)>,
+    tools: Vec<bulwark_runtime::Tool>,
 }
 
 impl NodeBuilder {
     /// Adds a brain profile under `name` (beside those of the configuration).
     pub fn brain(mut self, name: &str, factory: BrainFactory) -> Self {
         self.brains.push((name.to_string(), factory));
+        self
+    }
+
+    /// Adds a tool the node hosts (beside the configuration's sandboxed ones); other
+    /// nodes' agents call it through this node.
+    pub fn tool(mut self, tool: bulwark_runtime::Tool) -> Self {
+        self.tools.push(tool);
         self
     }
 
@@ -81,6 +89,13 @@ impl NodeBuilder {
             runtime.register_brain(&name, factory);
         }
         host_tools(&runtime, &config)?;
+        for tool in self.tools {
+            let name = tool.manifest().name.clone();
+            runtime
+                .tools()
+                .register(tool)
+                .map_err(|e| NodeError::Config(format!("tool `{name}`: {e}")))?;
+        }
         let dashboard = match config.dashboard {
             Some(bind) => Some(
                 crate::dashboard::serve(
@@ -117,7 +132,7 @@ impl NodeBuilder {
             &config.id,
         )));
         let node = Node {
-            dashboard,
+            dashboard: Mutex::new(dashboard),
             host,
             config: Arc::new(config),
             runtime,
@@ -135,7 +150,7 @@ impl NodeBuilder {
 
 /// A running node.
 pub struct Node {
-    dashboard: Option<crate::dashboard::Dashboard>,
+    dashboard: Mutex<Option<crate::dashboard::Dashboard>>,
     host: Arc<Host>,
     config: Arc<NodeConfig>,
     runtime: Runtime,
@@ -151,6 +166,7 @@ impl Node {
         NodeBuilder {
             config,
             brains: Vec::new(),
+            tools: Vec::new(),
         }
     }
 
@@ -161,7 +177,7 @@ impl Node {
 
     /// The dashboard's login address, when the node serves one.
     pub fn dashboard_login(&self) -> Option<String> {
-        self.dashboard
+        locked(&self.dashboard)
             .as_ref()
             .map(crate::dashboard::Dashboard::login_url)
     }
@@ -335,6 +351,29 @@ impl Node {
         }
     }
 
+    /// Revokes the token block `id` on every alive node, this one included, signed
+    /// by `operator` (a key the nodes trust); returns each node's acknowledgement
+    /// and how long it took. Waits at most `within` for the acknowledgements.
+    pub async fn revoke(
+        &self,
+        id: &[u8],
+        operator: &bulwark_capabilities::KeyPair,
+        within: Duration,
+    ) -> Result<Vec<(RevokeAck, Duration)>, NodeError> {
+        let signed = SignedRevocation::sign(operator, id, SystemTime::now());
+        let mut live: Vec<String> = self
+            .status()
+            .nodes
+            .into_iter()
+            .filter(|n| n.state == NodeState::Alive)
+            .map(|n| n.id)
+            .collect();
+        if !live.contains(&self.config.id) {
+            live.push(self.config.id.clone());
+        }
+        broadcast_revocation(&self.client, &self.config.cluster, &signed, &live, within).await
+    }
+
     /// A client of this node's cluster over its connection.
     pub fn cluster(&self) -> ClusterClient {
         ClusterClient::new(self.client.clone(), &self.config.cluster)
@@ -394,7 +433,7 @@ impl Node {
     /// Serves until `shutdown` resolves, then announces the departure, drains and
     /// stops the runtime.
     pub async fn run_until(
-        mut self,
+        &self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NodeError> {
         tokio::pin!(shutdown);
@@ -419,7 +458,8 @@ impl Node {
             }
         }
         let _ = self.client.flush().await;
-        if let Some(d) = self.dashboard.take() {
+        let dashboard = locked(&self.dashboard).take();
+        if let Some(d) = dashboard {
             d.stop();
         }
         self.runtime

@@ -1,0 +1,251 @@
+//! Three nodes embedded in one program (`Node::builder`), joined by a real
+//! nats-server: an agent on n1 places a child on n2, the child calls a tool n3
+//! hosts, the handle to the child works like a local one, and a revocation cuts the
+//! subtree on every node.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bulwark_capabilities::{KeyPair, MicroUsd, RootGrant, Tier, Token};
+use bulwark_node::cluster::config::NodeConfig;
+use bulwark_node::cluster::node::Node;
+use bulwark_runtime::{
+    AgentSpec, Brain, BrainAction, BrainFactory, ScriptedBrain, SpawnRequest, Status, Tool,
+    ToolManifest, ToolOutput,
+};
+use common::{Procs, start_nats};
+use serde_json::{Value, json};
+
+fn scripted(actions: Vec<BrainAction>) -> BrainFactory {
+    Arc::new(move || Arc::new(ScriptedBrain::new(actions.clone())) as Arc<dyn Brain>)
+}
+
+fn shout() -> Tool {
+    Tool::native(
+        ToolManifest::new("shout", "upper-cases a text").tier(Tier::Auto),
+        |input| async move {
+            let text = input.args["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_uppercase();
+            Ok(ToolOutput::new(json!({ "shout": text })))
+        },
+    )
+}
+
+/// Waits (bounded) until `node` sees every id in `ids` alive and reaches `tool`.
+async fn settled(node: &Node, ids: &[&str], reaches: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = node.status();
+        let alive = ids.iter().all(|id| {
+            status.nodes.iter().any(|n| {
+                n.id == *id && n.state == bulwark_node::cluster::membership::NodeState::Alive
+            })
+        });
+        let reached = reaches.is_none_or(|t| node.runtime().tools().get_manifest(t).is_some());
+        if alive && reached {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} did not settle: {status:?}",
+            node.id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn trail(node: &Node) -> Vec<Value> {
+    node.runtime()
+        .audit_tail(10_000)
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|e| serde_json::to_value(e).expect("json"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_places_a_child_on_another_node_whose_calls_run_on_a_third() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut procs = Procs(Vec::new());
+    let url = start_nats(dir.path(), &mut procs);
+    let root = KeyPair::generate();
+    let operator = KeyPair::generate();
+    let config = |id: &str| {
+        let mut c = NodeConfig::new(id, "e", dir.path().join(id), root.public(), &url);
+        c.operator_keys = vec![operator.public()];
+        c
+    };
+    let planner_brain = scripted(vec![
+        BrainAction::Spawn(SpawnRequest {
+            agent: "helper".into(),
+            task: "shout hello".into(),
+            brain: "helper".into(),
+            tools: Some(vec!["shout".into()]),
+            budget: Some(MicroUsd::from_usd(1).expect("budget")),
+            tiers: Default::default(),
+            constraints: vec![],
+            pass: vec!["the word is hello".into()],
+            node: Some("n2".into()),
+        }),
+        BrainAction::Finish {
+            answer: "planned".into(),
+        },
+    ]);
+    let helper_brain = scripted(vec![
+        BrainAction::CallTool {
+            tool: "shout".into(),
+            args: json!({"text": "hello"}),
+        },
+        // Hostile: a tool the child's token does not hold.
+        BrainAction::CallTool {
+            tool: "wire".into(),
+            args: json!({"to": "attacker"}),
+        },
+        BrainAction::Finish {
+            answer: "shouted".into(),
+        },
+    ]);
+    let n1 = Arc::new(
+        Node::builder(config("n1"))
+            .brain("planner", planner_brain)
+            .start()
+            .await
+            .expect("n1"),
+    );
+    let n2 = Arc::new(
+        Node::builder(config("n2"))
+            .brain("helper", helper_brain)
+            .start()
+            .await
+            .expect("n2"),
+    );
+    let n3 = Arc::new(
+        Node::builder(config("n3"))
+            .tool(shout())
+            .start()
+            .await
+            .expect("n3"),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for node in [&n1, &n2, &n3] {
+        let (node, mut stopped) = (node.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            node.run_until(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+    }
+    settled(&n1, &["n1", "n2", "n3"], None).await;
+    settled(&n2, &["n3"], Some("shout")).await;
+
+    let spec = AgentSpec::new("planner");
+    let token = Token::mint(
+        &root,
+        RootGrant::new(
+            "acme",
+            "planner",
+            spec.key.public(),
+            MicroUsd::from_usd(5).expect("budget"),
+            SystemTime::now() + Duration::from_secs(3600),
+            3,
+        )
+        .tool("shout", Tier::Auto)
+        .tool("wire", Tier::Auto),
+    )
+    .expect("mint");
+    let planner = n1
+        .runtime()
+        .spawn_agent(
+            spec,
+            token.clone(),
+            n1.runtime().brain("planner").expect("brain"),
+        )
+        .await
+        .expect("spawn planner");
+    let outcome = planner.run("plan").await.expect("run");
+    assert_eq!(
+        outcome.status,
+        Status::Finished("planned".into()),
+        "{outcome:?}"
+    );
+    let spawn = &outcome.actions[0];
+    assert_eq!(
+        (spawn.kind.as_str(), spawn.allowed),
+        ("spawn", true),
+        "{outcome:?}"
+    );
+    assert!(spawn.detail.contains("shouted"), "{outcome:?}");
+
+    // The child lives on n2 only, and its token is one delegation below the planner's.
+    assert!(n1.runtime().agent("helper").is_none());
+    let child = n2.runtime().agent("helper").expect("helper on n2");
+    let child_token = child.token().expect("token");
+    token
+        .check_child(&child_token)
+        .expect("an attenuation of the planner's token");
+
+    // The handle n1 holds answers like a local one.
+    let remote = n1
+        .runtime()
+        .remote_agent("helper", "n2", "planner")
+        .expect("a handle");
+    assert_eq!(remote.node(), Some("n2"));
+    let status = remote.status().await.expect("status");
+    assert!(!status.running, "{status:?}");
+
+    // n3 ran the call, recorded as the child's, from n2; n2's gate refused the hostile
+    // call before anything left the node.
+    let n3_trail = trail(&n3).await;
+    let ran: Vec<&Value> = n3_trail
+        .iter()
+        .filter(|e| e["kind"] == "tool.remote_call")
+        .collect();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert_eq!(ran[0]["agent"], "helper");
+    assert_eq!(ran[0]["detail"]["from_node"], "n2");
+    let n2_trail = trail(&n2).await;
+    assert!(
+        n2_trail
+            .iter()
+            .any(|e| e["kind"] == "tool.denied" && e["agent"] == "helper"),
+        "no denial on n2"
+    );
+
+    // Revoking the planner's token reaches every node and cuts its subtree.
+    let acks = n1
+        .revoke(
+            &token.revocation_ids()[0],
+            &operator,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("revoke");
+    let mut acked: Vec<&str> = acks.iter().map(|(a, _)| a.node.as_str()).collect();
+    acked.sort();
+    assert_eq!(acked, ["n1", "n2", "n3"], "{acks:?}");
+    assert!(acks.iter().all(|(a, _)| a.error.is_none()), "{acks:?}");
+    let refused = remote
+        .run("shout again")
+        .await
+        .expect_err("a revoked director");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+    for node in [&n1, &n2, &n3] {
+        assert!(
+            node.runtime().any_revoked(child_token.revocation_ids()),
+            "{} missed the revocation",
+            node.id()
+        );
+    }
+
+    stop.send(true).expect("stop");
+    for t in tasks {
+        t.await.expect("join").expect("clean stop");
+    }
+}
