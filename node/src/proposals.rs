@@ -17,11 +17,17 @@ use crate::Outcome;
 #[derive(Args, Clone)]
 pub struct Target {
     /// A stopped runtime's data directory.
-    #[arg(long, conflicts_with = "url")]
+    #[arg(long, conflicts_with_all = ["url", "nats"])]
     data_dir: Option<PathBuf>,
     /// A running runtime's dashboard, e.g. http://127.0.0.1:8080/.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nats")]
     url: Option<String>,
+    /// A NATS server of a cluster: the proposals of every alive node (with --cluster).
+    #[arg(long, requires = "cluster")]
+    nats: Option<String>,
+    /// The cluster's name (with --nats).
+    #[arg(long, requires = "nats")]
+    cluster: Option<String>,
     /// The dashboard's bearer token (or BULWARK_DASHBOARD_TOKEN).
     #[arg(long, env = "BULWARK_DASHBOARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -139,7 +145,33 @@ fn answer(resp: reqwest::blocking::Response) -> anyhow::Result<Value> {
     Ok(body)
 }
 
+/// A client of the cluster named by `--nats` and `--cluster`, with the async
+/// runtime that drives it.
+fn cluster(
+    target: &Target,
+) -> anyhow::Result<
+    Option<(
+        tokio::runtime::Runtime,
+        bulwark_node::cluster::client::ClusterClient,
+    )>,
+> {
+    let (Some(nats), Some(cluster)) = (&target.nats, &target.cluster) else {
+        return Ok(None);
+    };
+    let rt = crate::cluster_cli::tokio()?;
+    let client = rt
+        .block_on(async_nats::connect(nats.as_str()))
+        .with_context(|| format!("cannot reach NATS at {nats}"))?;
+    Ok(Some((
+        rt,
+        bulwark_node::cluster::client::ClusterClient::new(client, cluster),
+    )))
+}
+
 fn fetch_all(target: &Target) -> anyhow::Result<Vec<Value>> {
+    if let Some((rt, cluster)) = cluster(target)? {
+        return Ok(rt.block_on(cluster.proposals())?);
+    }
     if let Some(dir) = &target.data_dir {
         return bulwark_runtime::read_proposals(dir)?
             .iter()
@@ -152,7 +184,7 @@ fn fetch_all(target: &Target) -> anyhow::Result<Vec<Value>> {
 }
 
 fn fetch(target: &Target, id: &str) -> anyhow::Result<Proposal> {
-    let v = if target.data_dir.is_some() {
+    let v = if target.data_dir.is_some() || target.nats.is_some() {
         fetch_all(target)?
             .into_iter()
             .find(|p| p["id"] == id)
@@ -184,6 +216,20 @@ fn send_group(
     group: &str,
     decisions: Vec<SignedDecision>,
 ) -> anyhow::Result<Outcome> {
+    if target.nats.is_some() {
+        // Over the cluster each decision goes to its proposal's node on its own.
+        let mut outcome = Outcome::Success;
+        for d in decisions {
+            let id = match &d {
+                SignedDecision::Approve(a) => a.proposal_id.clone(),
+                SignedDecision::Reject(r) | SignedDecision::Cancel(r) => r.proposal_id.clone(),
+            };
+            if let refused @ Outcome::Denied(_) = send(target, &id, d)? {
+                outcome = refused;
+            }
+        }
+        return Ok(outcome);
+    }
     if let Some(dir) = &target.data_dir {
         // Queued one by one: each is verified on its own when the runtime starts.
         for d in &decisions {
@@ -303,10 +349,31 @@ fn line(p: &Value) -> String {
         p["agent"].as_str().unwrap_or(""),
         p["tool"].as_str().unwrap_or(""),
         p["args"]
-    )
+    ) + &p["node"]
+        .as_str()
+        .map(|n| format!("  (node {n})"))
+        .unwrap_or_default()
 }
 
 fn send(target: &Target, id: &str, decision: SignedDecision) -> anyhow::Result<Outcome> {
+    if let Some((rt, cluster)) = cluster(target)? {
+        let node = rt
+            .block_on(cluster.proposals())?
+            .into_iter()
+            .find(|p| p["id"] == id)
+            .and_then(|p| p["node"].as_str().map(str::to_string))
+            .with_context(|| format!("no alive node holds proposal `{id}`"))?;
+        return match rt.block_on(cluster.decide(&node, id, &decision)) {
+            Ok(v) => {
+                println!("{id}: {} (node {node})", v["state"].as_str().unwrap_or("?"));
+                Ok(Outcome::Success)
+            }
+            Err(bulwark_node::cluster::client::ClientError::Refused(why)) => {
+                Ok(Outcome::Denied(why))
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
     if let Some(dir) = &target.data_dir {
         bulwark_runtime::queue_decision(dir, &decision)?;
         println!(

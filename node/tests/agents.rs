@@ -45,6 +45,13 @@ impl Cluster {
         )
         .expect("brain");
         std::fs::write(d.join("idle.json"), "[]").expect("brain");
+        std::fs::write(
+            d.join("payer.json"),
+            json!([{"action": "call_tool", "tool": "wire", "args": {"to": "x"}},
+                   {"action": "finish", "answer": "paid"}])
+            .to_string(),
+        )
+        .expect("brain");
         let brains = |name: &str| {
             format!("\n[brains.{name}]\nkind = \"scripted\"\nfile = \"{name}.json\"\n")
         };
@@ -53,7 +60,7 @@ impl Cluster {
         let mut pids = Vec::new();
         for (id, extra) in [
             ("n1", brains("idle")),
-            ("n2", brains("worker")),
+            ("n2", brains("worker") + &brains("payer")),
             ("n3", tools.to_string()),
         ] {
             let config = write_config_with(
@@ -648,4 +655,142 @@ fn a_compromised_node_cannot_make_the_tool_node_act_beyond_a_token() {
     }
     // Only the approved call and the two honest ones ran.
     assert_eq!(kinds(n3, "tool.remote_call").len(), 3);
+}
+
+#[test]
+fn a_confirm_call_waits_for_an_operator_deciding_from_anywhere_and_runs_on_the_tool_node() {
+    let mut c = Cluster::start();
+    c.mint("boss");
+    c.operator
+        .save(&c.path("op.key"))
+        .expect("save operator key");
+    c.wait_reaches("n2", "wire");
+    let out = c.cli(&[
+        "agent",
+        "spawn",
+        "--token",
+        &c.file("boss.tok"),
+        "--key",
+        &c.file("boss.key"),
+        "--agent",
+        "payer",
+        "--brain",
+        "payer",
+        "--node",
+        "n2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The run waits on n2 for a person; an operator finds it from the cluster.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args([
+            "agent",
+            "run",
+            "--agent",
+            "payer",
+            "--token",
+            &c.file("boss.tok"),
+            "--key",
+            &c.file("boss.key"),
+            "--task",
+            "pay",
+            "--json",
+            "--nats",
+            &c.url,
+            "--cluster",
+            "t",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the run");
+    c.procs.0.push(run);
+    let list = |c: &Cluster| {
+        let out = bulwark(&[
+            "proposals",
+            "list",
+            "--json",
+            "--nats",
+            &c.url,
+            "--cluster",
+            "t",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect::<Vec<Value>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let proposal = loop {
+        if let Some(p) = list(&c).into_iter().next() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no proposal appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(proposal["node"], "n2", "{proposal}");
+    assert_eq!(proposal["tool"], "wire");
+    assert_eq!(proposal["state"], "pending");
+    let id = proposal["id"].as_str().expect("id").to_string();
+
+    // A key that is no operator's is refused; the operator's approval goes through.
+    let stranger = KeyPair::generate();
+    stranger.save(&c.path("stranger.key")).expect("save");
+    let approve = |key: &str| {
+        bulwark(&[
+            "proposals",
+            "approve",
+            &id,
+            "--operator-key",
+            &c.file(key),
+            "--nats",
+            &c.url,
+            "--cluster",
+            "t",
+        ])
+    };
+    let out = approve("stranger.key");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = approve("op.key");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let run = c.procs.0.pop().expect("the run");
+    let out = run.wait_with_output().expect("the run ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcome: Value = serde_json::from_slice(&out.stdout).expect("run json");
+    assert_eq!(outcome["answer"], "paid", "{outcome}");
+    assert_eq!(outcome["actions"][0]["allowed"], true, "{outcome}");
+
+    // The tool node ran it under the operator's approval, which it checked itself.
+    let trails = c.stop_all();
+    let n3 = &trails.iter().find(|(n, _)| n == "n3").expect("n3").1;
+    let ran = kinds(n3, "tool.remote_call");
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert_eq!(ran[0]["detail"]["approval"]["proposal"], id.as_str());
+    assert_eq!(
+        ran[0]["detail"]["approval"]["by"],
+        c.operator.public().to_hex().as_str()
+    );
 }

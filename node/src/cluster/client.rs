@@ -205,6 +205,53 @@ impl ClusterClient {
         Ok(out)
     }
 
+    /// The proposals of every alive node, each with its `node`.
+    pub async fn proposals(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        let status = cluster_status(&self.client, &self.cluster)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let mut out = Vec::new();
+        for n in status.nodes.iter().filter(|n| n.state == NodeState::Alive) {
+            let to = subject(&self.cluster, &format!("node.{}.proposals", n.id));
+            let asked = tokio::time::timeout(ASK_WITHIN, self.client.request(to, "".into()))
+                .await
+                .map_err(|_| {
+                    ClientError::Unreachable(format!("node {} did not list its proposals", n.id))
+                })?
+                .map_err(|e| ClientError::Unreachable(format!("node {}: {e}", n.id)))?;
+            let mut list: Vec<serde_json::Value> = serde_json::from_slice(&asked.payload)
+                .map_err(|e| ClientError::Invalid(format!("node {}'s proposals: {e}", n.id)))?;
+            out.append(&mut list);
+        }
+        out.sort_by_key(|p| p["created_ms"].as_u64().unwrap_or_default());
+        Ok(out)
+    }
+
+    /// Hands an operator's signed decision about proposal `id` to node `node`, which
+    /// verifies it; the proposal as it now stands.
+    pub async fn decide(
+        &self,
+        node: &str,
+        id: &str,
+        decision: &bulwark_runtime::SignedDecision,
+    ) -> Result<serde_json::Value, ClientError> {
+        let to = subject(&self.cluster, &format!("node.{node}.decide"));
+        let body = serde_json::to_vec(&super::wire::Decide {
+            id: id.to_string(),
+            decision: decision.clone(),
+        })
+        .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let answer = tokio::time::timeout(ASK_WITHIN, self.client.request(to, body.into()))
+            .await
+            .map_err(|_| ClientError::Unreachable(format!("node {node} did not answer")))?
+            .map_err(|e| ClientError::Unreachable(format!("node {node}: {e}")))?;
+        match serde_json::from_slice::<Answer<serde_json::Value>>(&answer.payload) {
+            Ok(Answer::Ok(p)) => Ok(p),
+            Ok(Answer::Refused(why)) => Err(ClientError::Refused(why)),
+            Err(e) => Err(ClientError::Invalid(format!("a malformed answer: {e}"))),
+        }
+    }
+
     /// The tools node `node` hosts.
     pub async fn tools_of(&self, node: &str) -> Result<Vec<ToolInfo>, ClientError> {
         let to = subject(&self.cluster, &format!("node.{node}.tools"));

@@ -2,7 +2,9 @@
 //! will host, the agents it hosts, and the tools whose code runs on it.
 //!
 //! Subjects, under `bulwark.<cluster>.`: `node.<id>.hold`, `node.<id>.spawn`,
-//! `node.<id>.agents`, `node.<id>.tools` (answered by node `id`), `root` (the root
+//! `node.<id>.agents`, `node.<id>.tools`, `node.<id>.proposals`, `node.<id>.decide`
+//! (answered by node `id`; a decision is an operator's signature, checked by the
+//! runtime), `root` (the root
 //! public key tokens are verified against, for clients), `agent.<name>`
 //! (answered by the node hosting the agent; no queue group, so NATS routes to it) and
 //! `tool.<name>` (one queue group over the nodes hosting the tool). Every request but
@@ -23,8 +25,8 @@ use serde::de::DeserializeOwned;
 use super::envelope::{Opened, Verifier};
 use super::node::subject;
 use super::wire::{
-    AgentAsk, AgentView, Answer, Call, CallResult, Held, Hold, RunView, Spawn, Spawned, ToolInfo,
-    subject_safe,
+    AgentAsk, AgentView, Answer, Call, CallResult, Decide, Held, Hold, RunView, Spawn, Spawned,
+    ToolInfo, subject_safe,
 };
 
 /// Most holder keys a node keeps waiting for their spawn.
@@ -122,6 +124,38 @@ impl Host {
         self.answer_plain(tools, move || {
             let host = host.clone();
             async move { host.tool_infos() }
+        });
+        let host = self.clone();
+        let proposals = self
+            .client
+            .subscribe(subject(&self.cluster, &format!("node.{node}.proposals")))
+            .await?;
+        self.answer_plain(proposals, move || {
+            let host = host.clone();
+            async move { host.proposals() }
+        });
+        let host = self.clone();
+        let mut decisions = self
+            .client
+            .subscribe(subject(&self.cluster, &format!("node.{node}.decide")))
+            .await?;
+        tokio::spawn(async move {
+            while let Some(msg) = decisions.next().await {
+                let Some(reply) = msg.reply else { continue };
+                let answer = match serde_json::from_slice::<Decide>(&msg.payload) {
+                    Ok(d) if msg.payload.len() <= 64 * 1024 => {
+                        match host.runtime.decide(&d.id, &d.decision).await {
+                            Ok(p) => encode(&Answer::Ok(p)),
+                            Err(e) => encode(&Answer::<()>::Refused(e.to_string())),
+                        }
+                    }
+                    Ok(_) => encode(&Answer::<()>::Refused(
+                        "a decision of more than 64 KiB".into(),
+                    )),
+                    Err(e) => encode(&Answer::<()>::Refused(format!("malformed decision: {e}"))),
+                };
+                host.send_bytes(reply, answer).await;
+            }
         });
         let root = self.verifier_root.to_hex();
         let roots = self
@@ -457,6 +491,20 @@ impl Host {
             });
         }
         out
+    }
+
+    /// Every proposal this node holds, each marked with the node.
+    fn proposals(&self) -> Vec<serde_json::Value> {
+        let Ok(list) = self.runtime.proposals() else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .map(|mut v| {
+                v["node"] = serde_json::Value::String(self.node.clone());
+                v
+            })
+            .collect()
     }
 
     /// The tools whose code runs here and whose names can be subjects.

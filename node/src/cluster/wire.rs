@@ -232,3 +232,13 @@ pub fn subject_safe(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
+
+/// An operator's decision about a proposal a node holds; the decision is signed by
+/// the operator, so it needs no envelope.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Decide {
+    /// The proposal.
+    pub id: String,
+    /// The signed decision.
+    pub decision: bulwark_runtime::SignedDecision,
+}

@@ -755,8 +755,18 @@ impl Redactor {
             self.anchored(text, &mut found);
         }
         if want(PiiKind::Card) {
+            let bytes = text.as_bytes();
+            let glued = |i: Option<&u8>| i.is_some_and(u8::is_ascii_alphabetic);
             for run in p.digit_runs.find_iter(text) {
-                cards_in(text, run.range(), &mut found);
+                // Digits inside a longer token of letters and digits (a hash, a hex
+                // key, an id) are not a card number.
+                let range = run.range();
+                if glued(range.start.checked_sub(1).and_then(|i| bytes.get(i)))
+                    || glued(bytes.get(range.end))
+                {
+                    continue;
+                }
+                cards_in(text, range, &mut found);
             }
         }
         if want(PiiKind::Phone) || want(PiiKind::NationalId) {
@@ -968,6 +978,14 @@ mod tests {
         assert!(kinds("Ref DE89 3704 0044 0532 0130 02").is_empty());
         // Dates, amounts and invoice numbers are not phones.
         assert!(kinds("On 2024-05-17 we paid 1,250.00 EUR for INV-2024-0042.").is_empty());
+        // A hex key whose digits happen to pass Luhn (712612481612274 does) is a key.
+        let key = "0aaced712612481612274c9d4f9a65e308dba08150ca457ca9346ff3c581adac";
+        assert!(kinds(key).is_empty(), "{:?}", kinds(key));
+        // The same digits standing alone are a card.
+        assert_eq!(
+            kinds("paid with 712612481612274 today"),
+            vec![PiiKind::Card]
+        );
     }
 
     #[test]
