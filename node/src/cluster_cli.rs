@@ -54,7 +54,10 @@ pub fn node(args: NodeArgs) -> anyhow::Result<Outcome> {
         Ok(c) => c,
         Err(e) => return Ok(Outcome::Exit(EXIT_USAGE, format!("error: {e}"))),
     };
-    tokio()?.block_on(async move {
+    // Logs on stderr, and spans over OTLP when BULWARK_OTLP_ENDPOINT is set.
+    let telemetry =
+        bulwark_runtime::telemetry::init(&bulwark_runtime::telemetry::TelemetryConfig::from_env())?;
+    let outcome = tokio()?.block_on(async move {
         let node = match Node::builder(config).start().await {
             Ok(n) => n,
             Err(e @ bulwark_node::cluster::node::NodeError::Nats(_)) => {
@@ -68,7 +71,9 @@ pub fn node(args: NodeArgs) -> anyhow::Result<Outcome> {
         }
         node.run_until(shutdown_signal()).await?;
         Ok(Outcome::Success)
-    })
+    });
+    telemetry.shutdown()?;
+    outcome
 }
 
 async fn shutdown_signal() {

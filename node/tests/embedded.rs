@@ -249,3 +249,78 @@ async fn an_agent_places_a_child_on_another_node_whose_calls_run_on_a_third() {
         t.await.expect("join").expect("clean stop");
     }
 }
+
+/// A request's W3C trace context travels in the NATS headers beside the envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_carries_the_callers_trace_context_in_its_headers() {
+    use futures::StreamExt;
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut procs = Procs(Vec::new());
+    let url = start_nats(dir.path(), &mut procs);
+    let nats = async_nats::connect(url.as_str()).await.expect("connect");
+    // Stands in for a node: records the headers and answers.
+    let mut sub = nats
+        .subscribe("bulwark.x.agent.probe")
+        .await
+        .expect("subscribe");
+    nats.flush().await.expect("flush");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = nats.clone();
+    tokio::spawn(async move {
+        if let Some(msg) = sub.next().await {
+            let traceparent = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("traceparent"))
+                .map(|v| v.to_string());
+            let _ = tx.send(traceparent);
+            if let Some(reply) = msg.reply {
+                let _ = server
+                    .publish(reply, br#"{"ok":"idle"}"#.to_vec().into())
+                    .await;
+            }
+        }
+    });
+
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let span = tracing::info_span!("agent_run");
+    let trace_id = span.context().span().span_context().trace_id();
+    let root = KeyPair::generate();
+    let key = KeyPair::generate();
+    let token = Token::mint(
+        &root,
+        RootGrant::new(
+            "acme",
+            "boss",
+            key.public(),
+            MicroUsd::from_usd(1).expect("budget"),
+            SystemTime::now() + Duration::from_secs(600),
+            2,
+        )
+        .tool("shout", Tier::Auto),
+    )
+    .expect("mint");
+    let client = bulwark_node::cluster::client::ClusterClient::new(nats, "x");
+    let answer: String = client
+        .request(
+            "agent.probe",
+            "agent",
+            &json!({"ask": "status"}),
+            (&token, &key),
+            Duration::from_secs(10),
+        )
+        .instrument(span)
+        .await
+        .expect("an answer");
+    assert_eq!(answer, "idle");
+    let traceparent = rx.await.expect("a request").expect("a traceparent header");
+    assert!(traceparent.contains(&trace_id.to_string()), "{traceparent}");
+}

@@ -3,7 +3,9 @@
 //!
 //! The runtime emits `agent_run` spans (agent, token id) and `tool_call` spans (agent,
 //! token id, tool, tier, decision); with an endpoint set they reach any OTLP
-//! collector.
+//! collector. Between processes the W3C trace context travels beside each message
+//! ([`trace_headers`] on the sending side, [`follow_trace`] on the receiving one), so
+//! one run's spans join across nodes.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -123,4 +125,66 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .try_init()
         .map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
     Ok(Telemetry { provider })
+}
+
+/// The W3C trace context (`traceparent`, and `tracestate` when set) of the current
+/// span, for a message to another process; empty when the span is not exported.
+pub fn trace_headers() -> Vec<(String, String)> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let mut map = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new().inject_context(&cx, &mut map);
+    let mut out: Vec<(String, String)> = map.into_iter().collect();
+    out.sort();
+    out
+}
+
+/// Makes `span` a child of the remote span named by `headers` (as
+/// [`trace_headers`] wrote them); a missing or malformed context leaves it a root.
+pub fn follow_trace(span: &tracing::Span, headers: &std::collections::HashMap<String, String>) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(headers);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    #[test]
+    fn a_span_context_crosses_as_traceparent_and_is_adopted_on_the_far_side() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            // No span: nothing to send.
+            assert!(trace_headers().is_empty());
+            let sender = tracing::info_span!("agent_run");
+            let headers = sender.in_scope(trace_headers);
+            let sent_trace = sender.context().span().span_context().trace_id();
+            let (name, value) = headers.first().expect("a traceparent").clone();
+            assert_eq!(name, "traceparent");
+            assert!(value.contains(&sent_trace.to_string()), "{value}");
+
+            let receiver = tracing::info_span!("cluster_request");
+            follow_trace(&receiver, &headers.into_iter().collect());
+            assert_eq!(
+                receiver.context().span().span_context().trace_id(),
+                sent_trace
+            );
+
+            // A forged, malformed context is ignored: the span stays a root.
+            let other = tracing::info_span!("cluster_request");
+            let junk = [("traceparent".to_string(), "00-zz-yy-01".to_string())];
+            follow_trace(&other, &junk.into_iter().collect());
+            assert_ne!(other.context().span().span_context().trace_id(), sent_trace);
+        });
+    }
 }

@@ -71,7 +71,15 @@ impl ClusterClient {
         let envelope = Envelope::seal(token, key, &to, kind, body, SystemTime::now())
             .and_then(|e| e.to_bytes())
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let answer = tokio::time::timeout(within, self.client.request(to.clone(), envelope.into()))
+        // The run's trace continues on the far node.
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in bulwark_runtime::telemetry::trace_headers() {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        let sent = self
+            .client
+            .request_with_headers(to.clone(), headers, envelope.into());
+        let answer = tokio::time::timeout(within, sent)
             .await
             .map_err(|_| {
                 ClientError::Unreachable(format!("no answer on `{to}` within {within:?}"))

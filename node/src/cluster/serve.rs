@@ -21,6 +21,7 @@ use bulwark_runtime::{AgentSpec, Runtime};
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use super::envelope::{Opened, Verifier};
 use super::node::subject;
@@ -227,11 +228,22 @@ impl Host {
                 };
                 let host = host.clone();
                 let (to, route) = (to.clone(), route.clone());
-                tokio::spawn(async move {
-                    let answer = host.handle(&to, &route, &msg.payload).await;
-                    host.send_bytes(reply, answer).await;
-                    drop(permit);
-                });
+                let span = tracing::info_span!("cluster_request", subject = %to, node = %host.node);
+                if let Some(headers) = &msg.headers {
+                    let context: HashMap<String, String> = ["traceparent", "tracestate"]
+                        .into_iter()
+                        .filter_map(|k| headers.get(k).map(|v| (k.to_string(), v.to_string())))
+                        .collect();
+                    bulwark_runtime::telemetry::follow_trace(&span, &context);
+                }
+                tokio::spawn(
+                    async move {
+                        let answer = host.handle(&to, &route, &msg.payload).await;
+                        host.send_bytes(reply, answer).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
         });
         Ok(())

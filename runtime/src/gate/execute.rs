@@ -215,7 +215,11 @@ pub(crate) async fn run_handler(
     let tool = manifest.name.clone();
     let handler = registered.tool.handler.clone();
     let timeout = Duration::from_millis(manifest.timeout_ms);
-    let run = tokio::spawn(async move { handler(input).await });
+    // The tool runs inside the call's span (so a forwarded call carries its trace).
+    let run = tokio::spawn(tracing::Instrument::instrument(
+        async move { handler(input).await },
+        tracing::Span::current(),
+    ));
     let abort = run.abort_handle();
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok(Ok(output))) => Ok(output),
