@@ -94,8 +94,7 @@ impl Inner {
             let remote = self
                 .remote()
                 .ok_or_else(|| RunError::NoSuchAgent(envelope.to.clone()))?;
-            self.admit_message_rate(&sender.agent)
-                .map_err(|why| refuse(why))?;
+            self.admit_message_rate(&sender.agent).map_err(&refuse)?;
             let creds = crate::tools::CallCredentials {
                 token: sender.token.clone(),
                 key: sender.key.clone(),
@@ -107,9 +106,8 @@ impl Inner {
                 .map_err(|e| refuse(e.to_string()));
         };
         self.check_message(&sender.token, &sender.agent, &recipient, &envelope.to)
-            .map_err(|why| refuse(why))?;
-        self.admit_message_rate(&sender.agent)
-            .map_err(|why| refuse(why))?;
+            .map_err(&refuse)?;
+        self.admit_message_rate(&sender.agent).map_err(&refuse)?;
         self.hand_over(agent, envelope).await
     }
 
