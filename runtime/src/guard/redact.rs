@@ -758,13 +758,20 @@ impl Redactor {
             let bytes = text.as_bytes();
             let glued = |i: Option<&u8>| i.is_some_and(u8::is_ascii_alphabetic);
             for run in p.digit_runs.find_iter(text) {
-                // Digits inside a longer token of letters and digits (a hash, a hex
-                // key, an id) are not a card number.
-                let range = run.range();
-                if glued(range.start.checked_sub(1).and_then(|i| bytes.get(i)))
-                    || glued(bytes.get(range.end))
-                {
-                    continue;
+                // A group of digits glued to letters belongs to a longer token (a
+                // hash, a hex key, an IBAN's check digits), not to a card number.
+                let mut range = run.range();
+                if glued(range.start.checked_sub(1).and_then(|i| bytes.get(i))) {
+                    match bytes[range.clone()].iter().position(|b| !b.is_ascii_digit()) {
+                        Some(sep) => range.start += sep + 1,
+                        None => continue,
+                    }
+                }
+                if glued(bytes.get(range.end)) {
+                    match bytes[range.clone()].iter().rposition(|b| !b.is_ascii_digit()) {
+                        Some(sep) => range.end = range.start + sep,
+                        None => continue,
+                    }
                 }
                 cards_in(text, range, &mut found);
             }
