@@ -18,6 +18,12 @@
 //! 2^53 stay exact), with invisible and direction-changing characters shown as marked
 //! `\uXXXX` tokens; it recomputes the arguments' hash from that text with WebCrypto and
 //! refuses to sign when it differs from the server's `args_hash`.
+//!
+//! `GET /metrics` serves the runtime's metrics (and the node's, when started by
+//! [`serve_with_metrics`]) in the Prometheus text format 0.0.4. It takes the same
+//! bearer token as the API: a scraper is given the configured token
+//! (`BULWARK_DASHBOARD_TOKEN`), and its target must name the dashboard as the `Host`
+//! checks above require.
 
 use std::net::SocketAddr;
 
@@ -30,6 +36,8 @@ use axum::{Json, Router};
 use bulwark_capabilities::{Approval, Decision};
 use bulwark_runtime::{Proposal, ProposalError, ProposalState, Runtime, SignedDecision};
 use serde_json::{Value, json};
+
+use crate::cluster::metrics::NodeMetrics;
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -138,6 +146,8 @@ struct AppState {
     rt: Runtime,
     bearer: String,
     hosts: std::sync::Arc<HostRule>,
+    /// The node's own metrics, served after the runtime's.
+    node_metrics: Option<std::sync::Arc<NodeMetrics>>,
 }
 
 /// Which `Host` headers name this dashboard.
@@ -235,8 +245,18 @@ fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-/// Starts the dashboard for `rt`.
+/// Starts the dashboard for `rt`; its `/metrics` serves the runtime's metrics.
 pub async fn serve(rt: Runtime, config: DashboardConfig) -> Result<Dashboard, DashboardError> {
+    serve_with_metrics(rt, config, None).await
+}
+
+/// Starts the dashboard for `rt`; its `/metrics` serves the runtime's metrics
+/// followed by `node_metrics` (a node's own families), when given.
+pub async fn serve_with_metrics(
+    rt: Runtime,
+    config: DashboardConfig,
+    node_metrics: Option<std::sync::Arc<NodeMetrics>>,
+) -> Result<Dashboard, DashboardError> {
     if !config.bind.ip().is_loopback() && config.bearer.is_none() {
         return Err(DashboardError::Unprotected(config.bind));
     }
@@ -262,6 +282,7 @@ pub async fn serve(rt: Runtime, config: DashboardConfig) -> Result<Dashboard, Da
         rt,
         bearer: bearer.clone(),
         hosts: std::sync::Arc::new(HostRule::new(addr, &config.allowed_hosts)),
+        node_metrics,
     });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -322,6 +343,7 @@ fn router(state: AppState) -> Router {
         .route("/api/proposals/{id}/{action}", post(decide))
         .route("/api/groups", get(groups))
         .route("/api/groups/{group}/{action}", post(decide_group))
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard_request,
@@ -377,6 +399,25 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "a valid bearer token is required".into(),
         ))
     }
+}
+
+/// `GET /metrics`: the runtime's metrics, then the node's (if any), in the Prometheus
+/// text format 0.0.4. Requires the dashboard's bearer token, like every API route
+/// (the figures name tenants and tools); a Prometheus scrape job sends it with
+/// `authorization: {type: Bearer, credentials: ...}`.
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorized(&s, &headers) {
+        return e.into_response();
+    }
+    let body = match &s.node_metrics {
+        Some(node) => node.render(s.rt.metrics()),
+        None => s.rt.metrics().render(),
+    };
+    (
+        [(header::CONTENT_TYPE, bulwark_runtime::METRICS_CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
 }
 
 /// A proposal as the dashboard shows it: with the time left to decide or cancel, and

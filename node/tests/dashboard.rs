@@ -2,7 +2,7 @@
 //! fantoccini, opens the login URL, loads the operator's key, signs an approval of a
 //! pending CONFIRM proposal with WebCrypto Ed25519 over the hash it computes from the
 //! arguments it shows, and the action runs exactly once. Plus the API's refusals
-//! (token, Host, Origin) over plain HTTP, and the webhook's redaction.
+//! (token, Host, Origin) over plain HTTP, the webhook's redaction, and `/metrics`.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bulwark_capabilities::{KeyPair, MicroUsd, RootGrant, Tier, Token};
-use bulwark_node::dashboard::{DashboardConfig, DashboardError, serve};
+use bulwark_node::cluster::metrics::NodeMetrics;
+use bulwark_node::dashboard::{DashboardConfig, DashboardError, serve, serve_with_metrics};
 use bulwark_runtime::{
     AgentSpec, ApprovalConfig, BrainAction, ProposalState, Runtime, ScriptedBrain, Tool,
     ToolManifest, ToolOutput,
@@ -1195,4 +1196,106 @@ async fn the_webhook_gets_personal_data_and_secrets_redacted_while_the_action_ru
         std::slice::from_ref(&args)
     );
     dash.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_to_the_bearer_with_the_runtime_and_node_families() {
+    let w = world().await;
+    let run = start_payment(&w).await;
+    pending(&w.rt).await;
+    // A call the gate refuses: a tool nobody registered.
+    let spec = AgentSpec::new("auditor");
+    let grant = RootGrant::new(
+        "acme",
+        "auditor",
+        spec.key.public(),
+        MicroUsd::from_usd(1).expect("usd"),
+        std::time::SystemTime::now() + Duration::from_secs(3600),
+        1,
+    )
+    .tool("send_reminder", Tier::Auto);
+    let token = Token::mint(&w.root, grant).expect("mint");
+    let auditor =
+        w.rt.spawn_agent(spec, token, Arc::new(ScriptedBrain::new(vec![])))
+            .await
+            .expect("spawn");
+    let refused = auditor.call_tool("delete_ledger", json!({})).await;
+    assert!(refused.is_err());
+    let node = Arc::new(NodeMetrics::new());
+    node.envelope_refused("signature");
+    node.heartbeat_lag("node-b", 2.5);
+    let token = "a-scrape-token-for-prometheus-0123";
+    let dash = serve_with_metrics(
+        w.rt.clone(),
+        DashboardConfig {
+            bearer: Some(token.into()),
+            ..DashboardConfig::default()
+        },
+        Some(node.clone()),
+    )
+    .await
+    .expect("dashboard");
+    let http = reqwest::Client::new();
+    let url = format!("{}metrics", dash.url());
+
+    let r = http.get(&url).send().await.expect("get");
+    assert_eq!(r.status(), 401, "no token, no metrics");
+    let r = http
+        .get(&url)
+        .header("authorization", "Bearer a-scrape-token-for-prometheus-9999")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401, "a wrong token, no metrics");
+
+    let r = http
+        .get(&url)
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let body = r.text().await.expect("body");
+    for line in [
+        // The runtime's families.
+        "bulwark_tool_calls_total{tool=\"unregistered\",tier=\"none\",outcome=\"refused\"} 1\n",
+        "bulwark_tool_denials_total{reason=\"unknown_tool\"} 1\n",
+        "bulwark_proposals_open 1\n",
+        "bulwark_budget_cap_microdollars{tenant=\"acme\"} 10000000\n",
+        // The node's.
+        "bulwark_envelope_refusals_total{reason=\"signature\"} 1\n",
+        "bulwark_heartbeat_lag_seconds{node=\"node-b\"} 2.5\n",
+        "bulwark_nats_reconnects_total 0\n",
+    ] {
+        assert!(body.contains(line), "{line} in\n{body}");
+    }
+    dash.stop();
+
+    // A dashboard without a node serves the runtime's families alone, to its
+    // (generated) token.
+    let plain = serve(w.rt.clone(), DashboardConfig::default())
+        .await
+        .expect("dashboard");
+    let r = http
+        .get(format!("{}metrics", plain.url()))
+        .header("authorization", format!("Bearer {}", plain.token()))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("bulwark_proposals_open 1\n"), "{body}");
+    assert!(!body.contains("bulwark_envelope_refusals"), "{body}");
+    plain.stop();
+    run.abort();
 }

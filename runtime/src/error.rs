@@ -284,7 +284,54 @@ pub enum GateErrorKind {
     Store,
 }
 
+impl GateErrorKind {
+    /// The kind's name in snake case (a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateErrorKind::Refused => "refused",
+            GateErrorKind::NeedsApproval => "needs_approval",
+            GateErrorKind::ToolFailure => "tool_failure",
+            GateErrorKind::Interrupted => "interrupted",
+            GateErrorKind::ShuttingDown => "shutting_down",
+            GateErrorKind::Store => "store",
+        }
+    }
+}
+
 impl GateError {
+    /// Which check or event stopped the call, as a short fixed name (one per
+    /// variant, a metric label): finer than [`GateError::kind`], and never carries
+    /// the call's data.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GateError::UnknownTool(_) => "unknown_tool",
+            GateError::InvalidArguments { .. } => "invalid_arguments",
+            GateError::Denied(_) => "token",
+            GateError::SecretNotGranted { .. } => "secret_not_granted",
+            GateError::UntrustedArgument { .. } => "untrusted_argument",
+            GateError::Blocked(_) => "blocked",
+            GateError::ApprovalPathNotConfigured { .. } => "no_approval_path",
+            GateError::ApprovalInSandbox { .. } => "approval_in_sandbox",
+            GateError::WatchdogRejected { .. } => "watchdog_rejected",
+            GateError::WatchdogRefused { .. } => "watchdog_refused",
+            GateError::ProposalOpen { .. } => "proposal_open",
+            GateError::ProposalRejected { .. } => "operator_rejected",
+            GateError::ProposalExpired { .. } => "proposal_expired",
+            GateError::ProposalWithdrawn { .. } => "proposal_withdrawn",
+            GateError::TooManyProposals { .. } => "too_many_proposals",
+            GateError::RunCancelled { .. } => "run_cancelled",
+            GateError::ShuttingDown { .. } => "shutting_down",
+            GateError::Proposal(_) => "proposal_error",
+            GateError::DuplicateOnChannel { .. } => "duplicate_on_channel",
+            GateError::Budget(_) => "budget",
+            GateError::ToolFailed { .. } => "tool_failed",
+            GateError::ToolPanicked(_) => "tool_panicked",
+            GateError::ToolTimedOut { .. } => "tool_timed_out",
+            GateError::UnknownAgent(_) => "unknown_agent",
+            GateError::Store(_) => "store",
+        }
+    }
+
     /// What kind of outcome this is.
     pub fn kind(&self) -> GateErrorKind {
         match self {

@@ -24,6 +24,7 @@ pub mod guard;
 mod journal;
 mod layout;
 mod ledger;
+mod metrics;
 mod proposal_state;
 mod proposals;
 mod rate;
@@ -55,6 +56,7 @@ pub use journal::DB_FILE;
 pub use ledger::{
     AccountView, ECONOMY_THRESHOLD_PERCENT, LedgerCommand, LedgerOutcome, LedgerState,
 };
+pub use metrics::{METRICS_CONTENT_TYPE, RuntimeMetrics};
 pub use proposals::{
     ApprovalConfig, BatchOutcome, DEFAULT_CONFIRM_EXPIRY, DEFAULT_ROLLBACK_WINDOW, DecisionRecord,
     MAX_BATCH, MAX_OPEN_PROPOSALS, MAX_PROPOSALS_PER_TREE_PER_HOUR, PROPOSAL_FORMAT, Proposal,

@@ -111,11 +111,17 @@ impl Inner {
         let who = ctx.who;
         let tool = call.tool.as_str();
         let span = tracing::info_span!("tool_call", agent = %who.agent, token_id = %who.token.id(), tool, tier = tracing::field::Empty, decision = tracing::field::Empty);
-        let result = self.gate(ctx, call).instrument(span.clone()).await;
+        let mut tier = None;
+        let result = self
+            .gate(ctx, call, &mut tier)
+            .instrument(span.clone())
+            .await;
         span.record(
             "decision",
             if result.is_ok() { "allowed" } else { "denied" },
         );
+        let registered = self.tools.get(tool).is_some();
+        self.metrics.tool_call(tool, registered, tier, &result);
         if let Err(e) = &result
             && e.is_audited_as_denial()
         {
@@ -138,11 +144,13 @@ impl Inner {
         self.call_tool(ctx, &call).await
     }
 
-    /// The gate's steps, in order; each step is a function of its own.
+    /// The gate's steps, in order; each step is a function of its own. `decided`
+    /// receives the effective tier once it is known (for the call's metrics).
     async fn gate(
         self: &Arc<Self>,
         ctx: CallContext<'_>,
         call: &SignedCall,
+        decided: &mut Option<Tier>,
     ) -> Result<CallResult, GateError> {
         let now = self.clock.now();
         let (tool, args) = (call.tool.as_str(), &call.args);
@@ -151,6 +159,7 @@ impl Inner {
         let authorized = self.authorize_call(ctx.who, call, manifest, now)?;
         let judged = checks::judge(ctx, tool, args, manifest, authorized.tier)?;
         tracing::Span::current().record("tier", judged.tier.as_str());
+        *decided = Some(judged.tier);
         let proposal = self
             .pass_tier(ctx, tool, args, manifest, &judged, now)
             .await?;

@@ -165,10 +165,16 @@ impl RuntimeBuilder {
             None => None,
         };
         let proposals = ProposalStore::new(journal.clone(), self.clock.clone(), secrets.sealer());
+        let ledger: Arc<dyn crate::ledger::LedgerService> = Arc::new(ledger);
+        let metrics = crate::metrics::RuntimeMetrics::new(
+            journal.clone(),
+            ledger.clone(),
+            self.tenant_budgets.keys().cloned(),
+        );
         let inner = Arc::new(Inner {
             dedup: Dedup::new(journal.clone(), self.clock.clone()),
             breakers: Breakers::new(journal.clone(), self.clock.clone(), self.breaker),
-            ledger: Arc::new(ledger),
+            ledger,
             journal,
             tools: ToolRegistry::default(),
             revocations: RwLock::new(revocations),
@@ -188,6 +194,7 @@ impl RuntimeBuilder {
             guards,
             proposals,
             approval,
+            metrics,
             closing: tokio::sync::watch::channel(false).0,
         });
         let (sup, _) = Actor::spawn(None, Supervisor, Arc::downgrade(&inner))

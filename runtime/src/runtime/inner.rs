@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     pub guards: Guards,
     pub proposals: ProposalStore,
     pub approval: Option<ApprovalPath>,
+    /// The runtime's metric families (see [`crate::metrics`]).
+    pub metrics: crate::metrics::RuntimeMetrics,
     /// Set when the runtime shuts down: suspended steps stop waiting.
     pub closing: tokio::sync::watch::Sender<bool>,
 }

@@ -20,6 +20,7 @@ use crate::gate::Notification;
 use crate::guard::{GuardConfig, Guards};
 use crate::journal::{Batch, Mode};
 use crate::ledger::AccountView;
+use crate::metrics::RuntimeMetrics;
 use crate::proposals::{BatchOutcome, Proposal, ProposalError, ProposalGroup, SignedDecision};
 use crate::secrets::SecretStore;
 use crate::tools::ToolRegistry;
@@ -79,6 +80,12 @@ impl Runtime {
     /// the runtime weakly.
     pub fn host_gate(&self) -> Arc<dyn crate::sandbox::HostGate> {
         Arc::new(RuntimeGate(Arc::downgrade(&self.inner)))
+    }
+
+    /// The runtime's metrics: tool calls, denials, open proposals and tenant budgets,
+    /// in a registry of this runtime's own (see [`RuntimeMetrics`]).
+    pub fn metrics(&self) -> &RuntimeMetrics {
+        &self.inner.metrics
     }
 
     /// The secrets store.
@@ -219,6 +226,7 @@ impl Runtime {
             let cap = configured.unwrap_or(token.effective().budget).micros();
             self.inner.open_account(&tenant, None, cap).await?;
         }
+        self.inner.metrics.tenant_seen(token.tenant());
         self.inner
             .spawn(spec, token, brain, Some(tenant), None)
             .await

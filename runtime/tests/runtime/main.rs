@@ -11,6 +11,7 @@ mod crash;
 mod dedup;
 mod gate;
 mod guards;
+mod metrics;
 mod proposals;
 mod sandbox;
 mod sandbox_tools;
