@@ -117,8 +117,10 @@ async fn an_agent_places_a_child_on_another_node_whose_calls_run_on_a_third() {
             .await
             .expect("n1"),
     );
+    let mut n2_config = config("n2");
+    n2_config.dashboard = Some("127.0.0.1:0".parse().expect("address"));
     let n2 = Arc::new(
-        Node::builder(config("n2"))
+        Node::builder(n2_config)
             .brain("helper", helper_brain)
             .start()
             .await
@@ -236,6 +238,25 @@ async fn an_agent_places_a_child_on_another_node_whose_calls_run_on_a_third() {
         .await
         .expect_err("a revoked director");
     assert!(refused.to_string().contains("revoked"), "{refused}");
+    // n2 counted the call, the gate's denial and the revoked envelope; it serves
+    // them on its dashboard's /metrics to the bearer.
+    let login = n2.dashboard_login().expect("a dashboard");
+    let (base, token) = login.split_once("#token=").expect("a login url");
+    let scrape = reqwest::Client::new()
+        .get(format!("{base}metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("scrape");
+    assert!(scrape.status().is_success(), "{}", scrape.status());
+    let text = scrape.text().await.expect("text");
+    for series in [
+        r#"bulwark_tool_calls_total{tool="shout",tier="auto",outcome="allowed"} 1"#,
+        r#"bulwark_envelope_refusals_total{reason="revoked"} 1"#,
+        "bulwark_heartbeat_lag_seconds{node=\"n3\"}",
+    ] {
+        assert!(text.contains(series), "no `{series}` in\n{text}");
+    }
     for node in [&n1, &n2, &n3] {
         assert!(
             node.runtime().any_revoked(child_token.revocation_ids()),

@@ -24,6 +24,7 @@ use super::config::{BrainConfig, NatsConfig, NodeConfig, ToolProgram};
 use super::membership::{
     HEARTBEAT_EVERY, HEARTBEAT_FORMAT, Heartbeat, Members, NodeState, PROBE_TIMEOUT, Probe, Status,
 };
+use super::metrics::NodeMetrics;
 use super::revocation::{self, MAX_REVOCATIONS, SignedRevocation};
 use super::serve::Host;
 
@@ -96,9 +97,10 @@ impl NodeBuilder {
                 .register(tool)
                 .map_err(|e| NodeError::Config(format!("tool `{name}`: {e}")))?;
         }
+        let metrics = Arc::new(NodeMetrics::new());
         let dashboard = match config.dashboard {
             Some(bind) => Some(
-                crate::dashboard::serve(
+                crate::dashboard::serve_with_metrics(
                     runtime.clone(),
                     crate::dashboard::DashboardConfig {
                         bind,
@@ -107,13 +109,14 @@ impl NodeBuilder {
                             .filter(|t| !t.is_empty()),
                         allowed_hosts: Vec::new(),
                     },
+                    Some(metrics.clone()),
                 )
                 .await
                 .map_err(|e| NodeError::Config(format!("dashboard.listen: {e}")))?,
             ),
             None => None,
         };
-        let client = connect(&config.nats, &config.id).await?;
+        let client = connect(&config.nats, &config.id, &metrics).await?;
         let incarnation = u64::try_from(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -126,6 +129,7 @@ impl NodeBuilder {
             config.cluster.clone(),
             config.id.clone(),
             config.root_public_key,
+            metrics.clone(),
         );
         runtime.set_remote(Arc::new(ClusterRemote::new(
             ClusterClient::new(client.clone(), &config.cluster),
@@ -407,8 +411,21 @@ impl Node {
         }
     }
 
-    /// Probes each node whose heartbeat is overdue.
+    /// Probes each node whose heartbeat is overdue, and reports each peer's
+    /// heartbeat lag.
     async fn probe_overdue(&self) {
+        for m in self.status().nodes {
+            if m.id == self.config.id {
+                continue;
+            }
+            if m.state == NodeState::Dead {
+                self.host.metrics.peer_gone(&m.id);
+            } else {
+                self.host
+                    .metrics
+                    .heartbeat_lag(&m.id, m.last_seen_ms as f64 / 1000.0);
+            }
+        }
         let overdue = locked(&self.members).overdue(Instant::now());
         for id in overdue {
             let probe = if self.client.connection_state() != State::Connected {
@@ -529,16 +546,21 @@ impl Applier {
 }
 
 /// Connects with the configured servers and credentials; reconnects are automatic.
-async fn connect(nats: &NatsConfig, name: &str) -> Result<async_nats::Client, NodeError> {
-    let mut options = async_nats::ConnectOptions::new()
+async fn connect(
+    nats: &NatsConfig,
+    name: &str,
+    metrics: &Arc<NodeMetrics>,
+) -> Result<async_nats::Client, NodeError> {
+    let mut options = match &nats.credentials_file {
+        Some(file) => async_nats::ConnectOptions::with_credentials_file(file)
+            .await
+            .map_err(|e| NodeError::Nats(format!("credentials file {}: {e}", file.display())))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    options = metrics
+        .count_events(options)
         .name(format!("bulwark-node-{name}"))
         .connection_timeout(Duration::from_secs(10));
-    if let Some(file) = &nats.credentials_file {
-        options = async_nats::ConnectOptions::with_credentials_file(file)
-            .await
-            .map_err(|e| NodeError::Nats(format!("credentials file {}: {e}", file.display())))?
-            .name(format!("bulwark-node-{name}"));
-    }
     if let Some(file) = &nats.nkey_seed_file {
         let seed = std::fs::read_to_string(file)
             .map_err(|e| NodeError::Nats(format!("NKey seed file {}: {e}", file.display())))?;

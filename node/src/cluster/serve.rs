@@ -77,6 +77,7 @@ pub(crate) struct Host {
     holds: std::sync::Mutex<HashMap<String, Pending>>,
     leaving: AtomicBool,
     in_flight: Arc<tokio::sync::Semaphore>,
+    pub metrics: Arc<super::metrics::NodeMetrics>,
 }
 
 impl Host {
@@ -86,6 +87,7 @@ impl Host {
         cluster: String,
         node: String,
         root: bulwark_capabilities::PublicKey,
+        metrics: Arc<super::metrics::NodeMetrics>,
     ) -> Arc<Host> {
         Arc::new(Host {
             runtime,
@@ -97,6 +99,7 @@ impl Host {
             holds: std::sync::Mutex::new(HashMap::new()),
             leaving: AtomicBool::new(false),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            metrics,
         })
     }
 
@@ -276,6 +279,7 @@ impl Host {
             }
             Err(e) => {
                 tracing::warn!(subject = to, reason = e.reason(), "envelope refused: {e}");
+                self.metrics.envelope_refused(e.reason());
                 self.runtime.record_refusal(
                     "",
                     "",

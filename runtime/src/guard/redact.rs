@@ -762,13 +762,19 @@ impl Redactor {
                 // hash, a hex key, an IBAN's check digits), not to a card number.
                 let mut range = run.range();
                 if glued(range.start.checked_sub(1).and_then(|i| bytes.get(i))) {
-                    match bytes[range.clone()].iter().position(|b| !b.is_ascii_digit()) {
+                    match bytes[range.clone()]
+                        .iter()
+                        .position(|b| !b.is_ascii_digit())
+                    {
                         Some(sep) => range.start += sep + 1,
                         None => continue,
                     }
                 }
                 if glued(bytes.get(range.end)) {
-                    match bytes[range.clone()].iter().rposition(|b| !b.is_ascii_digit()) {
+                    match bytes[range.clone()]
+                        .iter()
+                        .rposition(|b| !b.is_ascii_digit())
+                    {
                         Some(sep) => range.end = range.start + sep,
                         None => continue,
                     }
