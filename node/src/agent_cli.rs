@@ -1,7 +1,7 @@
 //! `bulwark agent spawn|run|list`: agents on the nodes of a cluster, as a token
 //! holder directs them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulwark_capabilities::{KeyPair, Token};
@@ -31,7 +31,7 @@ pub struct Where {
 pub enum AgentCommand {
     /// Spawn an agent on a node: the node generates its key pair, the parent token is
     /// attenuated to it here (signed with --key) and the node checks the pair.
-    Spawn(SpawnArgs),
+    Spawn(Box<SpawnArgs>),
     /// Give an agent a task and print the run's outcome (only a holder of a token
     /// in the agent's chain may).
     Run(RunArgs),
@@ -93,7 +93,7 @@ pub struct RunArgs {
 /// Runs an `agent` command.
 pub fn run(cmd: AgentCommand) -> anyhow::Result<Outcome> {
     match cmd {
-        AgentCommand::Spawn(a) => spawn(a),
+        AgentCommand::Spawn(a) => spawn(*a),
         AgentCommand::Run(a) => run_task(a),
         AgentCommand::List { at } => list(at),
     }
@@ -114,8 +114,8 @@ fn failed(e: ClientError) -> Outcome {
 /// Connects, and verifies the holder's token with the cluster's root key.
 async fn holder(
     at: &Where,
-    token: &PathBuf,
-    key: &PathBuf,
+    token: &Path,
+    key: &Path,
 ) -> Result<(ClusterClient, Token, KeyPair), Outcome> {
     let text =
         std::fs::read_to_string(token).map_err(|e| usage(format!("{}: {e}", token.display())))?;
