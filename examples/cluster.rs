@@ -134,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
         tier: Tier::Auto,
         max_cost: MicroUsd::new(10_000).context("cost")?,
         program: ToolProgram::Wasm(dir.path().join("publish.wat")),
+        limits: Default::default(),
+        mounts: Vec::new(),
     });
     let planner_brain = scripted(vec![
         BrainAction::Spawn(SpawnRequest {

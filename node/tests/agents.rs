@@ -56,7 +56,8 @@ impl Cluster {
             format!("\n[brains.{name}]\nkind = \"scripted\"\nfile = \"{name}.json\"\n")
         };
         let tools = "\n[[tools]]\nname = \"shout\"\ntier = \"auto\"\nmax_cost = \"0.01\"\njs = \"shout.js\"\n\
-                     \n[[tools]]\nname = \"wire\"\ntier = \"confirm\"\nmax_cost = \"0.01\"\njs = \"shout.js\"\n";
+                     \n[[tools]]\nname = \"wire\"\ntier = \"confirm\"\nmax_cost = \"0.01\"\njs = \"shout.js\"\n\
+                     \n[[tools]]\nname = \"tiny\"\ntier = \"auto\"\nmax_cost = \"0.01\"\njs = \"shout.js\"\nlimits = { output_bytes = 4 }\n";
         let mut pids = Vec::new();
         for (id, extra) in [
             ("n1", brains("idle")),
@@ -105,7 +106,8 @@ impl Cluster {
             4,
         )
         .tool("shout", Tier::Auto)
-        .tool("wire", Tier::Auto);
+        .tool("wire", Tier::Auto)
+        .tool("tiny", Tier::Auto);
         let token = Token::mint(&self.root, grant).expect("mint");
         std::fs::write(
             self.path(&format!("{agent}.tok")),
@@ -618,6 +620,24 @@ fn a_compromised_node_cannot_make_the_tool_node_act_beyond_a_token() {
     );
     assert!(raw(replayed).contains("replayed"));
 
+    // The configured limits hold on the tool node: `tiny` may print 4 bytes.
+    let limited = send_call(
+        &rt,
+        &client,
+        "tiny",
+        &call(signed(&boss, &boss_key, "tiny", json!({})), None),
+        (&boss, &boss_key),
+    )
+    .expect("the sandbox reports the limit");
+    assert_eq!(limited.value["limit"], "output", "{}", limited.value);
+    assert!(
+        limited.value["stdout"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("\"HEL\n")),
+        "{}",
+        limited.value
+    );
+
     // The honest call through the client still runs.
     let ok = send_call(
         &rt,
@@ -653,8 +673,8 @@ fn a_compromised_node_cannot_make_the_tool_node_act_beyond_a_token() {
             "no `{r}` refusal in {reasons:?}"
         );
     }
-    // Only the approved call and the two honest ones ran.
-    assert_eq!(kinds(n3, "tool.remote_call").len(), 3);
+    // Only the approved call, the limited one and the two honest ones ran.
+    assert_eq!(kinds(n3, "tool.remote_call").len(), 4);
 }
 
 #[test]

@@ -72,6 +72,11 @@ pub struct ToolConfig {
     pub max_cost: MicroUsd,
     /// What runs.
     pub program: ToolProgram,
+    /// Its sandbox limits (the sandbox's defaults where not set; a caller's token
+    /// can only tighten them).
+    pub limits: bulwark_runtime::sandbox::Limits,
+    /// Host directories it sees read-only.
+    pub mounts: Vec<bulwark_runtime::sandbox::Mount>,
 }
 
 /// The code of a sandboxed tool.
@@ -186,6 +191,22 @@ struct RawTool {
     wasm: Option<PathBuf>,
     python: Option<PathBuf>,
     js: Option<PathBuf>,
+    #[serde(default)]
+    limits: RawLimits,
+    /// `HOST_DIR:GUEST_DIR:ro`, the host directory relative to the file.
+    #[serde(default)]
+    mounts: Vec<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_bytes: Option<u64>,
+    timeout_ms: Option<u64>,
+    fuel: Option<u64>,
+    output_bytes: Option<u64>,
+    disk_bytes: Option<u64>,
+    disk_files: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -391,11 +412,57 @@ fn tool_config(
             ));
         }
     };
+    let mut limits = bulwark_runtime::sandbox::Limits::default();
+    let l = raw.limits;
+    let positive = |key: &str, v: u64| {
+        if v == 0 {
+            Err(invalid(
+                &format!("limits.{key}"),
+                "must be more than 0".into(),
+            ))
+        } else {
+            Ok(v)
+        }
+    };
+    if let Some(v) = l.memory_bytes {
+        limits.memory_bytes = positive("memory_bytes", v)?;
+    }
+    if let Some(v) = l.timeout_ms {
+        limits.timeout = std::time::Duration::from_millis(positive("timeout_ms", v)?);
+    }
+    if let Some(v) = l.fuel {
+        limits.fuel = Some(positive("fuel", v)?);
+    }
+    if let Some(v) = l.output_bytes {
+        limits.output_bytes = usize::try_from(positive("output_bytes", v)?)
+            .map_err(|_| invalid("limits.output_bytes", "too large".into()))?;
+    }
+    if let Some(v) = l.disk_bytes {
+        limits.disk_bytes = v;
+    }
+    if let Some(v) = l.disk_files {
+        limits.disk_files = v;
+    }
+    let mut mounts = Vec::new();
+    for (m, spec) in raw.mounts.iter().enumerate() {
+        let mut mount = bulwark_runtime::sandbox::Mount::parse(spec)
+            .map_err(|e| invalid(&format!("mounts[{m}]"), e.to_string()))?;
+        mount.host = path(mount.host);
+        if !mount.host.is_dir() {
+            return Err(invalid(
+                &format!("mounts[{m}]"),
+                format!("{} is not a directory", mount.host.display()),
+            ));
+        }
+        mounts.push(mount);
+    }
     Ok(ToolConfig {
         name: raw.name,
         tier,
         max_cost,
         program,
+        limits,
+        mounts,
     })
 }
 
@@ -475,6 +542,33 @@ listen = "127.0.0.1:8080"
         assert!(matches!(c.brains["demo"], BrainConfig::Scripted { .. }));
         assert!(matches!(c.brains["gpt"], BrainConfig::OpenAi { .. }));
         assert_eq!(c.dashboard.map(|a| a.port()), Some(8080));
+        assert_eq!(
+            c.tools[0].limits,
+            bulwark_runtime::sandbox::Limits::default()
+        );
+        assert!(c.tools[0].mounts.is_empty());
+    }
+
+    #[test]
+    fn a_tools_limits_and_mounts_are_read_with_the_mount_relative_to_the_file() {
+        let root = KeyPair::generate().public().to_hex();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("reports")).expect("mkdir");
+        let text = example(&root).replace(
+            "python = \"tools/summarize.py\"",
+            "python = \"tools/summarize.py\"\nmounts = [\"reports:/data:ro\"]\n\
+             limits = { memory_bytes = 33554432, timeout_ms = 500, fuel = 1000000, output_bytes = 4096 }",
+        );
+        let file = dir.path().join("n1.toml");
+        std::fs::write(&file, text).expect("write");
+        let c = NodeConfig::load(&file).expect("loads");
+        let t = &c.tools[0];
+        assert_eq!(t.limits.memory_bytes, 32 << 20);
+        assert_eq!(t.limits.timeout, std::time::Duration::from_millis(500));
+        assert_eq!(t.limits.fuel, Some(1_000_000));
+        assert_eq!(t.limits.output_bytes, 4096);
+        assert_eq!(t.mounts[0].host, dir.path().join("reports"));
+        assert_eq!(t.mounts[0].guest, "/data");
     }
 
     #[test]
@@ -539,6 +633,34 @@ listen = "127.0.0.1:8080"
                     "[nats]\nurls = []",
                 ),
                 "`nats.urls`",
+            ),
+            (
+                good.replace(
+                    "python = \"tools/summarize.py\"",
+                    "python = \"a.py\"\nlimits = { fuel = 0 }",
+                ),
+                "`tools[0].limits.fuel`",
+            ),
+            (
+                good.replace(
+                    "python = \"tools/summarize.py\"",
+                    "python = \"a.py\"\nlimits = { cpus = 2 }",
+                ),
+                "unknown field `cpus`",
+            ),
+            (
+                good.replace(
+                    "python = \"tools/summarize.py\"",
+                    "python = \"a.py\"\nmounts = [\"/nonexistent-dir:/data:ro\"]",
+                ),
+                "`tools[0].mounts[0]`",
+            ),
+            (
+                good.replace(
+                    "python = \"tools/summarize.py\"",
+                    "python = \"a.py\"\nmounts = [\"/tmp:/data:rw\"]",
+                ),
+                "read-only",
             ),
         ];
         for (text, expected) in cases {

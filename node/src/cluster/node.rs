@@ -634,7 +634,12 @@ fn host_tools(runtime: &Runtime, config: &NodeConfig) -> Result<(), NodeError> {
         )
         .tier(t.tier)
         .max_cost(t.max_cost);
-        let tool = SandboxTool::new(sandbox.clone(), ToolCode::Fixed(program)).into_tool(manifest);
+        let mut code =
+            SandboxTool::new(sandbox.clone(), ToolCode::Fixed(program)).limits(t.limits.clone());
+        for m in &t.mounts {
+            code = code.mount(m.clone());
+        }
+        let tool = code.into_tool(manifest);
         runtime
             .tools()
             .register(tool)
