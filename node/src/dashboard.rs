@@ -37,6 +37,7 @@ use bulwark_capabilities::{Approval, Decision};
 use bulwark_runtime::{Proposal, ProposalError, ProposalState, Runtime, SignedDecision};
 use serde_json::{Value, json};
 
+use crate::cluster::client::{ClientError, ClusterClient};
 use crate::cluster::metrics::NodeMetrics;
 
 const PAGE: &str = include_str!("dashboard.html");
@@ -148,6 +149,8 @@ struct AppState {
     hosts: std::sync::Arc<HostRule>,
     /// The node's own metrics, served after the runtime's.
     node_metrics: Option<std::sync::Arc<NodeMetrics>>,
+    /// On a node: its cluster and its id, for the other nodes' proposals.
+    cluster: Option<(ClusterClient, String)>,
 }
 
 /// Which `Host` headers name this dashboard.
@@ -257,6 +260,34 @@ pub async fn serve_with_metrics(
     config: DashboardConfig,
     node_metrics: Option<std::sync::Arc<NodeMetrics>>,
 ) -> Result<Dashboard, DashboardError> {
+    start(rt, config, node_metrics, None).await
+}
+
+/// A node's dashboard: beside its own proposals it lists every alive node's (each
+/// marked with its `node`), and hands a decision about another node's proposal to
+/// that node, which verifies it.
+pub async fn serve_for_node(
+    rt: Runtime,
+    config: DashboardConfig,
+    node_metrics: std::sync::Arc<NodeMetrics>,
+    cluster: ClusterClient,
+    node: &str,
+) -> Result<Dashboard, DashboardError> {
+    start(
+        rt,
+        config,
+        Some(node_metrics),
+        Some((cluster, node.to_string())),
+    )
+    .await
+}
+
+async fn start(
+    rt: Runtime,
+    config: DashboardConfig,
+    node_metrics: Option<std::sync::Arc<NodeMetrics>>,
+    cluster: Option<(ClusterClient, String)>,
+) -> Result<Dashboard, DashboardError> {
     if !config.bind.ip().is_loopback() && config.bearer.is_none() {
         return Err(DashboardError::Unprotected(config.bind));
     }
@@ -283,6 +314,7 @@ pub async fn serve_with_metrics(
         bearer: bearer.clone(),
         hosts: std::sync::Arc::new(HostRule::new(addr, &config.allowed_hosts)),
         node_metrics,
+        cluster,
     });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -446,13 +478,45 @@ async fn list(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(e) = authorized(&s, &headers) {
         return e.into_response();
     }
-    match s.rt.proposals() {
-        Ok(all) => {
-            let now = now_ms(&s.rt);
-            Json(all.iter().map(|p| view(p, now)).collect::<Vec<_>>()).into_response()
+    let now = now_ms(&s.rt);
+    let mut out: Vec<Value> = match s.rt.proposals() {
+        Ok(all) => all.iter().map(|p| view(p, now)).collect(),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    if let Some((cluster, me)) = &s.cluster {
+        for v in &mut out {
+            v["node"] = json!(me);
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        // Another node that does not answer leaves its proposals out, not the page.
+        if let Ok(remote) = cluster.proposals().await {
+            out.extend(
+                remote
+                    .into_iter()
+                    .filter(|p| p["node"] != me.as_str())
+                    .filter_map(|v| {
+                        let node = v["node"].clone();
+                        let p: Proposal = serde_json::from_value(v).ok()?;
+                        let mut v = view(&p, now);
+                        v["node"] = node;
+                        Some(v)
+                    }),
+            );
+        }
     }
+    Json(out).into_response()
+}
+
+/// Proposal `id` and its node, when another node of the cluster holds it.
+async fn elsewhere(s: &AppState, id: &str) -> Option<(Proposal, String)> {
+    let (cluster, me) = s.cluster.as_ref()?;
+    let v = cluster
+        .proposals()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|p| p["id"] == id && p["node"] != me.as_str())?;
+    let node = v["node"].as_str()?.to_string();
+    Some((serde_json::from_value(v).ok()?, node))
 }
 
 async fn show(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -461,6 +525,14 @@ async fn show(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<Stri
     }
     match s.rt.proposal(&id) {
         Ok(Some(p)) => Json(view(&p, now_ms(&s.rt))).into_response(),
+        Ok(None) if s.cluster.is_some() => match elsewhere(&s, &id).await {
+            Some((p, node)) => {
+                let mut v = view(&p, now_ms(&s.rt));
+                v["node"] = json!(node);
+                Json(v).into_response()
+            }
+            None => error(StatusCode::NOT_FOUND, format!("no proposal `{id}`")),
+        },
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no proposal `{id}`")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
@@ -516,10 +588,27 @@ async fn decide(
             format!("no action `{other}`: approve, reject or cancel"),
         )),
     };
-    match decision {
-        Ok(d) => outcome(s.rt.decide(&id, &d).await, &s.rt),
-        Err(e) => e.into_response(),
+    let d = match decision {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
+    if matches!(s.rt.proposal(&id), Ok(None))
+        && let (Some((cluster, _)), Some((_, node))) = (&s.cluster, elsewhere(&s, &id).await)
+    {
+        return match cluster.decide(&node, &id, &d).await {
+            Ok(v) => match serde_json::from_value::<Proposal>(v) {
+                Ok(p) => {
+                    let mut v = view(&p, now_ms(&s.rt));
+                    v["node"] = json!(node);
+                    Json(v).into_response()
+                }
+                Err(e) => error(StatusCode::BAD_GATEWAY, e),
+            },
+            Err(ClientError::Refused(why)) => error(StatusCode::FORBIDDEN, why),
+            Err(e) => error(StatusCode::BAD_GATEWAY, e),
+        };
     }
+    outcome(s.rt.decide(&id, &d).await, &s.rt)
 }
 
 /// The pending proposals grouped by root agent, task and tool.

@@ -345,3 +345,118 @@ async fn a_request_carries_the_callers_trace_context_in_its_headers() {
     let traceparent = rx.await.expect("a request").expect("a traceparent header");
     assert!(traceparent.contains(&trace_id.to_string()), "{traceparent}");
 }
+
+/// One node's dashboard lists another node's proposal and hands it the decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_dashboard_lists_and_decides_the_proposals_of_every_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut procs = Procs(Vec::new());
+    let url = start_nats(dir.path(), &mut procs);
+    let root = KeyPair::generate();
+    let operator = KeyPair::generate();
+    let config = |id: &str| {
+        let mut c = NodeConfig::new(id, "d", dir.path().join(id), root.public(), &url);
+        c.operator_keys = vec![operator.public()];
+        c
+    };
+    let mut n1_config = config("n1");
+    n1_config.dashboard = Some("127.0.0.1:0".parse().expect("address"));
+    let n1 = Arc::new(Node::builder(n1_config).start().await.expect("n1"));
+    let wire = Tool::native(
+        ToolManifest::new("wire", "moves money").tier(Tier::Confirm),
+        |input| async move { Ok(ToolOutput::new(json!({ "wired": input.args["to"] }))) },
+    );
+    let n2 = Arc::new(
+        Node::builder(config("n2"))
+            .tool(wire)
+            .start()
+            .await
+            .expect("n2"),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for node in [&n1, &n2] {
+        let (node, mut stopped) = (node.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            node.run_until(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+    }
+    settled(&n1, &["n1", "n2"], None).await;
+
+    let spec = AgentSpec::new("payer");
+    let token = Token::mint(
+        &root,
+        RootGrant::new(
+            "acme",
+            "payer",
+            spec.key.public(),
+            MicroUsd::from_usd(5).expect("budget"),
+            SystemTime::now() + Duration::from_secs(3600),
+            2,
+        )
+        .tool("wire", Tier::Auto),
+    )
+    .expect("mint");
+    let payer = n2
+        .runtime()
+        .spawn_agent(spec, token, scripted(vec![])())
+        .await
+        .expect("spawn");
+    let call =
+        tokio::spawn(async move { payer.call_tool("wire", json!({"to": "supplier"})).await });
+
+    let login = n1.dashboard_login().expect("a dashboard");
+    let (base, bearer) = login.split_once("#token=").expect("a login url");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let list: Vec<Value> = http
+            .get(format!("{base}api/proposals"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if let Some(p) = list.into_iter().find(|p| p["state"] == "pending") {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1's dashboard never listed n2's proposal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed["node"], "n2", "{listed}");
+    let id = listed["id"].as_str().expect("id");
+    let approve = |key: &KeyPair| {
+        let approval = bulwark_capabilities::Approval::sign(
+            key,
+            id,
+            &bulwark_runtime::Proposal::approval_args(&json!({"to": "supplier"})),
+            SystemTime::now() + Duration::from_secs(600),
+        );
+        http.post(format!("{base}api/proposals/{id}/approve"))
+            .bearer_auth(bearer)
+            .json(&approval)
+            .send()
+    };
+    // n2 checks the signature: a stranger's approval is refused there.
+    let refused = approve(&KeyPair::generate()).await.expect("post");
+    assert_eq!(refused.status().as_u16(), 403);
+    let approved = approve(&operator).await.expect("post");
+    assert!(approved.status().is_success(), "{}", approved.status());
+    let approved: Value = approved.json().await.expect("json");
+    assert_eq!(approved["node"], "n2");
+    let result = call.await.expect("join").expect("the approved call runs");
+    assert_eq!(result.value["wired"], "supplier", "{result:?}");
+
+    stop.send(true).expect("stop");
+    for t in tasks {
+        t.await.expect("join").expect("clean stop");
+    }
+}

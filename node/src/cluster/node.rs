@@ -98,9 +98,10 @@ impl NodeBuilder {
                 .map_err(|e| NodeError::Config(format!("tool `{name}`: {e}")))?;
         }
         let metrics = Arc::new(NodeMetrics::new());
+        let client = connect(&config.nats, &config.id, &metrics).await?;
         let dashboard = match config.dashboard {
             Some(bind) => Some(
-                crate::dashboard::serve_with_metrics(
+                crate::dashboard::serve_for_node(
                     runtime.clone(),
                     crate::dashboard::DashboardConfig {
                         bind,
@@ -109,14 +110,16 @@ impl NodeBuilder {
                             .filter(|t| !t.is_empty()),
                         allowed_hosts: Vec::new(),
                     },
-                    Some(metrics.clone()),
+                    metrics.clone(),
+                    ClusterClient::new(client.clone(), &config.cluster),
+                    &config.id,
                 )
                 .await
                 .map_err(|e| NodeError::Config(format!("dashboard.listen: {e}")))?,
             ),
             None => None,
         };
-        let client = connect(&config.nats, &config.id, &metrics).await?;
+
         let incarnation = u64::try_from(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
