@@ -119,6 +119,9 @@ async fn an_agent_places_a_child_on_another_node_whose_calls_run_on_a_third() {
     );
     let mut n2_config = config("n2");
     n2_config.dashboard = Some("127.0.0.1:0".parse().expect("address"));
+    // n2 signs the revocations its program makes with an operator key.
+    operator.save(&dir.path().join("op.key")).expect("save");
+    n2_config.revocation_key_file = Some(dir.path().join("op.key"));
     let n2 = Arc::new(
         Node::builder(n2_config)
             .brain("helper", helper_brain)
@@ -264,6 +267,22 @@ async fn an_agent_places_a_child_on_another_node_whose_calls_run_on_a_third() {
             node.id()
         );
     }
+
+    // A revocation the program on n2 makes through its runtime reaches n1 and n3.
+    let id = vec![7u8; 32];
+    n2.runtime().revoke(id.clone()).await.expect("revoke");
+    for node in [&n1, &n3] {
+        assert!(
+            node.runtime().any_revoked(std::slice::from_ref(&id)),
+            "{} missed n2's revocation",
+            node.id()
+        );
+    }
+    // Without a key to sign with, n1's stays on n1.
+    let local = vec![8u8; 32];
+    n1.runtime().revoke(local.clone()).await.expect("revoke");
+    assert!(n1.runtime().any_revoked(std::slice::from_ref(&local)));
+    assert!(!n3.runtime().any_revoked(std::slice::from_ref(&local)));
 
     stop.send(true).expect("stop");
     for t in tasks {

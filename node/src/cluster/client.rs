@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 
 use super::envelope::Envelope;
 use super::membership::NodeState;
-use super::node::{cluster_status, subject};
+use super::node::{broadcast_revocation, cluster_status, subject};
+use super::revocation::SignedRevocation;
 use super::wire::{
     AgentAsk, AgentView, Answer, Call, CallResult, Held, Hold, RunView, Spawn, Spawned, ToolInfo,
     subject_safe,
@@ -411,6 +412,7 @@ const RUN_WITHIN: Duration = Duration::from_secs(3600);
 pub struct ClusterRemote {
     client: ClusterClient,
     node: String,
+    revoker: Option<KeyPair>,
 }
 
 impl ClusterRemote {
@@ -419,7 +421,15 @@ impl ClusterRemote {
         ClusterRemote {
             client,
             node: node.to_string(),
+            revoker: None,
         }
+    }
+
+    /// Signs the revocations this node's runtime makes with `operator` (one of the
+    /// cluster's operator keys), so the other nodes accept them.
+    pub fn revoking_with(mut self, operator: Option<KeyPair>) -> Self {
+        self.revoker = operator;
+        self
     }
 
     fn agent(&self, agent: &str, who: CallCredentials) -> RemoteAgent {
@@ -502,6 +512,53 @@ impl Remote for ClusterRemote {
                 .cancel(reason)
                 .await
                 .map_err(remote_error)
+        })
+    }
+
+    fn revoke(&self, id: Vec<u8>) -> RemoteFuture<'_, ()> {
+        Box::pin(async move {
+            let operator = self.revoker.as_ref().ok_or_else(|| {
+                RemoteError::Refused(
+                    "this node has no revocation_key_file to sign revocations with".into(),
+                )
+            })?;
+            let signed = SignedRevocation::sign(operator, &id, SystemTime::now());
+            let status = cluster_status(&self.client.client, &self.client.cluster)
+                .await
+                .map_err(|e| RemoteError::Unreachable(e.to_string()))?;
+            let live: Vec<String> = status
+                .nodes
+                .into_iter()
+                .filter(|n| n.state == NodeState::Alive)
+                .map(|n| n.id)
+                .collect();
+            let acks = broadcast_revocation(
+                &self.client.client,
+                &self.client.cluster,
+                &signed,
+                &live,
+                ASK_WITHIN,
+            )
+            .await
+            .map_err(|e| RemoteError::Unreachable(e.to_string()))?;
+            if let Some((ack, _)) = acks.iter().find(|(a, _)| a.error.is_some()) {
+                return Err(RemoteError::Refused(format!(
+                    "node {}: {}",
+                    ack.node,
+                    ack.error.as_deref().unwrap_or_default()
+                )));
+            }
+            let missing: Vec<&String> = live
+                .iter()
+                .filter(|n| !acks.iter().any(|(a, _)| &a.node == *n))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(RemoteError::Unreachable(format!(
+                    "no acknowledgement from {missing:?}"
+                )))
+            }
         })
     }
 

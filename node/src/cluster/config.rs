@@ -25,6 +25,11 @@ pub struct NodeConfig {
     pub root_public_key: PublicKey,
     /// Keys whose signed decisions and revocations the node accepts.
     pub operator_keys: Vec<PublicKey>,
+    /// An operator's private key file the node signs the revocations its embedding
+    /// program makes (`Runtime::revoke`) with, so the other nodes accept them; its
+    /// public key must be one of `operator_keys`. Without it such revocations stay
+    /// on this node.
+    pub revocation_key_file: Option<PathBuf>,
     /// Labels spawns can be placed by.
     pub labels: BTreeMap<String, String>,
     /// How to reach NATS.
@@ -155,6 +160,7 @@ struct RawConfig {
     root_public_key: String,
     #[serde(default)]
     operator_keys: Vec<String>,
+    revocation_key_file: Option<PathBuf>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     nats: RawNats,
@@ -232,6 +238,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             root_public_key: root,
             operator_keys: Vec::new(),
+            revocation_key_file: None,
             labels: BTreeMap::new(),
             nats: NatsConfig {
                 urls: vec![url.to_string()],
@@ -326,6 +333,7 @@ impl NodeConfig {
             data_dir: path(raw.data_dir),
             root_public_key,
             operator_keys,
+            revocation_key_file: raw.revocation_key_file.map(&path),
             labels: raw.labels,
             nats,
             tools,

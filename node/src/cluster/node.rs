@@ -134,10 +134,29 @@ impl NodeBuilder {
             config.root_public_key,
             metrics.clone(),
         );
-        runtime.set_remote(Arc::new(ClusterRemote::new(
-            ClusterClient::new(client.clone(), &config.cluster),
-            &config.id,
-        )));
+        let revoker = match &config.revocation_key_file {
+            Some(file) => {
+                let key = bulwark_capabilities::KeyPair::load(file).map_err(|e| {
+                    NodeError::Config(format!("revocation_key_file {}: {e}", file.display()))
+                })?;
+                if !config.operator_keys.contains(&key.public()) {
+                    return Err(NodeError::Config(format!(
+                        "revocation_key_file {}: its public key {} is not one of operator_keys",
+                        file.display(),
+                        key.public().to_hex()
+                    )));
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        runtime.set_remote(Arc::new(
+            ClusterRemote::new(
+                ClusterClient::new(client.clone(), &config.cluster),
+                &config.id,
+            )
+            .revoking_with(revoker),
+        ));
         let node = Node {
             dashboard: Mutex::new(dashboard),
             host,
@@ -538,7 +557,10 @@ impl Applier {
         if known {
             return Ok(());
         }
-        self.runtime.revoke(id).await.map_err(|e| e.to_string())?;
+        self.runtime
+            .apply_revocation(id)
+            .await
+            .map_err(|e| e.to_string())?;
         revocation::append(&self.data_dir, &r).map_err(|e| e.to_string())?;
         let mut kept = locked(&self.kept);
         if kept.len() < MAX_REVOCATIONS {

@@ -245,8 +245,22 @@ impl Runtime {
             })
     }
 
-    /// Revokes a block id: every token containing it is denied from now on.
+    /// Revokes a block id: every token containing it is denied from now on. In a
+    /// cluster the revocation then goes to every other node ([`Remote::revoke`]); a
+    /// failure of that step is logged, and this node's revocation stands.
     pub async fn revoke(&self, id: Vec<u8>) -> Result<(), StoreError> {
+        self.apply_revocation(id.clone()).await?;
+        if let Some(remote) = self.inner.remote()
+            && let Err(e) = remote.revoke(id.clone()).await
+        {
+            tracing::warn!(id = %hex::encode(&id), error = %e, "the revocation did not reach every node");
+        }
+        Ok(())
+    }
+
+    /// Puts a revocation in force here only (a cluster node applying one that came
+    /// from another node).
+    pub async fn apply_revocation(&self, id: Vec<u8>) -> Result<(), StoreError> {
         let record = AuditRecord::new(
             AuditKind::TokenRevoked,
             "operator",

@@ -71,6 +71,10 @@ pub trait Remote: Send + Sync + 'static {
         reason: &'a str,
     ) -> RemoteFuture<'a, bool>;
 
+    /// Puts revocation `id`, made here by [`Runtime::revoke`](super::Runtime::revoke),
+    /// in force on the other nodes (which accept only an operator's signature).
+    fn revoke(&self, id: Vec<u8>) -> RemoteFuture<'_, ()>;
+
     /// Delivers `envelope` (from the agent holding `sender`) to an agent this node
     /// does not host, wherever it runs; it arrives marked untrusted.
     fn message(&self, sender: CallCredentials, envelope: Envelope) -> RemoteFuture<'_, ()>;
