@@ -58,6 +58,39 @@ async fn settled(node: &Node, ids: &[&str], reaches: Option<&str>) {
     }
 }
 
+/// Nodes serving (`run_until`) until [`Serving::stop`].
+struct Serving {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), bulwark_node::cluster::node::NodeError>>>,
+}
+
+impl Serving {
+    fn start(nodes: &[&Arc<Node>]) -> Serving {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = nodes
+            .iter()
+            .map(|node| {
+                let (node, mut stopped) = (Arc::clone(node), stopped.clone());
+                tokio::spawn(async move {
+                    node.run_until(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+                })
+            })
+            .collect();
+        Serving { stop, tasks }
+    }
+
+    /// Stops every node and waits for each to finish cleanly.
+    async fn stop(self) {
+        self.stop.send(true).expect("stop");
+        for t in self.tasks {
+            t.await.expect("join").expect("clean stop");
+        }
+    }
+}
+
 async fn trail(node: &Node) -> Vec<Value> {
     node.runtime()
         .audit_tail(10_000)
@@ -136,17 +169,7 @@ async fn an_agent_places_a_child_on_another_node_whose_calls_run_on_a_third() {
             .await
             .expect("n3"),
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
-    for node in [&n1, &n2, &n3] {
-        let (node, mut stopped) = (node.clone(), stopped.clone());
-        tasks.push(tokio::spawn(async move {
-            node.run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-        }));
-    }
+    let serving = Serving::start(&[&n1, &n2, &n3]);
     settled(&n1, &["n1", "n2", "n3"], None).await;
     settled(&n2, &["n3"], Some("shout")).await;
 
@@ -284,10 +307,7 @@ async fn an_agent_places_a_child_on_another_node_whose_calls_run_on_a_third() {
     assert!(n1.runtime().any_revoked(std::slice::from_ref(&local)));
     assert!(!n3.runtime().any_revoked(std::slice::from_ref(&local)));
 
-    stop.send(true).expect("stop");
-    for t in tasks {
-        t.await.expect("join").expect("clean stop");
-    }
+    serving.stop().await;
 }
 
 /// A request's W3C trace context travels in the NATS headers beside the envelope.
@@ -392,17 +412,7 @@ async fn one_dashboard_lists_and_decides_the_proposals_of_every_node() {
             .await
             .expect("n2"),
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
-    for node in [&n1, &n2] {
-        let (node, mut stopped) = (node.clone(), stopped.clone());
-        tasks.push(tokio::spawn(async move {
-            node.run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-        }));
-    }
+    let serving = Serving::start(&[&n1, &n2]);
     settled(&n1, &["n1", "n2"], None).await;
 
     let spec = AgentSpec::new("payer");
@@ -474,8 +484,5 @@ async fn one_dashboard_lists_and_decides_the_proposals_of_every_node() {
     let result = call.await.expect("join").expect("the approved call runs");
     assert_eq!(result.value["wired"], "supplier", "{result:?}");
 
-    stop.send(true).expect("stop");
-    for t in tasks {
-        t.await.expect("join").expect("clean stop");
-    }
+    serving.stop().await;
 }

@@ -195,43 +195,39 @@ impl ClusterClient {
         }
     }
 
-    /// The agents of every alive node.
-    pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
+    /// What every alive node answers on `node.<id>.<rest>`, put together; a node that
+    /// does not answer, or answers what does not parse, is the error.
+    async fn from_each_alive<T: DeserializeOwned>(
+        &self,
+        rest: &str,
+    ) -> Result<Vec<T>, ClientError> {
         let status = cluster_status(&self.client, &self.cluster)
             .await
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         let mut out = Vec::new();
         for n in status.nodes.iter().filter(|n| n.state == NodeState::Alive) {
-            let to = subject(&self.cluster, &format!("node.{}.agents", n.id));
-            let asked = tokio::time::timeout(ASK_WITHIN, self.client.request(to, "".into())).await;
-            if let Ok(Ok(answer)) = asked
-                && let Ok(mut agents) = serde_json::from_slice::<Vec<AgentView>>(&answer.payload)
-            {
-                out.append(&mut agents);
-            }
+            let to = subject(&self.cluster, &format!("node.{}.{rest}", n.id));
+            let answer = tokio::time::timeout(ASK_WITHIN, self.client.request(to, "".into()))
+                .await
+                .map_err(|_| ClientError::Unreachable(format!("node {} did not answer", n.id)))?
+                .map_err(|e| ClientError::Unreachable(format!("node {}: {e}", n.id)))?;
+            let mut list: Vec<T> = serde_json::from_slice(&answer.payload)
+                .map_err(|e| ClientError::Invalid(format!("node {}'s {rest}: {e}", n.id)))?;
+            out.append(&mut list);
         }
+        Ok(out)
+    }
+
+    /// The agents of every alive node.
+    pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
+        let mut out: Vec<AgentView> = self.from_each_alive("agents").await?;
         out.sort_by(|a, b| (&a.node, &a.agent).cmp(&(&b.node, &b.agent)));
         Ok(out)
     }
 
-    /// The proposals of every alive node, each with its `node`.
+    /// The proposals of every alive node, each with its `node`, oldest first.
     pub async fn proposals(&self) -> Result<Vec<serde_json::Value>, ClientError> {
-        let status = cluster_status(&self.client, &self.cluster)
-            .await
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        let mut out = Vec::new();
-        for n in status.nodes.iter().filter(|n| n.state == NodeState::Alive) {
-            let to = subject(&self.cluster, &format!("node.{}.proposals", n.id));
-            let asked = tokio::time::timeout(ASK_WITHIN, self.client.request(to, "".into()))
-                .await
-                .map_err(|_| {
-                    ClientError::Unreachable(format!("node {} did not list its proposals", n.id))
-                })?
-                .map_err(|e| ClientError::Unreachable(format!("node {}: {e}", n.id)))?;
-            let mut list: Vec<serde_json::Value> = serde_json::from_slice(&asked.payload)
-                .map_err(|e| ClientError::Invalid(format!("node {}'s proposals: {e}", n.id)))?;
-            out.append(&mut list);
-        }
+        let mut out: Vec<serde_json::Value> = self.from_each_alive("proposals").await?;
         out.sort_by_key(|p| p["created_ms"].as_u64().unwrap_or_default());
         Ok(out)
     }
