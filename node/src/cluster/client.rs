@@ -197,10 +197,7 @@ impl ClusterClient {
 
     /// What every alive node answers on `node.<id>.<rest>`, put together; a node that
     /// does not answer, or answers what does not parse, is the error.
-    async fn from_each_alive<T: DeserializeOwned>(
-        &self,
-        rest: &str,
-    ) -> Result<Vec<T>, ClientError> {
+    async fn gather_alive<T: DeserializeOwned>(&self, rest: &str) -> Result<Vec<T>, ClientError> {
         let status = cluster_status(&self.client, &self.cluster)
             .await
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
@@ -220,14 +217,14 @@ impl ClusterClient {
 
     /// The agents of every alive node.
     pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
-        let mut out: Vec<AgentView> = self.from_each_alive("agents").await?;
+        let mut out: Vec<AgentView> = self.gather_alive("agents").await?;
         out.sort_by(|a, b| (&a.node, &a.agent).cmp(&(&b.node, &b.agent)));
         Ok(out)
     }
 
     /// The proposals of every alive node, each with its `node`, oldest first.
     pub async fn proposals(&self) -> Result<Vec<serde_json::Value>, ClientError> {
-        let mut out: Vec<serde_json::Value> = self.from_each_alive("proposals").await?;
+        let mut out: Vec<serde_json::Value> = self.gather_alive("proposals").await?;
         out.sort_by_key(|p| p["created_ms"].as_u64().unwrap_or_default());
         Ok(out)
     }
