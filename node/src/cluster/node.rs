@@ -166,6 +166,7 @@ impl NodeBuilder {
             members: Arc::new(Mutex::new(Members::default())),
             incarnation,
             revocations: Arc::new(Mutex::new(Vec::new())),
+            adopted: Mutex::new(std::collections::HashMap::new()),
         };
         // Fail closed: nothing is served before the revocations missed are in force.
         node.catch_up_revocations().await?;
@@ -184,6 +185,8 @@ pub struct Node {
     members: Arc<Mutex<Members>>,
     incarnation: u64,
     revocations: Arc<Mutex<Vec<SignedRevocation>>>,
+    /// Per peer, the tool list whose tools this node registered as forwarding tools.
+    adopted: Mutex<std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl Node {
@@ -411,17 +414,19 @@ impl Node {
         let status = self.status();
         let cluster = self.cluster();
         for peer in status.nodes.iter().filter(|n| n.state == NodeState::Alive) {
-            if peer.id == self.config.id
-                || peer
-                    .tools
-                    .iter()
-                    .all(|t| self.runtime.tools().get_manifest(t).is_some())
-            {
+            let missing = peer
+                .tools
+                .iter()
+                .any(|t| self.runtime.tools().get_manifest(t).is_none());
+            // A peer is asked once per list of tools it announces.
+            let asked = locked(&self.adopted).get(&peer.id) == Some(&peer.tools);
+            if peer.id == self.config.id || !missing || asked {
                 continue;
             }
             let Ok(infos) = cluster.tools_of(&peer.id).await else {
                 continue;
             };
+            locked(&self.adopted).insert(peer.id.clone(), peer.tools.clone());
             for info in infos {
                 if self.runtime.tools().get_manifest(&info.name).is_none() {
                     let tool = cluster.forwarding_tool(&info, &self.config.id);
