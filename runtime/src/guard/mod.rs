@@ -16,6 +16,7 @@
 //! verdict — deny, escalate, redact — is decided in the gate and the agent loop, and
 //! none of it relies on the score: the token decides what any text can cause.
 
+pub mod encoder;
 mod exfil;
 mod model;
 mod patterns;
