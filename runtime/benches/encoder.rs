@@ -80,14 +80,8 @@ fn main() {
     let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     tokenizer.with_truncation(None).unwrap();
     tokenizer.with_padding(None);
-    let ids: Vec<u32> = tokenizer.encode(text.as_str(), true).unwrap().get_ids()[..256.min(
-        tokenizer
-            .encode(text.as_str(), true)
-            .unwrap()
-            .get_ids()
-            .len(),
-    )]
-        .to_vec();
+    let all = tokenizer.encode(text.as_str(), true).unwrap();
+    let ids: Vec<u32> = all.get_ids().iter().copied().take(256).collect();
     let n = ids.len();
     let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
     let types = ids.zeros_like().unwrap();
