@@ -8,23 +8,9 @@ use bulwark_capabilities::{KeyPair, Token};
 use bulwark_node::cluster::client::{ClientError, ClusterClient};
 use clap::{Args, Subcommand};
 
-use crate::cluster_cli::{EXIT_UNREACHABLE, connect_cli, tokio};
+use crate::cluster_cli::{EXIT_UNREACHABLE, Where, connect_cli, tokio};
 use crate::token::Narrowing;
 use crate::{EXIT_USAGE, Outcome};
-
-/// Where the cluster is.
-#[derive(Args)]
-pub struct Where {
-    /// A NATS server of the cluster.
-    #[arg(long)]
-    nats: String,
-    /// The cluster's name.
-    #[arg(long)]
-    cluster: String,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
 
 /// `bulwark agent ...`.
 #[derive(Subcommand)]

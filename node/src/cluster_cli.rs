@@ -24,20 +24,27 @@ pub struct NodeArgs {
     config: PathBuf,
 }
 
+/// Where the cluster is, and how to print: shared by the cluster commands.
+#[derive(Args)]
+pub struct Where {
+    /// A NATS server of the cluster.
+    #[arg(long)]
+    pub nats: String,
+    /// The cluster's name.
+    #[arg(long)]
+    pub cluster: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `bulwark cluster ...`.
 #[derive(Subcommand)]
 pub enum ClusterCommand {
     /// Every node heard from: alive, suspect or dead, with agents, tools and labels.
     Status {
-        /// A NATS server of the cluster.
-        #[arg(long)]
-        nats: String,
-        /// The cluster's name.
-        #[arg(long)]
-        cluster: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        at: Where,
     },
 }
 
@@ -96,11 +103,12 @@ async fn shutdown_signal() {
 /// Runs a `cluster` command.
 pub fn run(cmd: ClusterCommand) -> anyhow::Result<Outcome> {
     match cmd {
-        ClusterCommand::Status {
-            nats,
-            cluster,
-            json,
-        } => tokio()?.block_on(async move {
+        ClusterCommand::Status { at } => tokio()?.block_on(async move {
+            let Where {
+                nats,
+                cluster,
+                json,
+            } = at;
             let client = match connect_cli(&nats).await {
                 Ok(c) => c,
                 Err(outcome) => return Ok(outcome),

@@ -94,7 +94,7 @@ impl Cluster {
     }
 
     /// A root token for `agent` (tools shout AUTO, wire AUTO: the manifest makes
-    /// wire CONFIRM), saved with its holder key as `<agent>.tok` / `<agent>.key`.
+    /// wire CONFIRM; tiny; messaging), saved with its holder key as `<agent>.tok` / `<agent>.key`.
     fn mint(&self, agent: &str) -> (Token, KeyPair) {
         let key = KeyPair::generate();
         let grant = RootGrant::new(
@@ -107,7 +107,8 @@ impl Cluster {
         )
         .tool("shout", Tier::Auto)
         .tool("wire", Tier::Auto)
-        .tool("tiny", Tier::Auto);
+        .tool("tiny", Tier::Auto)
+        .tool(bulwark_runtime::MESSAGE_CAPABILITY, Tier::Auto);
         let token = Token::mint(&self.root, grant).expect("mint");
         std::fs::write(
             self.path(&format!("{agent}.tok")),
@@ -123,6 +124,17 @@ impl Cluster {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--nats", &self.url, "--cluster", "t", "--json"]);
         bulwark(&all)
+    }
+
+    /// `bulwark agent spawn` of `agent` (brain of the same name) by `boss`, with `extra`
+    /// flags.
+    fn spawn(&self, agent: &str, extra: &[&str]) -> std::process::Output {
+        let (token, key) = (self.file("boss.tok"), self.file("boss.key"));
+        let mut args = vec![
+            "agent", "spawn", "--token", &token, "--key", &key, "--agent", agent, "--brain", agent,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
     }
 
     fn file(&self, name: &str) -> String {
@@ -187,22 +199,7 @@ fn a_holder_spawns_directs_and_lists_agents_whose_calls_run_on_the_tool_node() {
     c.mint("stranger");
     c.wait_reaches("n2", "shout");
 
-    let out = c.cli(&[
-        "agent",
-        "spawn",
-        "--token",
-        &c.file("boss.tok"),
-        "--key",
-        &c.file("boss.key"),
-        "--agent",
-        "worker",
-        "--brain",
-        "worker",
-        "--label",
-        "zone=n2",
-        "--only-tools",
-        "shout",
-    ]);
+    let out = c.spawn("worker", &["--label", "zone=n2", "--only-tools", "shout"]);
     assert!(
         out.status.success(),
         "{}",
@@ -267,6 +264,38 @@ fn a_holder_spawns_directs_and_lists_agents_whose_calls_run_on_the_tool_node() {
             .unwrap_or_default()
             .contains("HELLO")
     );
+
+    // A message from another node needs the messaging capability, checked on the
+    // worker's node: granted to boss, not to a token narrowed to `shout`.
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let cluster = client(&c.url, &rt);
+    let boss = Token::from_base64(
+        std::fs::read_to_string(c.path("boss.tok"))
+            .expect("token")
+            .trim(),
+        &c.root.public(),
+    )
+    .expect("boss token");
+    let boss_key = KeyPair::load(&c.path("boss.key")).expect("boss key");
+    let sent = rt.block_on(
+        cluster
+            .agent("worker", boss.clone(), boss_key.clone())
+            .message("hi"),
+    );
+    assert!(matches!(sent, Ok(true)), "{sent:?}");
+    let mute_key = KeyPair::generate();
+    let mute = boss
+        .attenuate(
+            &boss_key,
+            Attenuation::new("mute", mute_key.public()).only_tools(["shout".to_string()]),
+        )
+        .expect("attenuate");
+    match rt.block_on(cluster.agent("worker", mute, mute_key).message("hi")) {
+        Err(ClientError::Refused(why)) => {
+            assert!(why.contains(bulwark_runtime::MESSAGE_CAPABILITY), "{why}")
+        }
+        other => panic!("a message without the capability was not refused: {other:?}"),
+    }
 
     let trails = c.stop_all();
     let of = |id: &str| &trails.iter().find(|(n, _)| n == id).expect("node").1;
@@ -685,20 +714,7 @@ fn a_confirm_call_waits_for_an_operator_deciding_from_anywhere_and_runs_on_the_t
         .save(&c.path("op.key"))
         .expect("save operator key");
     c.wait_reaches("n2", "wire");
-    let out = c.cli(&[
-        "agent",
-        "spawn",
-        "--token",
-        &c.file("boss.tok"),
-        "--key",
-        &c.file("boss.key"),
-        "--agent",
-        "payer",
-        "--brain",
-        "payer",
-        "--node",
-        "n2",
-    ]);
+    let out = c.spawn("payer", &["--node", "n2"]);
     assert!(
         out.status.success(),
         "{}",
@@ -729,26 +745,7 @@ fn a_confirm_call_waits_for_an_operator_deciding_from_anywhere_and_runs_on_the_t
         .spawn()
         .expect("start the run");
     c.procs.0.push(run);
-    let list = |c: &Cluster| {
-        let out = bulwark(&[
-            "proposals",
-            "list",
-            "--json",
-            "--nats",
-            &c.url,
-            "--cluster",
-            "t",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect::<Vec<Value>>()
-    };
+    let list = |c: &Cluster| json_lines(&c.cli(&["proposals", "list"]));
     let deadline = Instant::now() + Duration::from_secs(60);
     let proposal = loop {
         if let Some(p) = list(&c).into_iter().next() {

@@ -188,6 +188,11 @@ pub fn trail(data_dir: &Path) -> Vec<Value> {
         "100000",
         "--json",
     ]);
+    json_lines(&out)
+}
+
+/// The JSON values, one per line, a successful command printed.
+pub fn json_lines(out: &Output) -> Vec<Value> {
     assert!(
         out.status.success(),
         "{}",
