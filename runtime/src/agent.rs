@@ -984,8 +984,11 @@ async fn admit(
         provenance.observe_untrusted_from(decoded, source);
     }
     let mut note = GuardNote::from(&scan);
-    if let Some(model) = inner.guards.model() {
-        let verdict = match model.check(&content).await {
+    // The models judge what the agent would see and the payloads decoded from it, in
+    // one text: one call (and one cache entry) per item.
+    let judged = crate::guard::local::judged_text(&content, &scan.decoded);
+    for model in inner.guards.models() {
+        let verdict = match model.check(&judged).await {
             Ok(v) => v,
             Err(e) => GuardVerdict {
                 safe: model.fail_open(),
@@ -994,17 +997,22 @@ async fn admit(
                     "{e} (failing {})",
                     if model.fail_open() { "open" } else { "closed" }
                 ),
+                score: None,
+                evidence: None,
             },
         };
         if !verdict.safe {
             content = format!("[withheld: {}]", verdict.reason);
             note.verdict = Verdict::Injection;
-            note.signals.push("model_guard".into());
+            note.signals.push(model.name().into());
             let record = who.record(
                 AuditKind::GuardModel,
-                json!({"source": source, "reason": verdict.reason, "categories": verdict.categories}),
+                json!({"source": source, "detector": model.name(), "reason": verdict.reason,
+                       "categories": verdict.categories, "score": verdict.score,
+                       "evidence": verdict.evidence}),
             );
             inner.audit_later(record);
+            break;
         }
     }
     if note.verdict != Verdict::Clean {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bulwark_capabilities::{MicroUsd, PublicKey, Tier};
+use bulwark_runtime::guard::LocalModelConfig;
 use serde::Deserialize;
 
 /// Most bytes a configuration file may hold.
@@ -40,6 +41,9 @@ pub struct NodeConfig {
     pub brains: BTreeMap<String, BrainConfig>,
     /// The dashboard's address, if any.
     pub dashboard: Option<std::net::SocketAddr>,
+    /// The local guard model, if set (`[guard_model]`, with optional `dir` and
+    /// `head`): the node does not start when it cannot load.
+    pub guard_model: Option<LocalModelConfig>,
 }
 
 /// How a node reaches NATS.
@@ -169,6 +173,7 @@ struct RawConfig {
     #[serde(default)]
     brains: BTreeMap<String, BrainConfig>,
     dashboard: Option<RawDashboard>,
+    guard_model: Option<LocalModelConfig>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +254,7 @@ impl NodeConfig {
             tools: Vec::new(),
             brains: BTreeMap::new(),
             dashboard: None,
+            guard_model: None,
         }
     }
 
@@ -339,6 +345,10 @@ impl NodeConfig {
             tools,
             brains,
             dashboard,
+            guard_model: raw.guard_model.map(|g| LocalModelConfig {
+                dir: g.dir.map(&path),
+                head: g.head.map(&path),
+            }),
         })
     }
 }
@@ -527,6 +537,9 @@ api_key_env = "OPENAI_API_KEY"
 
 [dashboard]
 listen = "127.0.0.1:8080"
+
+[guard_model]
+head = "heads/mail.json"
 "#
         )
     }
@@ -555,6 +568,9 @@ listen = "127.0.0.1:8080"
             bulwark_runtime::sandbox::Limits::default()
         );
         assert!(c.tools[0].mounts.is_empty());
+        let guard = c.guard_model.expect("guard_model");
+        assert_eq!(guard.head, Some(dir.path().join("heads/mail.json")));
+        assert_eq!(guard.dir, None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use bulwark_runtime::{
 use futures::StreamExt;
 
 use bulwark_runtime::ToolManifest;
+use bulwark_runtime::guard::GuardConfig;
 use bulwark_runtime::sandbox::{Program, Sandbox, SandboxConfig, SandboxTool, ToolCode};
 
 use super::client::{ClusterClient, ClusterRemote};
@@ -75,7 +76,11 @@ impl NodeBuilder {
         let config = self.config;
         let mut builder = Runtime::builder()
             .data_dir(&config.data_dir)
-            .root_public_key(config.root_public_key);
+            .root_public_key(config.root_public_key)
+            .guards(GuardConfig {
+                local_model: config.guard_model.clone(),
+                ..GuardConfig::default()
+            });
         if !config.operator_keys.is_empty() {
             builder = builder.approvals(ApprovalConfig::new(config.operator_keys.clone()));
         }

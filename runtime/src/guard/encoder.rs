@@ -1,13 +1,17 @@
-//! A sentence encoder that runs in the process, on the CPU: all-MiniLM-L6-v2 (a
-//! six-layer BERT giving 384-dimensional sentence vectors), its forward pass through
-//! candle and its tokenizer through tokenizers. A classifier over its vectors can
-//! follow an attacker who rephrases, where fixed patterns cannot.
+//! Sentence encoders that run in the process, on the CPU, from all-MiniLM-L6-v2's
+//! files: [`Encoder`] is the whole model (a six-layer BERT giving 384-dimensional
+//! sentence vectors, its forward pass through candle, its tokenizer through
+//! tokenizers); [`StaticEncoder`] keeps only the model's token embeddings and
+//! averages them over windows of 128 tokens, in about a millisecond. A classifier
+//! over either's vectors can follow an attacker who rephrases, where fixed patterns
+//! cannot.
 //!
 //! The weights, tokenizer and configuration come from `scripts/fetch-guard-model`
 //! (pinned, hash-checked) into `$BULWARK_GUARD_MODEL_DIR`, else
 //! `~/.cache/bulwark/guard-model`. A text longer than one window (256 tokens) is
-//! encoded window by window, each window overlapping the previous one by a quarter,
-//! and every vector keeps the byte range of the text it stands for.
+//! encoded window by window, each window overlapping the previous one by a quarter
+//! (the static encoder's windows are [`STATIC_WINDOW_TOKENS`] long and overlap by
+//! half), and every vector keeps the byte range of the text it stands for.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,9 @@ pub const DIMENSIONS: usize = 384;
 
 /// Most tokens of one window, the two special tokens included.
 pub const WINDOW_TOKENS: usize = 256;
+
+/// Tokens in one window of the [`StaticEncoder`].
+pub const STATIC_WINDOW_TOKENS: usize = 128;
 
 /// Largest weights file the encoder loads, bytes.
 const MAX_WEIGHTS_BYTES: u64 = 256 << 20;
@@ -82,52 +89,19 @@ impl Encoder {
 
     /// Loads `model.safetensors`, `tokenizer.json` and `config.json` from `dir`.
     pub fn load(dir: &Path) -> Result<Encoder, EncoderError> {
-        let file = |name: &'static str| {
-            let path = dir.join(name);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(EncoderError::Missing {
-                    dir: dir.to_path_buf(),
-                    file: name,
-                })
-            }
-        };
-        let (weights, tokenizer, config) = (
-            file("model.safetensors")?,
-            file("tokenizer.json")?,
-            file("config.json")?,
-        );
-        let load =
-            |what: &str, e: &dyn std::fmt::Display| EncoderError::Load(format!("{what}: {e}"));
+        let files = ModelFiles::find(dir)?;
         let config: Config = serde_json::from_str(
-            &std::fs::read_to_string(&config).map_err(|e| load("config.json", &e))?,
+            &std::fs::read_to_string(&files.config).map_err(|e| load_error("config.json", &e))?,
         )
-        .map_err(|e| load("config.json", &e))?;
-        let size = std::fs::metadata(&weights)
-            .map_err(|e| load("model.safetensors", &e))?
-            .len();
-        if size > MAX_WEIGHTS_BYTES {
-            return Err(load(
-                "model.safetensors",
-                &format!("{size} bytes, more than {MAX_WEIGHTS_BYTES}"),
-            ));
-        }
-        let bytes = std::fs::read(&weights).map_err(|e| load("model.safetensors", &e))?;
+        .map_err(|e| load_error("config.json", &e))?;
         let device = Device::Cpu;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
-            .map_err(|e| load("model.safetensors", &e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| load("model.safetensors", &e))?;
-        let mut tokenizer =
-            Tokenizer::from_file(&tokenizer).map_err(|e| load("tokenizer.json", &e))?;
-        // The file pads and truncates to 128 tokens; windows and padding are done here.
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| load("tokenizer.json", &e))?;
-        tokenizer.with_padding(None);
+        let vb = VarBuilder::from_buffered_safetensors(files.weights()?, DType::F32, &device)
+            .map_err(|e| load_error("model.safetensors", &e))?;
+        let model =
+            BertModel::load(vb, &config).map_err(|e| load_error("model.safetensors", &e))?;
         Ok(Encoder {
             model,
-            tokenizer,
+            tokenizer: files.tokenizer()?,
             device,
         })
     }
@@ -219,6 +193,168 @@ impl Encoder {
             .map_err(enc)?;
         let unit = mean.broadcast_div(&norm).map_err(enc)?;
         unit.to_vec2::<f32>().map_err(enc)
+    }
+}
+
+/// The paths of the model's files in a directory, each checked to exist.
+struct ModelFiles {
+    weights: PathBuf,
+    tokenizer: PathBuf,
+    config: PathBuf,
+}
+
+impl ModelFiles {
+    fn find(dir: &Path) -> Result<ModelFiles, EncoderError> {
+        let file = |name: &'static str| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(EncoderError::Missing {
+                    dir: dir.to_path_buf(),
+                    file: name,
+                })
+            }
+        };
+        Ok(ModelFiles {
+            weights: file("model.safetensors")?,
+            tokenizer: file("tokenizer.json")?,
+            config: file("config.json")?,
+        })
+    }
+
+    /// The weights file's bytes, refused beyond [`MAX_WEIGHTS_BYTES`].
+    fn weights(&self) -> Result<Vec<u8>, EncoderError> {
+        let size = std::fs::metadata(&self.weights)
+            .map_err(|e| load_error("model.safetensors", &e))?
+            .len();
+        if size > MAX_WEIGHTS_BYTES {
+            return Err(load_error(
+                "model.safetensors",
+                &format!("{size} bytes, more than {MAX_WEIGHTS_BYTES}"),
+            ));
+        }
+        std::fs::read(&self.weights).map_err(|e| load_error("model.safetensors", &e))
+    }
+
+    /// The tokenizer, without the file's own padding and truncation to 128 tokens:
+    /// windows and padding are done here.
+    fn tokenizer(&self) -> Result<Tokenizer, EncoderError> {
+        let mut tokenizer =
+            Tokenizer::from_file(&self.tokenizer).map_err(|e| load_error("tokenizer.json", &e))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| load_error("tokenizer.json", &e))?;
+        tokenizer.with_padding(None);
+        Ok(tokenizer)
+    }
+}
+
+fn load_error(what: &str, e: &dyn std::fmt::Display) -> EncoderError {
+    EncoderError::Load(format!("{what}: {e}"))
+}
+
+/// The token embeddings of all-MiniLM-L6-v2 without the layers above them: a text's
+/// vectors are the means of its tokens' embeddings over windows of
+/// [`STATIC_WINDOW_TOKENS`] tokens, half overlapping. No matrix product, so a 2 KB
+/// message costs about a millisecond on one core.
+pub struct StaticEncoder {
+    /// `vocabulary × DIMENSIONS`, row-major.
+    table: Vec<f32>,
+    tokenizer: Tokenizer,
+}
+
+impl std::fmt::Debug for StaticEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticEncoder")
+            .field("vocabulary", &(self.table.len() / DIMENSIONS))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The name of the token-embedding matrix in the weights file.
+const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
+
+impl StaticEncoder {
+    /// Loads the token embeddings and the tokenizer from `dir` (the files
+    /// [`Encoder::load`] reads).
+    pub fn load(dir: &Path) -> Result<StaticEncoder, EncoderError> {
+        let files = ModelFiles::find(dir)?;
+        let bytes = files.weights()?;
+        StaticEncoder::from_table(&files, &bytes, WORD_EMBEDDINGS, "model.safetensors")
+    }
+
+    fn from_table(
+        files: &ModelFiles,
+        bytes: &[u8],
+        name: &str,
+        file: &str,
+    ) -> Result<StaticEncoder, EncoderError> {
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|e| load_error(file, &e))?;
+        let matrix = tensors
+            .iter()
+            .find(|(n, _)| n.ends_with(name))
+            .map(|(_, t)| t)
+            .ok_or_else(|| load_error(file, &format!("no {name}")))?;
+        let tokenizer = files.tokenizer()?;
+        let (rows, cols) = matrix.dims2().map_err(|e| load_error(file, &e))?;
+        if cols != DIMENSIONS || rows < tokenizer.get_vocab_size(true) {
+            return Err(load_error(
+                file,
+                &format!(
+                    "token embeddings are {rows}×{cols}, expected {}×{DIMENSIONS}",
+                    tokenizer.get_vocab_size(true)
+                ),
+            ));
+        }
+        let table = matrix
+            .to_dtype(DType::F32)
+            .and_then(|m| m.flatten_all())
+            .and_then(|m| m.to_vec1::<f32>())
+            .map_err(|e| load_error(file, &e))?;
+        Ok(StaticEncoder { table, tokenizer })
+    }
+
+    /// The vectors of `text`, one per window; an empty text has none.
+    pub fn windows(&self, text: &str) -> Result<Vec<Window>, EncoderError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| EncoderError::Encode(e.to_string()))?;
+        let (ids, offsets) = (encoding.get_ids(), encoding.get_offsets());
+        let step = STATIC_WINDOW_TOKENS / 2;
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < ids.len() {
+            let end = (start + STATIC_WINDOW_TOKENS).min(ids.len());
+            let mut vector = vec![0f32; DIMENSIONS];
+            for &id in &ids[start..end] {
+                let at = id as usize * DIMENSIONS;
+                let row = self.table.get(at..at + DIMENSIONS).ok_or_else(|| {
+                    EncoderError::Encode(format!("token id {id} is outside the vocabulary"))
+                })?;
+                for (v, x) in vector.iter_mut().zip(row) {
+                    *v += x;
+                }
+            }
+            unit(&mut vector);
+            let range = offsets[start].0..offsets[end - 1].1;
+            out.push(Window { range, vector });
+            if end == ids.len() {
+                break;
+            }
+            start += step;
+        }
+        Ok(out)
+    }
+}
+
+/// Scales `v` to unit length (a zero vector stays zero).
+fn unit(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
     }
 }
 

@@ -10,7 +10,8 @@
 //! - [`ExfilGuard`]: every URL resolved as a browser would; images from hosts not
 //!   allow-listed, script URLs, and links that carry data (strict) or personal data
 //!   and secrets (answers) to such hosts are removed from output.
-//! - [`Guard`]: an optional classifier model, fail-closed.
+//! - [`Guard`]: optional classifier models, fail-closed: the [`LocalGuard`] in the
+//!   process, or a [`ModelGuard`] behind an OpenAI-compatible endpoint.
 //!
 //! This module owns detection and rewriting only. What the runtime does with a
 //! verdict — deny, escalate, redact — is decided in the gate and the agent loop, and
@@ -18,6 +19,7 @@
 
 pub mod encoder;
 mod exfil;
+pub mod local;
 mod model;
 mod patterns;
 mod provenance;
@@ -30,6 +32,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use exfil::{Defanged, ExfilGuard, LinkPolicy, RemovedUrl, Target, resolve};
+pub use local::{Assessment, EncoderKind, Head, LocalGuard, LocalModelConfig, LocalModelError};
 pub use model::{
     Guard, GuardError, GuardVerdict, ModelGuard, ModelGuardConfig, parse_guard_answer,
 };
@@ -100,6 +103,9 @@ pub struct GuardConfig {
     /// What an agent's final answer shows of a link, address or account number that
     /// it saw only in untrusted content.
     pub answer_provenance: AnswerProvenance,
+    /// The local guard model, when set: untrusted content it judges an injection is
+    /// withheld. The runtime does not start when it is set but cannot load.
+    pub local_model: Option<LocalModelConfig>,
 }
 
 /// How a final answer treats values seen only in untrusted content. A link in an
@@ -132,6 +138,7 @@ impl Default for GuardConfig {
             channels,
             redact_audit: true,
             answer_provenance: AnswerProvenance::Mark,
+            local_model: None,
         }
     }
 }
@@ -161,14 +168,14 @@ pub struct Guards {
     sanitizer: Sanitizer,
     key: [u8; 32],
     audit: Redactor,
-    model: Option<Arc<dyn Guard>>,
+    models: Vec<Arc<dyn Guard>>,
 }
 
 impl std::fmt::Debug for Guards {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guards")
             .field("config", &self.config)
-            .field("model", &self.model.is_some())
+            .field("models", &self.models.len())
             .finish_non_exhaustive()
     }
 }
@@ -181,13 +188,13 @@ impl Guards {
             audit: Redactor::new(key),
             key,
             config,
-            model: None,
+            models: Vec::new(),
         }
     }
 
     /// Adds a classifier model that judges untrusted content too.
     pub fn with_model(mut self, model: Arc<dyn Guard>) -> Self {
-        self.model = Some(model);
+        self.models.push(model);
         self
     }
 
@@ -201,9 +208,9 @@ impl Guards {
         &self.sanitizer
     }
 
-    /// The classifier model, if any.
-    pub fn model(&self) -> Option<&Arc<dyn Guard>> {
-        self.model.as_ref()
+    /// The classifier models, in the order they judge.
+    pub fn models(&self) -> &[Arc<dyn Guard>] {
+        &self.models
     }
 
     /// The redactor for audit text and log lines.

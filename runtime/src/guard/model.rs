@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// A classifier's judgement.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GuardVerdict {
     /// Whether the content may enter an agent's context.
     pub safe: bool,
@@ -20,6 +20,12 @@ pub struct GuardVerdict {
     pub categories: Vec<String>,
     /// Why, in words: the classifier's answer, or the failure that decided it.
     pub reason: String,
+    /// The classifier's score (0..1), when it gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    /// The sentence that decided it, when the classifier points at one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 /// Why a classifier call failed.
@@ -51,6 +57,11 @@ pub trait Guard: Send + Sync {
     /// Whether content passes when the classifier fails (default: no, fail closed).
     fn fail_open(&self) -> bool {
         false
+    }
+
+    /// The name of the signal it adds when it fires (default `model_guard`).
+    fn name(&self) -> &'static str {
+        "model_guard"
     }
 }
 
@@ -114,6 +125,8 @@ impl ModelGuard {
             Err(e) => GuardVerdict {
                 safe: self.config.fail_open,
                 categories: Vec::new(),
+                score: None,
+                evidence: None,
                 reason: format!(
                     "{e} ({})",
                     if self.config.fail_open {
@@ -172,6 +185,8 @@ pub fn parse_guard_answer(answer: &str) -> Result<GuardVerdict, GuardError> {
             safe: true,
             categories: Vec::new(),
             reason: "the guard model judged it safe".into(),
+            score: None,
+            evidence: None,
         }),
         "unsafe" => {
             let categories: Vec<String> = lines
@@ -194,6 +209,8 @@ pub fn parse_guard_answer(answer: &str) -> Result<GuardVerdict, GuardError> {
                     )
                 },
                 categories,
+                score: None,
+                evidence: None,
             })
         }
         _ => Err(GuardError::Malformed(format!(

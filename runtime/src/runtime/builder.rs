@@ -14,7 +14,7 @@ use crate::audit::{AuditConfig, AuditError};
 use crate::breaker::{BreakerPolicy, Breakers};
 use crate::dedup::Dedup;
 use crate::error::StoreError;
-use crate::guard::{Guard, GuardConfig, Guards};
+use crate::guard::{Guard, GuardConfig, Guards, LocalGuard, LocalModelError};
 use crate::journal::Journal;
 use crate::ledger::LocalLedger;
 use crate::proposals::{ApprovalConfig, ApprovalPath, ProposalStore};
@@ -57,6 +57,9 @@ pub enum BuildError {
     /// The actor system refused.
     #[error("actor system: {0}")]
     Actor(String),
+    /// The local guard model is configured but does not load.
+    #[error(transparent)]
+    GuardModel(#[from] LocalModelError),
 }
 
 impl RuntimeBuilder {
@@ -134,7 +137,15 @@ impl RuntimeBuilder {
         let root = self.root.ok_or(BuildError::Missing("root_public_key"))?;
         let journal = Journal::open(&dir, &self.audit)?;
         let secrets = SecretStore::open(&dir, journal.clone())?;
+        let local = match &self.guard_config.local_model {
+            // Configured but unloadable: the runtime does not start (fail closed).
+            Some(config) => Some(Arc::new(LocalGuard::load(config)?)),
+            None => None,
+        };
         let mut guards = Guards::new(self.guard_config, secrets.redaction_key());
+        if let Some(local) = local {
+            guards = guards.with_model(local);
+        }
         if let Some(model) = self.model_guard {
             guards = guards.with_model(model);
         }
