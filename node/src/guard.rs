@@ -390,7 +390,8 @@ fn train(
         fit.len(),
         validation.len()
     );
-    let every = (options.epochs / 10).max(1);
+    let total = options.epochs * options.members.max(1);
+    let every = (total / 10).max(1);
     let head = local::train(
         encoder,
         &fit,
@@ -399,7 +400,7 @@ fn train(
         local::corpus_digest(&items),
         |epoch, loss| {
             if epoch % every == 0 {
-                eprintln!("epoch {epoch}/{}: loss {loss:.4}", options.epochs);
+                eprintln!("epoch {epoch}/{total}: loss {loss:.4}");
             }
         },
     )?;

@@ -923,7 +923,7 @@ fn guard_train_writes_a_head_eval_reads_and_the_held_out_split_is_refused() {
             "--out",
             "head.json",
             "--options",
-            r#"{"epochs": 3}"#,
+            r#"{"epochs": 3, "members": 1}"#,
         ],
     );
     let text = ok(&out);

@@ -336,8 +336,12 @@ pub struct TrainOptions {
     pub weight_decay: f64,
     /// Texts per step.
     pub batch: usize,
-    /// Seed of the initial weights and the shuffling.
+    /// Seed of the initial weights and the shuffling (member `m` uses
+    /// `seed + 1000·m`).
     pub seed: u64,
+    /// Heads trained from different seeds whose logits are averaged (stored as one
+    /// head with `members × hidden` units): less variance from the seed.
+    pub members: usize,
     /// The threshold is the lowest whose false-positive rate on the validation
     /// split is at most this.
     pub max_false_positives: f32,
@@ -346,12 +350,13 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            hidden: 128,
+            hidden: 32,
             epochs: 25,
             learning_rate: 2e-3,
             weight_decay: 0.05,
             batch: 16,
             seed: 1,
+            members: 5,
             max_false_positives: 0.02,
         }
     }
@@ -396,9 +401,81 @@ pub fn train(
     corpus_sha256: String,
     mut progress: impl FnMut(usize, f32),
 ) -> Result<Head, TrainError> {
+    let members = options.members.max(1);
+    let mut trained = Vec::with_capacity(members);
+    for m in 0..members {
+        let seed = options.seed.wrapping_add(1000 * m as u64);
+        trained.push(fit_member(encoder, fit, options, seed, |epoch, loss| {
+            progress(m * options.epochs + epoch, loss)
+        })?);
+    }
+    // The members' mean logit is one network with all their hidden units side by
+    // side and the output weights divided by their number.
+    let k = members as f64;
+    let cat = |pick: fn(&Head) -> &Tensor, dim: usize| {
+        Tensor::cat(&trained.iter().map(pick).collect::<Vec<_>>(), dim)
+    };
+    let head_now = |threshold: f32, provenance: Provenance| -> Result<Head, TrainError> {
+        Ok(Head {
+            encoder,
+            hidden: trained.iter().map(|h| h.hidden).sum(),
+            w1: cat(|h| &h.w1, 1)?,
+            b1: cat(|h| &h.b1, 1)?,
+            w2: (cat(|h| &h.w2, 0)? / k)?,
+            b2: (cat(|h| &h.b2, 0)?.sum_keepdim(0)? / k)?,
+            threshold,
+            provenance,
+        })
+    };
+    let head = head_now(0.5, Provenance::default())?;
+    let mut pos = Vec::new();
+    let mut neg = Vec::new();
+    for l in validation {
+        let s = head.strongest(&l.windows)?.map_or(0.0, |(_, s)| s);
+        if l.injection {
+            pos.push(s)
+        } else {
+            neg.push(s)
+        }
+    }
+    neg.sort_by(|a, b| b.total_cmp(a));
+    // Allowed false positives; the threshold sits just above the next benign score.
+    let allowed = (options.max_false_positives * neg.len() as f32).floor() as usize;
+    let threshold = neg
+        .get(allowed)
+        .map_or(0.5, |s| (s + 1e-6).clamp(1e-6, 1.0 - 1e-6));
+    let rate = |v: &[f32]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().filter(|&&s| s >= threshold).count() as f32 / v.len() as f32
+        }
+    };
+    head_now(
+        threshold,
+        Provenance {
+            corpus_sha256,
+            examples: (
+                fit.iter().filter(|l| l.injection).count(),
+                fit.iter().filter(|l| !l.injection).count(),
+            ),
+            options: options.clone(),
+            validation: (rate(&pos), rate(&neg)),
+        },
+    )
+}
+
+/// One member: a head trained from `seed`, its threshold unset.
+fn fit_member(
+    encoder: EncoderKind,
+    fit: &[Labeled],
+    options: &TrainOptions,
+    seed: u64,
+    mut progress: impl FnMut(usize, f32),
+) -> Result<Head, TrainError> {
     let hidden = options.hidden.max(1);
     let device = Device::Cpu;
-    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut uniform = |n: usize, bound: f32| -> Vec<f32> {
         (0..n).map(|_| rng.gen_range(-bound..bound)).collect()
     };
@@ -442,7 +519,7 @@ pub fn train(
     let mut order: Vec<usize> = (0..fit.len())
         .filter(|&i| !fit[i].windows.is_empty())
         .collect();
-    let mut rng = StdRng::seed_from_u64(options.seed.wrapping_add(1));
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
     for epoch in 0..options.epochs {
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
@@ -482,42 +559,7 @@ pub fn train(
         }
         progress(epoch + 1, loss_sum / order.len().max(1) as f32);
     }
-    let head = head_now(0.5, Provenance::default());
-    let mut pos = Vec::new();
-    let mut neg = Vec::new();
-    for l in validation {
-        let s = head.strongest(&l.windows)?.map_or(0.0, |(_, s)| s);
-        if l.injection {
-            pos.push(s)
-        } else {
-            neg.push(s)
-        }
-    }
-    neg.sort_by(|a, b| b.total_cmp(a));
-    // Allowed false positives; the threshold sits just above the next benign score.
-    let allowed = (options.max_false_positives * neg.len() as f32).floor() as usize;
-    let threshold = neg
-        .get(allowed)
-        .map_or(0.5, |s| (s + 1e-6).clamp(1e-6, 1.0 - 1e-6));
-    let rate = |v: &[f32]| {
-        if v.is_empty() {
-            0.0
-        } else {
-            v.iter().filter(|&&s| s >= threshold).count() as f32 / v.len() as f32
-        }
-    };
-    Ok(head_now(
-        threshold,
-        Provenance {
-            corpus_sha256,
-            examples: (
-                fit.iter().filter(|l| l.injection).count(),
-                fit.iter().filter(|l| !l.injection).count(),
-            ),
-            options: options.clone(),
-            validation: (rate(&pos), rate(&neg)),
-        },
-    ))
+    Ok(head_now(0.5, Provenance::default()))
 }
 
 /// The local model's judgement of a text.
