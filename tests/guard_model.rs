@@ -80,20 +80,15 @@ fn the_local_model_on_text_it_never_saw() -> Result<()> {
         total.either += t.either;
     }
     let [benign, attacks] = &totals;
-    println!(
-        "injections detected: model {:.1} %, patterns {:.1} %, either {:.1} % (of {})",
-        pct(attacks.model, attacks.texts),
-        pct(attacks.patterns, attacks.texts),
-        pct(attacks.either, attacks.texts),
-        attacks.texts
-    );
-    println!(
-        "benign flagged: model {:.1} %, patterns {:.1} %, either {:.1} % (of {})",
-        pct(benign.model, benign.texts),
-        pct(benign.patterns, benign.texts),
-        pct(benign.either, benign.texts),
-        benign.texts
-    );
+    for (what, t) in [("injections detected", attacks), ("benign flagged", benign)] {
+        println!(
+            "{what}: model {:.1} %, patterns {:.1} %, either {:.1} % (of {})",
+            pct(t.model, t.texts),
+            pct(t.patterns, t.texts),
+            pct(t.either, t.texts),
+            t.texts
+        );
+    }
     assert!(
         attacks.texts >= 200 && benign.texts >= 200,
         "the held-out split is there"
