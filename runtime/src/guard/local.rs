@@ -701,10 +701,7 @@ impl Guard for LocalGuard {
             }
             _ => run(),
         };
-        let a = assessed.map_err(|e| GuardError::Unavailable {
-            url: "local guard model".into(),
-            reason: e.to_string(),
-        })?;
+        let a = assessed.map_err(|e| GuardError::Local(e.to_string()))?;
         Ok(GuardVerdict {
             safe: !a.injection,
             categories: if a.injection {

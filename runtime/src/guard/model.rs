@@ -46,6 +46,9 @@ pub enum GuardError {
     /// The configuration is unusable.
     #[error("guard model configuration: {0}")]
     Config(String),
+    /// The local guard model could not judge the text.
+    #[error("the local guard model failed: {0}")]
+    Local(String),
 }
 
 /// A content classifier.
