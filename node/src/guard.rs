@@ -542,8 +542,7 @@ fn eval(
             "model",
             "either"
         );
-        for ((i, c), t) in by.iter().filter(|((i, _), _)| *i == injection) {
-            let _ = i;
+        for ((_, c), t) in by.iter().filter(|((i, _), _)| *i == injection) {
             println!(
                 "{c:<24} {:>5} {:>8.1}% {:>8.1}% {:>8.1}%",
                 t.texts,
