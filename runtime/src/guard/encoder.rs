@@ -281,22 +281,19 @@ impl StaticEncoder {
     pub fn load(dir: &Path) -> Result<StaticEncoder, EncoderError> {
         let files = ModelFiles::find(dir)?;
         let bytes = files.weights()?;
-        StaticEncoder::from_table(&files, &bytes, WORD_EMBEDDINGS, "model.safetensors")
-    }
-
-    fn from_table(
-        files: &ModelFiles,
-        bytes: &[u8],
-        name: &str,
-        file: &str,
-    ) -> Result<StaticEncoder, EncoderError> {
-        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+        let file = "model.safetensors";
+        // Only the one matrix is converted; the layers above it are never read.
+        let weights = candle_core::safetensors::SliceSafetensors::new(&bytes)
             .map_err(|e| load_error(file, &e))?;
-        let matrix = tensors
-            .iter()
-            .find(|(n, _)| n.ends_with(name))
-            .map(|(_, t)| t)
-            .ok_or_else(|| load_error(file, &format!("no {name}")))?;
+        let name = weights
+            .tensors()
+            .into_iter()
+            .map(|(n, _)| n)
+            .find(|n| n.ends_with(WORD_EMBEDDINGS))
+            .ok_or_else(|| load_error(file, &format!("no {WORD_EMBEDDINGS}")))?;
+        let matrix = weights
+            .load(&name, &Device::Cpu)
+            .map_err(|e| load_error(file, &e))?;
         let tokenizer = files.tokenizer()?;
         let (rows, cols) = matrix.dims2().map_err(|e| load_error(file, &e))?;
         if cols != DIMENSIONS || rows < tokenizer.get_vocab_size(true) {

@@ -185,6 +185,16 @@ fn unpack(s: &str, len: usize, what: &str) -> Result<Vec<f32>, String> {
     Ok(v)
 }
 
+/// The head's network on the rows of `x`: `relu(x·w1 + b1)·w2 + b2`, as a vector.
+fn layers(x: &Tensor, [w1, b1, w2, b2]: [&Tensor; 4]) -> candle_core::Result<Tensor> {
+    x.matmul(w1)?
+        .broadcast_add(b1)?
+        .relu()?
+        .matmul(w2)?
+        .broadcast_add(b2)?
+        .squeeze(1)
+}
+
 fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all()
         .and_then(|t| t.to_vec1::<f32>())
@@ -291,12 +301,7 @@ impl Head {
 
     /// The logits of the rows of `x` (`n × DIMENSIONS`), as an `n`-vector.
     fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.w1)?
-            .broadcast_add(&self.b1)?
-            .relu()?
-            .matmul(&self.w2)?
-            .broadcast_add(&self.b2)?
-            .squeeze(1)
+        layers(x, [&self.w1, &self.b1, &self.w2, &self.b2])
     }
 
     /// The score (0..1) of each window.
@@ -415,19 +420,16 @@ pub fn train(
     let cat = |pick: fn(&Head) -> &Tensor, dim: usize| {
         Tensor::cat(&trained.iter().map(pick).collect::<Vec<_>>(), dim)
     };
-    let head_now = |threshold: f32, provenance: Provenance| -> Result<Head, TrainError> {
-        Ok(Head {
-            encoder,
-            hidden: trained.iter().map(|h| h.hidden).sum(),
-            w1: cat(|h| &h.w1, 1)?,
-            b1: cat(|h| &h.b1, 1)?,
-            w2: (cat(|h| &h.w2, 0)? / k)?,
-            b2: (cat(|h| &h.b2, 0)?.sum_keepdim(0)? / k)?,
-            threshold,
-            provenance,
-        })
+    let mut head = Head {
+        encoder,
+        hidden: trained.iter().map(|h| h.hidden).sum(),
+        w1: cat(|h| &h.w1, 1)?,
+        b1: cat(|h| &h.b1, 1)?,
+        w2: (cat(|h| &h.w2, 0)? / k)?,
+        b2: (cat(|h| &h.b2, 0)?.sum_keepdim(0)? / k)?,
+        threshold: 0.5,
+        provenance: Provenance::default(),
     };
-    let head = head_now(0.5, Provenance::default())?;
     let mut pos = Vec::new();
     let mut neg = Vec::new();
     for l in validation {
@@ -451,18 +453,17 @@ pub fn train(
             v.iter().filter(|&&s| s >= threshold).count() as f32 / v.len() as f32
         }
     };
-    head_now(
-        threshold,
-        Provenance {
-            corpus_sha256,
-            examples: (
-                fit.iter().filter(|l| l.injection).count(),
-                fit.iter().filter(|l| !l.injection).count(),
-            ),
-            options: options.clone(),
-            validation: (rate(&pos), rate(&neg)),
-        },
-    )
+    head.threshold = threshold;
+    head.provenance = Provenance {
+        corpus_sha256,
+        examples: (
+            fit.iter().filter(|l| l.injection).count(),
+            fit.iter().filter(|l| !l.injection).count(),
+        ),
+        options: options.clone(),
+        validation: (rate(&pos), rate(&neg)),
+    };
+    Ok(head)
 }
 
 /// One member: a head trained from `seed`, its threshold unset.
@@ -499,16 +500,6 @@ fn fit_member(
             ..ParamsAdamW::default()
         },
     )?;
-    let head_now = |threshold: f32, provenance: Provenance| Head {
-        encoder,
-        hidden,
-        w1: w1.as_tensor().detach(),
-        b1: b1.as_tensor().detach(),
-        w2: w2.as_tensor().detach(),
-        b2: b2.as_tensor().detach(),
-        threshold,
-        provenance,
-    };
     let positives = fit.iter().filter(|l| l.injection).count().max(1) as f32;
     let negatives = fit.iter().filter(|l| !l.injection).count().max(1) as f32;
     // Each class weighs as much as the other.
@@ -525,16 +516,17 @@ fn fit_member(
         let mut loss_sum = 0.0;
         for batch in order.chunks(options.batch.max(1)) {
             let x = matrix(batch.iter().flat_map(|&i| fit[i].windows.iter()))?;
-            let head = head_now(0.5, Provenance::default());
-            let z = x
-                .matmul(w1.as_tensor())?
-                .broadcast_add(b1.as_tensor())?
-                .relu()?
-                .matmul(w2.as_tensor())?
-                .broadcast_add(b2.as_tensor())?
-                .squeeze(1)?;
-            // Each text's strongest window, found on the detached weights.
-            let flat = head.logits(&x)?.to_vec1::<f32>()?;
+            let z = layers(
+                &x,
+                [
+                    w1.as_tensor(),
+                    b1.as_tensor(),
+                    w2.as_tensor(),
+                    b2.as_tensor(),
+                ],
+            )?;
+            // Each text's strongest window.
+            let flat = z.to_vec1::<f32>()?;
             let (mut picked, mut labels, mut weights) = (Vec::new(), Vec::new(), Vec::new());
             let mut at = 0;
             for &i in batch {
@@ -559,7 +551,16 @@ fn fit_member(
         }
         progress(epoch + 1, loss_sum / order.len().max(1) as f32);
     }
-    Ok(head_now(0.5, Provenance::default()))
+    Ok(Head {
+        encoder,
+        hidden,
+        w1: w1.as_tensor().detach(),
+        b1: b1.as_tensor().detach(),
+        w2: w2.as_tensor().detach(),
+        b2: b2.as_tensor().detach(),
+        threshold: 0.5,
+        provenance: Provenance::default(),
+    })
 }
 
 /// The local model's judgement of a text.
